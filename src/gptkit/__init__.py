@@ -1,0 +1,60 @@
+"""gptkit: GPT-1 and GPT-2 models, OpenAI's tokenizers, checkpoints, generation and training.
+
+`import gptkit` is cheap: torch and the tokenizer backend are imported on first use of a name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gptkit.errors import (
+    CheckpointError,
+    ConfigError,
+    ContextLengthError,
+    GptkitError,
+    ModelNotFoundError,
+    SpecialTokenError,
+    TokenizerError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; resolved lazily by __getattr__ below
+_LAZY = {
+    "GPTConfig": "gptkit.config",
+    "GPT": "gptkit.model",
+    "ModelOutput": "gptkit.model",
+    "KVCache": "gptkit.model",
+    "Tokenizer": "gptkit.tokenizer",
+    "load_model": "gptkit.checkpoint",
+    "save_model": "gptkit.checkpoint",
+}
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ContextLengthError",
+    "GptkitError",
+    "ModelNotFoundError",
+    "SpecialTokenError",
+    "TokenizerError",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gptkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from gptkit.checkpoint import load_model, save_model
+    from gptkit.config import GPTConfig
+    from gptkit.model import GPT, KVCache, ModelOutput
+    from gptkit.tokenizer import Tokenizer
