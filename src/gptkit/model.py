@@ -1,0 +1,297 @@
+"""The GPT: GPT-1 (post-LayerNorm) and GPT-2 (pre-LayerNorm) in one module.
+
+Parameter names equal Hugging Face's GPT-2 names (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...)
+so that loading foreign weights is a table (see convert.py). Linear weights are stored as torch's
+[out, in]; Hugging Face's Conv1D stores [in, out], hence the transposes in that table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gptkit.config import GPTConfig
+from gptkit.errors import ContextLengthError
+
+if TYPE_CHECKING:
+    from gptkit.tokenizer import Tokenizer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    """What `GPT.forward` returns. `hidden_states` is filled only when asked for."""
+
+    logits: Tensor | None  # (B, T, vocab), None when return_logits=False
+    last_hidden_state: Tensor  # (B, T, C), after the final LayerNorm where the model has one
+    loss: Tensor | None = None  # next-token cross-entropy when labels were given
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings, then each block (n_layer + 1)
+
+
+class KVCache(nn.Module):
+    """A static key/value cache: preallocated (n_layer, B, nh, max_len, hs), written at explicit slots.
+
+    Shapes never change while decoding, so a decode step can be captured by torch.compile / CUDA graphs.
+    Slot indices (`cache_position`) are positions in the padded batch, not position ids: with left
+    padding, row b's position id is its slot minus its padding.
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        max_len = config.n_positions if max_len is None else max_len
+        if max_len > config.n_positions:
+            raise ContextLengthError(
+                f"KV cache length {max_len} exceeds the model's context of {config.n_positions} tokens"
+            )
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, cache_position: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, nh, T, hs) at slots `cache_position` (T,); return the whole layer cache."""
+        self.k[layer].index_copy_(2, cache_position, k)
+        self.v[layer].index_copy_(2, cache_position, v)
+        return self.k[layer], self.v[layer]
+
+    def reorder(self, rows: Tensor) -> None:
+        """Keep batch rows `rows` (B,) in that order (beam search reshuffles its beams)."""
+        self.k.copy_(self.k.index_select(1, rows))
+        self.v.copy_(self.v.index_select(1, rows))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None, cache_position: Tensor | None
+    ) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer, cache_position, k, v)  # (B, nh, S, hs)
+        dropout = self.attn_pdrop if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+_ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
+        self.act = _ACTIVATIONS[config.activation]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None, cache_position: Tensor | None
+    ) -> Tensor:
+        if self.pre_norm:  # GPT-2
+            x = x + self.attn(self.ln_1(x), mask, cache, cache_position)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, mask, cache, cache_position))  # GPT-1
+        return self.ln_2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    """A GPT language model. `GPT(config)` is randomly initialised; `GPT.from_pretrained` loads weights."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                drop=nn.Dropout(config.embd_pdrop),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+            )
+        )
+        if config.final_norm:
+            self.transformer["ln_f"] = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), two additions per block.
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=config.initializer_range / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (a tied LM head counts once)."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return total
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        cache: KVCache | None = None,
+        cache_position: Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_logits: bool = True,
+    ) -> ModelOutput:
+        """Run the model on token ids (B, T).
+
+        attention_mask: (B, S) with 1 for real tokens and 0 for padding, S = T without a cache and
+            S = number of cache slots in use (or all of them) with one.
+        position_ids: (B, T); defaults to the slot index (right for unpadded input).
+        labels: (B, T) next-token targets aligned with input_ids (shifted inside), IGNORE_INDEX ignored.
+        cache, cache_position: a KVCache and the slots (T,) these tokens are written to.
+        """
+        B, T = self._check_input(input_ids)
+        if cache is not None and cache_position is None:
+            raise ValueError("cache_position is required with a cache: the slots these tokens occupy")
+        if cache_position is None:
+            cache_position = torch.arange(T, device=input_ids.device)
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0).expand(B, T)
+        mask = self._attention_mask(attention_mask, cache, cache_position, T)
+
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))  # (B, T, C)
+        hidden: list[Tensor] = [x] if output_hidden_states else []
+        for block in self.transformer.h:
+            x = block(x, mask, cache, cache_position)  # (B, T, C)
+            if output_hidden_states:
+                hidden.append(x)
+        if "ln_f" in self.transformer:
+            x = self.transformer.ln_f(x)
+            if output_hidden_states:  # as in transformers: the last entry is after the final LayerNorm
+                hidden[-1] = x
+
+        logits = self.lm_head(x) if return_logits or labels is not None else None  # (B, T, vocab)
+        loss = lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(
+            logits=logits if return_logits else None,
+            last_hidden_state=x,
+            loss=loss,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+        )
+
+    def _check_input(self, input_ids: Tensor) -> tuple[int, int]:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape (batch, time), got {tuple(input_ids.shape)} "
+                f"{input_ids.dtype}; wrap a single sequence as ids[None]"
+            )
+        B, T = input_ids.shape
+        if T > self.config.n_positions:
+            raise ContextLengthError(
+                f"sequence of {T} tokens is longer than the model's context of {self.config.n_positions}; "
+                "truncate it (keep the last tokens) or use a sliding window"
+            )
+        return B, T
+
+    @staticmethod
+    def _attention_mask(
+        attention_mask: Tensor | None, cache: KVCache | None, cache_position: Tensor, T: int
+    ) -> Tensor | None:
+        """A boolean (B, 1, T, S) mask: causal over slots, padding removed. None = plain causal."""
+        if cache is None and attention_mask is None:
+            return None  # SDPA's is_causal fast path
+        S = cache.max_len if cache is not None else T
+        slots = torch.arange(S, device=cache_position.device)
+        allowed = slots[None, :] <= cache_position[:, None]  # (T, S) causal
+        mask = allowed[None, None]  # (1, 1, T, S)
+        if attention_mask is not None:
+            pad = attention_mask.to(torch.bool)
+            if pad.shape[1] < S:  # slots not yet written are causally masked anyway
+                pad = F.pad(pad, (0, S - pad.shape[1]), value=True)
+            mask = mask & pad[:, None, None, :S]  # (B, 1, T, S)
+            # A padding query may see no key at all; let it see itself so softmax stays finite.
+            mask = mask | (slots[None, :] == cache_position[:, None])[None, None]
+        return mask
+
+    # -- checkpoints (implemented in checkpoint.py; these are the names users know) -----------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> GPT:
+        """Load a preset hub name (`gpt2`, `openai-community/gpt2-xl`, `openai-gpt`), a Hugging Face or
+        gptkit directory, OpenAI's original GPT-2 TensorFlow folder, or GPT-1's `params_*.npy` folder."""
+        from gptkit.checkpoint import load_model
+
+        return load_model(name_or_path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | os.PathLike[str], *, tokenizer: Tokenizer | None = None) -> None:
+        """Write a directory that gptkit and `transformers.AutoModelForCausalLM` both load."""
+        from gptkit.checkpoint import save_model
+
+        save_model(self, path, tokenizer=tokenizer)
+
+
+def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token cross-entropy: position t predicts labels[t + 1]; IGNORE_INDEX targets are skipped."""
+    shifted = logits[:, :-1, :].reshape(-1, logits.size(-1)).float()  # (B*(T-1), vocab)
+    targets = labels[:, 1:].reshape(-1)  # (B*(T-1),)
+    return F.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX)
