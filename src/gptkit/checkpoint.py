@@ -26,9 +26,22 @@ from gptkit.model import GPT
 
 Format = Literal["hf", "openai-tf", "openai-gpt1"]
 WEIGHTS_FILE = "model.safetensors"
-_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # What to fetch from the hub: weights (safetensors preferred), config and tokenizer files.
-_HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json"]
+_HUB_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer*",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+]
 # gptkit preset names that are OpenAI releases on the hub.
 HUB_NAMES = {name: f"openai-community/{name}" for name in PRESETS if not name.endswith(("-tiny", "-mini"))}
 
@@ -94,16 +107,23 @@ def _download(repo_id: str) -> Path:
 
 def read_config(folder: Path) -> GPTConfig:
     """The GPTConfig of a Hugging Face / gptkit folder (the exact gptkit block when present)."""
+    return _read_config(folder)[0]
+
+
+def _read_config(folder: Path) -> tuple[GPTConfig, str]:
+    """The config and the weight naming of a folder: "hf", or "gptkit" for shapes HF cannot express."""
     path = folder / CONFIG_FILE
     data = _read_json(path)
-    if "gptkit" in data:
-        try:
-            return GPTConfig.from_dict(data["gptkit"]["config"], source=f"{path} (gptkit.config)")
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: malformed 'gptkit' block ({exc})") from exc
-        except ConfigError as exc:
-            raise CheckpointError(str(exc)) from exc
-    return config_from_hf(data, source=str(path))
+    if "gptkit" not in data:
+        return config_from_hf(data, source=str(path)), "hf"
+    try:
+        block = data["gptkit"]
+        config = GPTConfig.from_dict(block["config"], source=f"{path} (gptkit.config)")
+        return config, block.get("weights", "hf")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: malformed 'gptkit' block ({exc!r})") from exc
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def read_hf_weights(folder: Path) -> tuple[dict[str, Tensor], Path]:
@@ -150,10 +170,10 @@ def read_checkpoint(source: Source) -> tuple[GPTConfig, dict[str, Tensor]]:
         from gptkit.openai_formats import read_gpt1_shards
 
         return read_gpt1_shards(source.path)
-    config = read_config(source.path)
+    config, naming = _read_config(source.path)
     hf_state, weights_path = read_hf_weights(source.path)
     expected = _expected_shapes(config)
-    if config.family is None:  # saved in gptkit's own names: no HF equivalent exists
+    if naming == "gptkit":  # a shape transformers cannot express was saved under gptkit's own names
         return config, _checked_native(hf_state, expected, config, weights_path)
     return config, from_hf_state_dict(hf_state, config, expected, source=str(weights_path))
 
@@ -225,8 +245,9 @@ def save_model(model: GPT, path: str | os.PathLike[str], *, tokenizer: Any = Non
     try:
         hf_config: dict[str, Any] = config_to_hf(config)
         tensors = to_hf_state_dict(state, config)
+        naming = "hf"
     except CheckpointError:  # a shape transformers cannot express: keep gptkit's names
-        hf_config = {}
+        hf_config, naming = {}, "gptkit"
         tensors = {k: v.contiguous() for k, v in state.items() if not (k == TIED_KEY and config.tie_word_embeddings)}
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
@@ -234,7 +255,7 @@ def save_model(model: GPT, path: str | os.PathLike[str], *, tokenizer: Any = Non
         tokenizer.save_pretrained(path)
     hf_config.update(
         dtype=str(dtype).removeprefix("torch."),
-        gptkit={"version": __version__, "config": config.to_dict()},
+        gptkit={"version": __version__, "weights": naming, "config": config.to_dict()},
     )
     atomic_write_text(path / CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")
     return path
@@ -276,3 +297,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "encoder.json", "encoder_bpe_40000.json")
+
+
+def load_tokenizer(source: Source) -> Any:
+    """The tokenizer stored beside a checkpoint's weights, or None when the folder has none."""
+    if not any((source.path / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    from gptkit.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(source.path)

@@ -101,6 +101,9 @@ class GPTConfig:
         if unknown:
             raise ConfigError(f"unknown GPTConfig field(s) {sorted(unknown)} in overrides for {name!r}")
         fields.update(overrides)
+        for key in ("bos_token_id", "eos_token_id"):  # the preset's ids belong to the preset's vocabulary
+            if key not in overrides and fields.get(key) is not None and fields[key] >= fields["vocab_size"]:
+                fields[key] = None
         return cls(**fields)
 
     @staticmethod

@@ -1,0 +1,182 @@
+"""Checkpoints in and out: transformers directories load with the same numbers, ours load in transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptkit import GPT, CheckpointError, GPTConfig, ModelNotFoundError
+from gptkit.checkpoint import describe, load_model, save_model
+from gptkit.cli import main as cli
+
+from conftest import SHAPES, hf_model, random_ids
+
+transformers = pytest.importorskip("transformers")
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_hf_directory_loads_with_equal_logits_and_saves_back(hf_dir: tuple[Path, torch.nn.Module], tmp_path) -> None:
+    path, reference = hf_dir
+    ids = random_ids(reference.config.vocab_size, 2, reference.config.n_positions)
+    model = GPT.from_pretrained(path)
+    assert (_logits(model, ids) - _logits(reference, ids)).abs().max().item() <= 1e-4
+    model.save_pretrained(tmp_path / "out")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(reloaded) is type(reference)
+    assert (_logits(reloaded, ids) - _logits(model, ids)).abs().max().item() <= 1e-4
+    assert GPT.from_pretrained(tmp_path / "out").config == model.config
+
+
+@pytest.mark.parametrize("family", ["gpt2", "openai-gpt"])
+def test_bare_model_pytorch_bin_and_sharded_checkpoints(family: str, tmp_path) -> None:
+    dims = SHAPES["gpt2-small"][1]
+    reference = hf_model(family, dims)
+    ids = random_ids(dims["vocab_size"], 2, 16)
+    expected = _logits(reference, ids)
+    # The bare model (no LM head, no `transformer.` prefix) gives the same logits through the tied head.
+    reference.transformer.save_pretrained(tmp_path / "bare")
+    assert torch.allclose(_logits(GPT.from_pretrained(tmp_path / "bare"), ids), expected, atol=1e-5)
+    # Sharded safetensors with an index file.
+    reference.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert torch.allclose(_logits(GPT.from_pretrained(tmp_path / "sharded"), ids), expected, atol=1e-5)
+    # A legacy pytorch_model.bin, read with torch.load(weights_only=True).
+    legacy = tmp_path / "legacy"
+    reference.save_pretrained(legacy)
+    (legacy / "model.safetensors").unlink()
+    torch.save(reference.state_dict(), legacy / "pytorch_model.bin")
+    assert torch.allclose(_logits(GPT.from_pretrained(legacy), ids), expected, atol=1e-5)
+
+
+def test_gptkit_round_trip_is_exact_in_float32_and_bfloat16(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=300, n_inner=100)).eval()
+    ids = random_ids(300, 2, 20)
+    save_model(model, tmp_path / "a")
+    again = load_model(tmp_path / "a")
+    assert again.config == model.config
+    assert torch.equal(_logits(again, ids), _logits(model, ids))
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["n_inner"] == 100 and config["gptkit"]["config"]["n_inner"] == 100
+    save_model(model.to(torch.bfloat16), tmp_path / "b")
+    assert describe(tmp_path / "b")["dtype"] == "bfloat16"
+    assert load_model(tmp_path / "b", dtype=torch.bfloat16).transformer.wte.weight.dtype == torch.bfloat16
+
+
+def test_shape_without_hf_equivalent_still_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=300, bias=False)).eval()
+    save_model(model, tmp_path / "c")
+    ids = random_ids(300, 1, 12)
+    assert torch.equal(_logits(load_model(tmp_path / "c"), ids), _logits(model, ids))
+
+
+def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch) -> None:
+    import safetensors.torch
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=300)).eval()
+    save_model(model, tmp_path / "ckpt")
+    before = _logits(model, random_ids(300, 1, 8))
+
+    def crash(tensors, filename, metadata=None):  # writes half a file, then dies like a full disk would
+        Path(filename).write_bytes(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(_logits(load_model(tmp_path / "ckpt"), random_ids(300, 1, 8)), before)
+
+
+def _hf_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "hf"
+    hf_model("gpt2", SHAPES["gpt2-small"][1]).save_pretrained(path)
+    return path
+
+
+def test_missing_unexpected_and_mismatched_weights_are_named(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = _hf_dir(tmp_path)
+    weights = path / "model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if k != "transformer.h.1.mlp.c_fc.bias"}, weights, {"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing weight 'transformer\.h\.1\.mlp\.c_fc\.bias'"):
+        GPT.from_pretrained(path)
+    save_file({**state, "transformer.h.9.attn.c_attn.weight": torch.zeros(2)}, weights, {"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"unexpected weight\(s\) \['transformer\.h\.9\.attn\.c_attn\.weight'\]"):
+        GPT.from_pretrained(path)
+    save_file({**state, "transformer.wpe.weight": torch.zeros(99, 64)}, weights, {"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"'transformer\.wpe\.weight' has shape \(99, 64\).*expects \(128, 64\)"):
+        GPT.from_pretrained(path)
+
+
+def test_malformed_and_missing_files_are_named(tmp_path) -> None:
+    path = _hf_dir(tmp_path)
+    (path / "config.json").write_text('{"model_type": "gpt2",\n "n_embd": }')
+    with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON \(line 2"):
+        GPT.from_pretrained(path)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="model_type 'llama' is not supported"):
+        GPT.from_pretrained(path)
+    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    missing = r"lacks required field\(s\) \['n_head', 'n_layer', 'n_positions', 'vocab_size'\]"
+    with pytest.raises(CheckpointError, match=missing):
+        GPT.from_pretrained(path)
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+    (path / "config.json").write_text(json.dumps(hf_model("gpt2", SHAPES["gpt2-small"][1]).config.to_dict()))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read weights"):
+        GPT.from_pretrained(path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no weights found"):
+        GPT.from_pretrained(path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        GPT.from_pretrained(empty)
+
+
+def test_unknown_hub_name_while_offline_is_a_clear_error(tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    code = (
+        "import gptkit\n"
+        "try:\n    gptkit.GPT.from_pretrained('gpt2')\n"
+        "except gptkit.ModelNotFoundError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "ERR 'openai-community/gpt2' is neither a local directory nor available" in out.stdout, out.stderr
+    with pytest.raises(ModelNotFoundError, match="not a hub repo id"):
+        GPT.from_pretrained(str(tmp_path / "no" / "such" / "dir"))
+
+
+def test_cli_convert_and_info(tmp_path, capsys) -> None:
+    source = _hf_dir(tmp_path)
+    assert cli(["convert", str(source), str(tmp_path / "out"), "--dtype", "bfloat16"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert cli(["info", str(tmp_path / "out"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == hf_model("gpt2", SHAPES["gpt2-small"][1]).num_parameters()
+    assert info["dtype"] == "bfloat16" and info["family"] == "gpt2" and "model.safetensors" in info["files"]
+    assert cli(["info", str(tmp_path / "nothing-here")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_import_is_light_and_help_explains_itself() -> None:
+    code = "import gptkit, sys; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "gptkit", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "convert" in out.stdout and "info" in out.stdout
