@@ -1,0 +1,496 @@
+"""Generation: prefill + decode over a static KV cache, as a generator of tokens.
+
+`stream()` yields one `TokenEvent` per new token per sequence; `generate()` collects it into
+`Completion`s. Prompts of different lengths share a batch through left padding (attention mask and
+position ids set so each row sees exactly what it would see alone); each row has its own random
+generator and stops on its own. Beam search follows transformers' algorithm step for step.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from gptkit.errors import ContextLengthError, TokenizerError
+from gptkit.model import GPT, KVCache
+from gptkit.sampling import (
+    SamplingParams,
+    apply_logit_bias,
+    apply_no_repeat_ngram,
+    apply_presence_frequency,
+    apply_repetition_penalty,
+    choose,
+)
+
+FinishReason = Literal["stop", "length"]
+Prompt = str | Sequence[int]
+
+
+@dataclass
+class TokenEvent:
+    """One new token of sequence `index` (prompt `prompt_index`, sample `sample`)."""
+
+    index: int
+    prompt_index: int
+    sample: int
+    token_id: int
+    text: str  # newly visible text: whole UTF-8 characters, stop strings held back and never shown
+    logprob: float  # log-probability of token_id under the model's (unprocessed) distribution
+    top_logprobs: dict[int, float] | None
+    finish_reason: FinishReason | None  # set on the last event of a sequence
+
+
+@dataclass
+class Completion:
+    index: int
+    prompt_index: int
+    sample: int
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: FinishReason = "length"
+    score: float | None = None  # beam search: the length-penalised beam score
+
+
+class TextStream:
+    """Turns a growing list of token ids into text deltas that are safe to show.
+
+    Text is released only up to a whole UTF-8 character (byte-level BPE splits characters across
+    tokens), and any tail that could still become a stop string is held back until it cannot.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.ids: list[int] = []
+        self.shown = ""
+        self.stopped = False
+
+    def _decoded(self, final: bool) -> str:
+        if self.tokenizer is None:
+            return ""
+        raw = self.tokenizer.decode_bytes(self.ids)
+        return codecs.getincrementaldecoder("utf-8")("replace").decode(raw, final=final)
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the newly visible text. Sets `stopped` when a stop string completes."""
+        self.ids.append(token_id)
+        text = self._decoded(final=False)
+        cut = min((i for s in self.stop if (i := text.find(s, len(self.shown))) >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            return self._release(text[:cut])
+        return self._release(text[: len(text) - _held_back(text, self.stop)])
+
+    def flush(self) -> str:
+        """At the end of a sequence: release whatever was held back (not past a stop)."""
+        return "" if self.stopped else self._release(self._decoded(final=True))
+
+    def _release(self, visible: str) -> str:
+        if not visible.startswith(self.shown):  # a decoder that rewrote earlier text: show nothing new now
+            return ""
+        delta, self.shown = visible[len(self.shown) :], visible
+        return delta
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+
+def encode_prompts(
+    prompts: Prompt | Sequence[Prompt], tokenizer: Any, *, allow_special: bool = False
+) -> list[list[int]]:
+    """Normalise one prompt or many (text or token ids) into lists of ids."""
+    if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]  # type: ignore[list-item]
+    out = []
+    for prompt in prompts:  # type: ignore[union-attr]
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise TokenizerError("text prompts need a tokenizer; pass tokenizer=... or token ids")
+            out.append(tokenizer.encode(prompt, allowed_special="all" if allow_special else frozenset()))
+        else:
+            out.append([int(t) for t in prompt])
+    if not out or any(len(ids) == 0 for ids in out):
+        raise ValueError("every prompt needs at least one token (GPT-2 users often start with <|endoftext|>)")
+    return out
+
+
+def fit_to_context(ids: list[int], max_new_tokens: int, n_positions: int, truncate: bool) -> list[int]:
+    room = n_positions - max_new_tokens
+    if len(ids) <= room:
+        return ids
+    if truncate and room > 0:
+        return ids[len(ids) - room :]
+    raise ContextLengthError(
+        f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of "
+        f"{n_positions}; shorten the prompt, lower max_new_tokens, or pass truncate=True to drop the oldest tokens"
+    )
+
+
+def _stop_ids(model: GPT, params: SamplingParams) -> set[int]:
+    if params.ignore_eos:
+        return set()
+    if params.stop_token_ids is not None:
+        return set(params.stop_token_ids)
+    eos = model.config.eos_token_id
+    return set() if eos is None else {eos}
+
+
+@dataclass
+class _Batch:
+    ids: Tensor  # (B, T) left-padded
+    mask: Tensor  # (B, T) 1 = real token
+    positions: Tensor  # (B, T)
+
+
+def left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> _Batch:
+    T = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, T - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, T - len(row) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return _Batch(ids.to(device), mask.to(device), positions.to(device))
+
+
+def _model_device_dtype(model: GPT) -> tuple[torch.device, torch.dtype]:
+    weight = model.transformer.wte.weight
+    return weight.device, weight.dtype
+
+
+def prefill(model: GPT, batch: _Batch, cache: KVCache) -> Tensor:
+    """Run the prompts through the model, filling cache slots [0, T); return last-position logits (B, V)."""
+    T = batch.ids.shape[1]
+    out = model(
+        batch.ids,
+        attention_mask=batch.mask,
+        position_ids=batch.positions,
+        cache=cache,
+        cache_position=torch.arange(T, device=batch.ids.device),
+        return_logits=False,
+    )
+    return model.lm_head(out.last_hidden_state[:, -1])
+
+
+def decode_step(
+    model: GPT, tokens: Tensor, mask: Tensor | None, positions: Tensor, slot: Tensor, cache: KVCache
+) -> Tensor:
+    """One new token per row (B,) at cache slot `slot` (1,); return its logits (B, V).
+
+    mask: (B, cache.max_len) padding mask over all slots, or None when no row is padded."""
+    out = model(
+        tokens[:, None], attention_mask=mask, position_ids=positions[:, None], cache=cache, cache_position=slot
+    )
+    return out.logits[:, -1]
+
+
+def _process(logits: Tensor, params: SamplingParams, seqs: list[list[int]], seen: Tensor | None,
+             counts: Tensor | None) -> Tensor:
+    """The sequence-dependent processors, in transformers' order where both define them."""
+    logits = apply_logit_bias(logits, params.logit_bias)
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if counts is not None:
+        logits = apply_presence_frequency(logits, counts, params.presence_penalty, params.frequency_penalty)
+    return apply_no_repeat_ngram(logits, seqs, params.no_repeat_ngram_size)
+
+
+def _top(logprobs: Tensor, n: int | None) -> dict[int, float] | None:
+    if n is None:
+        return None
+    if n == 0:
+        return {}
+    values, ids = logprobs.topk(n)
+    return dict(zip(ids.tolist(), values.tolist(), strict=True))
+
+
+def _generator(params: SamplingParams, sample: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()
+    else:  # one stream per (seed, sample): a prompt draws the same in a batch as alone
+        generator.manual_seed(params.seed * 1_000_003 + sample)
+    return generator
+
+
+# -- sampling and greedy decoding ------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def stream(
+    model: GPT,
+    prompts: Prompt | Sequence[Prompt],
+    params: SamplingParams | None = None,
+    *,
+    tokenizer: Any = None,
+    allow_special: bool = False,
+) -> Iterator[TokenEvent]:
+    """Yield new tokens as they are produced, for one prompt or a batch (text needs a tokenizer).
+
+    Sequences are numbered prompt-major: prompt p's sample s is index p * num_return_sequences + s.
+    Beam search yields each finished beam's tokens at the end.
+    """
+    params = params or SamplingParams()
+    encoded = [
+        fit_to_context(ids, params.max_new_tokens, model.config.n_positions, params.truncate)
+        for ids in encode_prompts(prompts, tokenizer, allow_special=allow_special)
+    ]
+    if params.num_beams > 1:
+        for p, ids in enumerate(encoded):
+            for completion in beam_search(model, ids, params, prompt_index=p, tokenizer=tokenizer):
+                yield from _events_of(completion)
+        return
+    yield from _sample(model, encoded, params, tokenizer)
+
+
+def _sample(model: GPT, encoded: list[list[int]], params: SamplingParams, tokenizer: Any) -> Iterator[TokenEvent]:
+    device, dtype = _model_device_dtype(model)
+    n = params.num_return_sequences
+    rows = [ids for ids in encoded for _ in range(n)]
+    B, V = len(rows), model.config.vocab_size
+    batch = left_pad(rows, device)
+    T = batch.ids.shape[1]
+    cache = KVCache(model.config, B, T + params.max_new_tokens, dtype=dtype, device=device)
+    generators = [_generator(params, i % n, device) for i in range(B)]
+    streams = [TextStream(tokenizer, params.stop) for _ in range(B)]
+    stop_ids = _stop_ids(model, params)
+    seqs = [list(r) for r in rows]
+    seen = counts = None
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(B, V, dtype=torch.bool, device=device)
+        seen.scatter_(1, batch.ids, batch.mask.bool())
+    if params.presence_penalty or params.frequency_penalty:
+        counts = torch.zeros(B, V, dtype=torch.int32, device=device)
+    done = [False] * B
+    # One mask over every cache slot, fixed for the whole loop: slots not yet written are causally masked.
+    mask = torch.cat([batch.mask, batch.mask.new_ones(B, params.max_new_tokens)], dim=1)
+    positions = batch.positions[:, -1]
+    logits = prefill(model, batch, cache)
+    for step in range(params.max_new_tokens):
+        logits = logits.float()
+        tokens = choose(_process(logits, params, seqs, seen, counts), params, generators)
+        logprobs = logits.log_softmax(dim=-1) if params.logprobs is not None else None
+        chosen = tokens.tolist()
+        for i, token in enumerate(chosen):
+            if done[i]:
+                continue
+            seqs[i].append(token)
+            hit_eos = token in stop_ids
+            text = "" if hit_eos else streams[i].push(token)
+            finish: FinishReason | None = "stop" if hit_eos or streams[i].stopped else None
+            if finish is None and step == params.max_new_tokens - 1:
+                finish = "length"
+            if finish == "length" or (hit_eos and not streams[i].stopped):
+                text += streams[i].flush()
+            done[i] = finish is not None
+            row_logprobs = logprobs[i] if logprobs is not None else None
+            yield TokenEvent(
+                index=i,
+                prompt_index=i // n,
+                sample=i % n,
+                token_id=token,
+                text=text,
+                logprob=float(row_logprobs[token]) if row_logprobs is not None else float("nan"),
+                top_logprobs=_top(row_logprobs, params.logprobs) if row_logprobs is not None else None,
+                finish_reason=finish,
+            )
+        if all(done):
+            return
+        if seen is not None:
+            seen[torch.arange(B, device=device), tokens] = True
+        if counts is not None:
+            counts[torch.arange(B, device=device), tokens] += 1
+        positions = positions + 1
+        slot = torch.tensor([T + step], device=device)
+        logits = decode_step(model, tokens, mask, positions, slot, cache)
+
+
+def generate(
+    model: GPT,
+    prompts: Prompt | Sequence[Prompt],
+    params: SamplingParams | None = None,
+    *,
+    tokenizer: Any = None,
+    allow_special: bool = False,
+) -> list[Completion]:
+    """`stream()` collected: one Completion per prompt and sample, in prompt-major order."""
+    params = params or SamplingParams()
+    encoded = encode_prompts(prompts, tokenizer, allow_special=allow_special)
+    completions: dict[int, Completion] = {}
+    for event in stream(model, encoded, params, tokenizer=tokenizer):
+        c = completions.setdefault(
+            event.index, Completion(event.index, event.prompt_index, event.sample, encoded[event.prompt_index])
+        )
+        c.token_ids.append(event.token_id)
+        c.text += event.text
+        c.logprobs.append(event.logprob)
+        if event.top_logprobs is not None:
+            c.top_logprobs.append(event.top_logprobs)
+        if event.finish_reason is not None:
+            c.finish_reason = event.finish_reason
+    return [completions[i] for i in sorted(completions)]
+
+
+def _events_of(completion: Completion) -> Iterator[TokenEvent]:
+    last = len(completion.token_ids) - 1
+    for k, token in enumerate(completion.token_ids):
+        yield TokenEvent(
+            index=completion.index,
+            prompt_index=completion.prompt_index,
+            sample=completion.sample,
+            token_id=token,
+            text=completion.text if k == last else "",
+            logprob=completion.logprobs[k],
+            top_logprobs=completion.top_logprobs[k] if completion.top_logprobs else None,
+            finish_reason=completion.finish_reason if k == last else None,
+        )
+
+
+# -- beam search -----------------------------------------------------------------------------------
+
+_LOW = -1.0e9  # transformers' stand-in for "impossible" beam scores
+
+
+@torch.inference_mode()
+def beam_search(
+    model: GPT, prompt: list[int], params: SamplingParams, *, prompt_index: int = 0, tokenizer: Any = None
+) -> list[Completion]:
+    """Beam search for one prompt, following transformers' `_beam_search` (same scores, same ties)."""
+    device, dtype = _model_device_dtype(model)
+    K, V, L = params.num_beams, model.config.vocab_size, params.max_new_tokens
+    stop_ids = sorted(_stop_ids(model, params))
+    keep = max(2, 1 + len(stop_ids)) * K
+    top_k_mask = torch.arange(keep, device=device) < K
+    batch = left_pad([prompt] * K, device)
+    P = len(prompt)
+    cache = KVCache(model.config, K, P + L, dtype=dtype, device=device)
+
+    running = torch.zeros(K, L, dtype=torch.long, device=device)  # generated tokens per running beam
+    running_scores = torch.full((K,), _LOW, device=device)
+    running_scores[0] = 0.0
+    finished = torch.zeros(K, L, dtype=torch.long, device=device)
+    finished_scores = torch.full((K,), _LOW, device=device)
+    finished_len = torch.zeros(K, dtype=torch.long, device=device)
+    is_finished = torch.zeros(K, dtype=torch.bool, device=device)
+    improvable = True
+    stop_tensor = torch.tensor(stop_ids, dtype=torch.long, device=device)
+
+    logits = prefill(model, batch, cache)
+    for cur in range(L):
+        log_probs = logits.float().log_softmax(dim=-1)
+        seqs = [prompt + running[b, :cur].tolist() for b in range(K)]
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros(K, V, dtype=torch.bool, device=device)
+            for b, seq in enumerate(seqs):
+                seen[b, seq] = True
+        log_probs = _process(log_probs, params, seqs, seen, None)
+        scores = (log_probs + running_scores[:, None]).reshape(-1)  # (K*V,)
+        top_scores, top_index = torch.topk(scores, keep)
+        origin, tokens = top_index // V, top_index % V
+        candidates = running[origin].clone()
+        candidates[:, cur] = tokens
+        hits = torch.isin(tokens, stop_tensor) | (cur + 1 == L)
+
+        # the best K candidates that did not finish keep running
+        alive_scores = top_scores + hits.float() * _LOW
+        next_index = torch.topk(alive_scores, K).indices
+        running, running_scores = candidates[next_index], alive_scores[next_index]
+        beam_origin = origin[next_index]
+
+        # finished candidates among the top K enter the finished set if they beat its members
+        just_finished = hits & top_k_mask
+        penalised = top_scores / ((cur + 1) ** params.length_penalty)
+        if bool(is_finished.all()) and params.early_stopping is True:
+            penalised = penalised + _LOW
+        if not improvable:
+            penalised = penalised + _LOW
+        penalised = penalised + (~just_finished).float() * _LOW
+        merged_scores = torch.cat([finished_scores, penalised])
+        best = torch.topk(merged_scores, K).indices
+        finished = torch.cat([finished, candidates])[best]
+        finished_scores = merged_scores[best]
+        finished_len = torch.cat([finished_len, torch.full((keep,), cur + 1, device=device)])[best]
+        is_finished = torch.cat([is_finished, just_finished])[best]
+
+        # transformers' early-stop heuristic, then its three stopping conditions
+        hypothetical = (L if params.early_stopping == "never" and params.length_penalty > 0 else cur + 1)
+        best_running = running_scores[0] / (hypothetical**params.length_penalty)
+        worst_finished = torch.where(is_finished, finished_scores.min(), torch.full_like(finished_scores, _LOW))
+        improvable = improvable and bool((best_running > worst_finished).any())
+        open_beam = not (bool(is_finished.all()) and params.early_stopping is True)
+        if not (improvable and open_beam and not bool(hits.all())):
+            break
+        cache.reorder(beam_origin)
+        positions = torch.full((K,), P + cur, device=device)
+        logits = decode_step(model, running[:, cur], None, positions, torch.tensor([P + cur], device=device), cache)
+
+    return [
+        _beam_completion(model, prompt, finished[b, : finished_len[b]].tolist(), float(finished_scores[b]),
+                         params, prompt_index, b, tokenizer, stop_ids)
+        for b in range(params.num_return_sequences)
+    ]
+
+
+def _beam_completion(model: GPT, prompt: list[int], tokens: list[int], score: float, params: SamplingParams,
+                     prompt_index: int, sample: int, tokenizer: Any, stop_ids: list[int]) -> Completion:
+    ended_on_stop = bool(tokens) and tokens[-1] in stop_ids
+    text_stream = TextStream(tokenizer, params.stop)
+    text = "".join(text_stream.push(t) for t in (tokens[:-1] if ended_on_stop else tokens)) + text_stream.flush()
+    scored = score_tokens(model, prompt + tokens, top_n=params.logprobs)[len(prompt):]
+    return Completion(
+        index=prompt_index * params.num_return_sequences + sample,
+        prompt_index=prompt_index,
+        sample=sample,
+        prompt_ids=prompt,
+        token_ids=tokens,
+        text=text,
+        logprobs=[lp for lp, _ in scored],
+        top_logprobs=[top for _, top in scored if top is not None],
+        finish_reason="stop" if ended_on_stop or text_stream.stopped else "length",
+        score=score,
+    )
+
+
+# -- scoring (echo) --------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def score_tokens(
+    model: GPT, ids: Sequence[int], *, top_n: int | None = None
+) -> list[tuple[float, dict[int, float] | None]]:
+    """Log-probability of each token given the ones before it (the first gets nan), plus top-n alternatives.
+
+    This is what perplexity and the API's `echo` + `logprobs` are built on. The text must fit the context.
+    """
+    ids = list(ids)
+    if len(ids) > model.config.n_positions:
+        raise ContextLengthError(
+            f"text of {len(ids)} tokens is longer than the context of {model.config.n_positions}; "
+            "score it in windows (see perplexity with a stride)"
+        )
+    device, _ = _model_device_dtype(model)
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    logprobs = model(x).logits[0, :-1].float().log_softmax(dim=-1)  # (T-1, V)
+    chosen = logprobs.gather(1, x[0, 1:, None])[:, 0].tolist()
+    first: tuple[float, dict[int, float] | None] = (float("nan"), {} if top_n is not None else None)
+    return [first] + [(chosen[t], _top(logprobs[t], top_n)) for t in range(len(ids) - 1)]
