@@ -285,10 +285,12 @@ def test_from_pretrained_openai_tf_folder(tf: object, tmp_path: Path, shape: dic
     assert torch.equal(_logits(loaded, shape["vocab_size"]), _logits(model, shape["vocab_size"]))
 
 
-def test_from_pretrained_gpt1_folder(tmp_path: Path) -> None:
-    # The shards do not record the head count; a folder loads with the release's 12 heads.
-    shape = dict(ODD, n_head=12)
+@pytest.mark.parametrize("n_head", [12, 3])
+def test_from_pretrained_gpt1_folder(tmp_path: Path, n_head: int) -> None:
+    # The shards do not record the head count: the release's 12 by default, else given by the caller.
+    shape = dict(ODD, n_head=n_head)
     model = random_gpt("openai-gpt", seed=12, **shape)
-    loaded = GPT.from_pretrained(write_gpt1_shards(tmp_path, model))
+    folder = write_gpt1_shards(tmp_path, model)
+    loaded = GPT.from_pretrained(folder, n_head=None if n_head == 12 else n_head)
     assert loaded.config == model.config
     assert torch.equal(_logits(loaded, shape["vocab_size"]), _logits(model, shape["vocab_size"]))

@@ -160,8 +160,13 @@ def _read_weight_file(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def read_checkpoint(source: Source) -> tuple[GPTConfig, dict[str, Tensor]]:
-    """Config and gptkit-named state dict of any supported source."""
+def read_checkpoint(source: Source, *, n_head: int | None = None) -> tuple[GPTConfig, dict[str, Tensor]]:
+    """Config and gptkit-named state dict of any supported source.
+
+    n_head: GPT-1's original shards do not record the head count; give it when it is not 12.
+    """
+    if n_head is not None and source.format != "openai-gpt1":
+        raise ConfigError(f"{source.path}: n_head is read from the checkpoint's config; pass it only for GPT-1 shards")
     if source.format == "openai-tf":
         from gptkit.openai_formats import read_openai_tf
 
@@ -169,7 +174,7 @@ def read_checkpoint(source: Source) -> tuple[GPTConfig, dict[str, Tensor]]:
     if source.format == "openai-gpt1":
         from gptkit.openai_formats import read_gpt1_shards
 
-        return read_gpt1_shards(source.path)
+        return read_gpt1_shards(source.path, n_head=n_head or 12)
     config, naming = _read_config(source.path)
     hf_state, weights_path = read_hf_weights(source.path)
     expected = _expected_shapes(config)
@@ -219,9 +224,13 @@ def load_model(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    n_head: int | None = None,
 ) -> GPT:
-    """Load a GPT from any supported source (see module docstring). dtype defaults to float32."""
-    config, state = read_checkpoint(resolve(name_or_path))
+    """Load a GPT from any supported source (see module docstring). dtype defaults to float32.
+
+    n_head is needed only for GPT-1's original `params_*.npy` shards, which do not record it (default 12).
+    """
+    config, state = read_checkpoint(resolve(name_or_path), n_head=n_head)
     return build_model(config, state, device=device, dtype=dtype)
 
 

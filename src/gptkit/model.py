@@ -276,12 +276,14 @@ class GPT(nn.Module):
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        n_head: int | None = None,
     ) -> GPT:
         """Load a preset hub name (`gpt2`, `openai-community/gpt2-xl`, `openai-gpt`), a Hugging Face or
-        gptkit directory, OpenAI's original GPT-2 TensorFlow folder, or GPT-1's `params_*.npy` folder."""
+        gptkit directory, OpenAI's original GPT-2 TensorFlow folder, or GPT-1's `params_*.npy` folder
+        (whose head count, not stored in the shards, is `n_head`, default 12)."""
         from gptkit.checkpoint import load_model
 
-        return load_model(name_or_path, device=device, dtype=dtype)
+        return load_model(name_or_path, device=device, dtype=dtype, n_head=n_head)
 
     def save_pretrained(self, path: str | os.PathLike[str], *, tokenizer: Tokenizer | None = None) -> None:
         """Write a directory that gptkit and `transformers.AutoModelForCausalLM` both load."""

@@ -1,0 +1,145 @@
+"""Generation against transformers' generate (same weights => same tokens) and its own invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import hf_model
+
+from gptkit import GPT, ContextLengthError, GPTConfig
+from gptkit.checkpoint import load_model
+from gptkit.generate import generate, score_tokens, stream
+from gptkit.sampling import SamplingParams
+
+transformers = pytest.importorskip("transformers")
+
+SIZES = {
+    "gpt2-a": ("gpt2", dict(n_embd=48, n_layer=5, n_head=3, vocab_size=1001, n_positions=128)),
+    "gpt2-b": ("gpt2", dict(n_embd=96, n_layer=2, n_head=4, vocab_size=512, n_positions=96)),
+    "gpt1-a": ("openai-gpt", dict(n_embd=48, n_layer=5, n_head=3, vocab_size=1001, n_positions=128)),
+    "gpt1-b": ("openai-gpt", dict(n_embd=96, n_layer=2, n_head=4, vocab_size=512, n_positions=96)),
+}
+PROMPTS = [[5, 17, 99, 3], [42, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=64, ignore_eos=True)
+
+
+@pytest.fixture(scope="module", params=sorted(SIZES))
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    family, dims = SIZES[request.param]
+    reference = hf_model(family, dims)
+    path = tmp_path_factory.mktemp(request.param)
+    reference.save_pretrained(path)
+    return reference, load_model(path)
+
+
+def _hf_new_tokens(reference, prompt: list[int], **kwargs) -> list[list[int]]:
+    out = reference.generate(torch.tensor([prompt]), max_new_tokens=64, min_new_tokens=0, pad_token_id=0,
+                             eos_token_id=None, **kwargs)
+    return [row[len(prompt):].tolist() for row in out]
+
+
+@pytest.mark.parametrize(
+    "theirs, ours",
+    [
+        (dict(do_sample=False), {}),
+        (dict(do_sample=False, repetition_penalty=1.3), dict(repetition_penalty=1.3)),
+        (dict(do_sample=False, no_repeat_ngram_size=2), dict(no_repeat_ngram_size=2)),
+        (dict(do_sample=False, num_beams=4), dict(num_beams=4)),
+        (dict(do_sample=False, num_beams=3, length_penalty=0.5, num_return_sequences=2, early_stopping=True),
+         dict(num_beams=3, length_penalty=0.5, num_return_sequences=2, early_stopping=True)),
+    ],
+    ids=["greedy", "repetition-penalty", "no-repeat-ngram", "beam-4", "beam-3-lp-0.5-n2"],
+)
+def test_tokens_equal_transformers_generate(pair, theirs: dict, ours: dict) -> None:
+    reference, model = pair
+    for prompt in PROMPTS:
+        expected = _hf_new_tokens(reference, prompt, **theirs)
+        got = [c.token_ids for c in generate(model, prompt, GREEDY.replace(**ours))]
+        assert got == expected, f"prompt {prompt}"
+
+
+def test_beam_search_with_eos_equals_transformers(pair) -> None:
+    reference, model = pair
+    prompt = PROMPTS[0]
+    greedy = generate(model, prompt, GREEDY.replace(max_new_tokens=12))[0].token_ids
+    eos = greedy[5]  # a token the model does produce, so beams really finish early
+    out = reference.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, num_beams=4,
+                             num_return_sequences=4, eos_token_id=eos, pad_token_id=eos)
+    expected = [row[len(prompt):].tolist() for row in out]
+    got = [c.token_ids for c in generate(model, prompt, SamplingParams(
+        temperature=0, max_new_tokens=20, num_beams=4, num_return_sequences=4, stop_token_ids=(eos,)))]
+    assert [g + [eos] * (len(e) - len(g)) for g, e in zip(got, expected, strict=True)] == expected
+
+
+def test_top_k_one_sampling_equals_greedy(pair) -> None:
+    _, model = pair
+    greedy = [c.token_ids for c in generate(model, PROMPTS, GREEDY)]
+    sampled = [c.token_ids for c in generate(model, PROMPTS, GREEDY.replace(temperature=0.7, top_k=1, seed=5))]
+    assert sampled == greedy
+
+
+def _tiny_model(preset: str = "gpt2-tiny") -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name(preset, vocab_size=300, initializer_range=0.2)).eval()
+    return model
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "openai-gpt-tiny"])
+def test_cached_decode_equals_full_recomputation(preset: str) -> None:
+    model = _tiny_model(preset)
+    prompt = [3, 1, 4, 1, 5]
+    got = generate(model, prompt, GREEDY.replace(max_new_tokens=30, logprobs=0))[0]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(30):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert got.token_ids == ids[len(prompt):]
+    scored = score_tokens(model, ids)
+    assert got.logprobs == pytest.approx([lp for lp, _ in scored[len(prompt):]], abs=1e-5)
+
+
+def test_batched_equals_one_at_a_time_and_stream_equals_generate() -> None:
+    model = _tiny_model()
+    for params in (GREEDY.replace(max_new_tokens=24), SamplingParams(max_new_tokens=24, seed=11, top_p=0.9,
+                                                                      ignore_eos=True, num_return_sequences=2)):
+        batched = generate(model, PROMPTS, params)
+        alone = [c for p in PROMPTS for c in generate(model, p, params)]
+        assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
+        streamed: dict[int, list[int]] = {}
+        for event in stream(model, PROMPTS, params):
+            streamed.setdefault(event.index, []).append(event.token_id)
+        assert [streamed[i] for i in sorted(streamed)] == [c.token_ids for c in batched]
+
+
+def test_seeds_reproduce_and_differ() -> None:
+    model = _tiny_model()
+    params = SamplingParams(max_new_tokens=20, seed=1, ignore_eos=True)
+    first = generate(model, PROMPTS[0], params)[0].token_ids
+    assert generate(model, PROMPTS[0], params)[0].token_ids == first
+    assert generate(model, PROMPTS[0], params.replace(seed=2))[0].token_ids != first
+    two = generate(model, PROMPTS[0], params.replace(num_return_sequences=2))
+    assert two[0].token_ids == first and two[1].token_ids != first
+
+
+def test_rows_stop_independently_on_eos_and_logprobs_are_reported() -> None:
+    model = _tiny_model()
+    free = generate(model, PROMPTS, GREEDY.replace(max_new_tokens=10))
+    eos = free[0].token_ids[3]
+    params = GREEDY.replace(max_new_tokens=10, stop_token_ids=(eos,), ignore_eos=False, logprobs=3)
+    out = generate(model, PROMPTS, params)
+    for before, after in zip(free, out, strict=True):
+        cut = before.token_ids.index(eos) + 1 if eos in before.token_ids else 10
+        assert after.token_ids == before.token_ids[:cut]
+        assert after.finish_reason == ("stop" if eos in before.token_ids else "length")
+        assert all(len(top) == 3 and max(top, key=top.get) == t for top, t in zip(after.top_logprobs,
+                                                                                   after.token_ids, strict=True))
+
+
+def test_prompt_longer_than_context_errors_or_is_truncated() -> None:
+    model = _tiny_model()  # context 128
+    long_prompt = list(range(1, 121))
+    with pytest.raises(ContextLengthError, match="exceeds the model's context of 128"):
+        generate(model, long_prompt, GREEDY.replace(max_new_tokens=16))
+    truncated = generate(model, long_prompt, GREEDY.replace(max_new_tokens=16, truncate=True))[0]
+    assert truncated.prompt_ids == long_prompt and len(truncated.token_ids) == 16
+    assert truncated.token_ids == generate(model, long_prompt[-112:], GREEDY.replace(max_new_tokens=16))[0].token_ids

@@ -1,0 +1,97 @@
+"""Logit processors on hand-made logits, and against transformers' processors on random ones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gptkit import ConfigError
+from gptkit.sampling import (
+    SamplingParams,
+    apply_logit_bias,
+    apply_min_p,
+    apply_presence_frequency,
+    apply_repetition_penalty,
+    apply_top_k,
+    apply_top_p,
+    banned_ngram_tokens,
+    choose,
+)
+
+NEG = float("-inf")
+
+
+def _logits_of(probs: list[float]) -> torch.Tensor:
+    return torch.tensor([[math.log(p) for p in probs]])
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_and_at_least_one_token() -> None:
+    logits = _logits_of([0.5, 0.3, 0.15, 0.05])
+    kept = lambda p: torch.isfinite(apply_top_p(logits, p))[0].tolist()  # noqa: E731
+    assert kept(0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8 exactly
+    assert kept(0.81) == [True, True, True, False]
+    assert kept(0.01) == [True, False, False, False]
+    assert kept(1.0) == [True, True, True, True]
+
+
+def test_top_k_keeps_ties_with_the_kth_value() -> None:
+    logits = torch.tensor([[1.0, 2.0, 2.0, 0.0]])
+    assert torch.isfinite(apply_top_k(logits, 1))[0].tolist() == [False, True, True, False]
+    assert torch.isfinite(apply_top_k(logits, 3))[0].tolist() == [True, True, True, False]
+    assert torch.equal(apply_top_k(logits, 0), logits)
+
+
+def test_min_p_drops_tokens_below_a_fraction_of_the_top_probability() -> None:
+    logits = _logits_of([0.6, 0.3, 0.1])
+    assert torch.isfinite(apply_min_p(logits, 0.2))[0].tolist() == [True, True, False]  # threshold 0.12
+    assert torch.isfinite(apply_min_p(logits, 0.5))[0].tolist() == [True, True, False]  # threshold 0.30 keeps 0.3
+    assert torch.isfinite(apply_min_p(logits, 0.51))[0].tolist() == [True, False, False]
+
+
+def test_penalties_and_bias_follow_their_definitions() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -2.0, 0.5, 3.0]]
+    counts = torch.tensor([[0, 2, 1, 0]])
+    # OpenAI: logit - count * frequency - (count > 0) * presence
+    assert apply_presence_frequency(logits, counts, 0.5, 0.25).tolist() == [[2.0, -2.0, -0.25, 3.0]]
+    assert apply_logit_bias(logits, {0: -100, 3: 1.5}).tolist() == [[-98.0, -1.0, 0.5, 4.5]]
+
+
+def test_no_repeat_ngram_bans_completions_of_seen_ngrams() -> None:
+    assert banned_ngram_tokens([1, 2, 3, 1, 2], 3) == [3]
+    assert sorted(banned_ngram_tokens([1, 2, 1, 3, 1], 2)) == [2, 3]
+    assert banned_ngram_tokens([4, 4, 4], 1) == [4, 4, 4]
+    assert banned_ngram_tokens([1], 3) == []
+
+
+def test_processors_equal_transformers_on_random_logits() -> None:
+    generation = pytest.importorskip("transformers.generation.logits_process")
+    torch.manual_seed(0)
+    scores = torch.randn(4, 300) * 3
+    ids = torch.randint(0, 300, (4, 12))
+    seen = torch.zeros(4, 300, dtype=torch.bool).scatter_(1, ids, True)
+    pairs = [
+        (apply_top_k(scores, 17), generation.TopKLogitsWarper(17)(ids, scores.clone())),
+        (apply_top_p(scores, 0.7), generation.TopPLogitsWarper(0.7)(ids, scores.clone())),
+        (apply_min_p(scores, 0.05), generation.MinPLogitsWarper(0.05)(ids, scores.clone())),
+        (apply_repetition_penalty(scores, seen, 1.4),
+         generation.RepetitionPenaltyLogitsProcessor(1.4)(ids, scores.clone())),
+    ]
+    for ours, theirs in pairs:
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+        assert torch.allclose(ours[torch.isfinite(ours)], theirs[torch.isfinite(theirs)])
+
+
+def test_temperature_zero_is_greedy_and_params_are_validated() -> None:
+    logits = torch.tensor([[0.1, 3.0, 2.9]])
+    assert choose(logits, SamplingParams(temperature=0), [None]).tolist() == [1]
+    g = torch.Generator().manual_seed(0)
+    assert choose(logits, SamplingParams(temperature=1.0, top_k=1), [g]).tolist() == [1]
+    for bad, field in [(dict(top_p=0.0), "top_p"), (dict(temperature=-1), "temperature"),
+                       (dict(max_new_tokens=0), "max_new_tokens"), (dict(logit_bias={1: 500}), "logit_bias"),
+                       (dict(num_beams=2, temperature=1.0), "beam search"), (dict(stop=("",)), "stop")]:
+        with pytest.raises(ConfigError, match=field):
+            SamplingParams(**bad)
