@@ -318,3 +318,23 @@ def load_tokenizer(source: Source) -> Any:
     from gptkit.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(source.path)
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+) -> tuple[GPT, Any]:
+    """Model and tokenizer of a checkpoint in one call; `tokenizer` overrides the one stored with it."""
+    from gptkit.tokenizer import Tokenizer
+
+    source = resolve(name_or_path)
+    model = load_model(source.path, device=device, dtype=dtype)
+    tok = Tokenizer.from_pretrained(tokenizer) if tokenizer is not None else load_tokenizer(source)
+    if tok is not None and tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} embeddings"
+        )
+    return model, tok

@@ -1,0 +1,59 @@
+"""The `gptkit generate` command end to end on a tiny checkpoint with the real GPT-2 tokenizer."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptkit import GPT, GPTConfig
+from gptkit.cli import main as cli
+from gptkit.generate import generate
+from gptkit.sampling import SamplingParams
+from gptkit.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny")
+    GPT(GPTConfig.from_name("gpt2-tiny", initializer_range=0.1)).save_pretrained(path, tokenizer=Tokenizer.from_pretrained("gpt2"))
+    return path
+
+
+def test_live_stream_prints_prompt_and_the_same_text_as_the_api(tiny_dir: Path, capsys) -> None:
+    assert cli(["generate", "--model", str(tiny_dir), "--max-new-tokens", "12", "--seed", "3", "Hello there"]) == 0
+    printed = capsys.readouterr().out
+    model, tok = GPT.from_pretrained(tiny_dir), Tokenizer.from_pretrained(tiny_dir)
+    expected = generate(model, "Hello there", SamplingParams(max_new_tokens=12, seed=3), tokenizer=tok)[0]
+    assert printed == "Hello there" + expected.text + "\n"
+
+
+def test_json_lines_for_a_batch_from_a_prompt_file(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("One\nTwo two\n\nThree\\nlines\n")
+    args = ["generate", "--model", str(tiny_dir), "--prompt-file", str(prompts), "--json", "--temperature", "0",
+            "--max-new-tokens", "5", "--logprobs", "2", "--num-return-sequences", "2", "--seed", "1"]
+    assert cli(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["prompt"], r["sample"]) for r in rows] == [
+        ("One", 0), ("One", 1), ("Two two", 0), ("Two two", 1), ("Three\nlines", 0), ("Three\nlines", 1)]
+    for row in rows:
+        assert len(row["token_ids"]) == len(row["logprobs"]) == 5 and row["finish_reason"] == "length"
+        assert [alt[0]["token_id"] for alt in row["top_logprobs"]] == row["token_ids"]  # greedy picks the top
+
+
+def test_stdin_prompt_and_clear_errors(tiny_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("From stdin"))
+    assert cli(["generate", "--model", str(tiny_dir), "--max-new-tokens", "3", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("From stdin")
+    bare = tmp_path / "bare"
+    GPT.from_pretrained(tiny_dir).save_pretrained(bare)
+    assert cli(["generate", "--model", str(bare), "x"]) == 2
+    assert "has no tokenizer files; name one with --tokenizer" in capsys.readouterr().err
+    assert cli(["generate", "--model", str(tiny_dir), "--top-p", "0", "x"]) == 2
+    assert "SamplingParams.top_p must be in (0, 1]" in capsys.readouterr().err
