@@ -21,7 +21,8 @@ from gptkit.tokenizer import Tokenizer
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny")
-    GPT(GPTConfig.from_name("gpt2-tiny", initializer_range=0.1)).save_pretrained(path, tokenizer=Tokenizer.from_pretrained("gpt2"))
+    model = GPT(GPTConfig.from_name("gpt2-tiny", initializer_range=0.1))
+    model.save_pretrained(path, tokenizer=Tokenizer.from_pretrained("gpt2"))
     return path
 
 
@@ -57,3 +58,12 @@ def test_stdin_prompt_and_clear_errors(tiny_dir: Path, tmp_path: Path, capsys, m
     assert "has no tokenizer files; name one with --tokenizer" in capsys.readouterr().err
     assert cli(["generate", "--model", str(tiny_dir), "--top-p", "0", "x"]) == 2
     assert "SamplingParams.top_p must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_tokenize_shows_golden_ids(capsys) -> None:
+    assert cli(["tokenize", "--json", "Hello, I'm a language model,"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"] == [15496, 11, 314, 1101, 257, 3303, 2746, 11]
+    assert cli(["tokenize", "--tokenizer", "openai-gpt", "Hello, my dog is cute and"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("7 tokens") and [int(line.split()[0]) for line in lines[1:]] == [
+        3570, 240, 547, 2585, 544, 4957, 488]

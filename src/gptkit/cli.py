@@ -129,10 +129,28 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenize(args: argparse.Namespace) -> int:
+    from gptkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    text = " ".join(args.text) if args.text else sys.stdin.read()
+    encoding = tokenizer.encode_with_offsets(text, allowed_special="all" if args.allow_special else frozenset())
+    if args.json:
+        print(json.dumps({"ids": encoding.ids, "offsets": encoding.offsets}))
+        return 0
+    print(f"{len(encoding.ids)} tokens ({tokenizer.kind}, vocabulary {tokenizer.vocab_size:,})")
+    for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+        print(f"{token_id:>8}  {text[start:end]!r}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptkit",
-        description="GPT-1 and GPT-2: load OpenAI and Hugging Face checkpoints, convert and inspect them.",
+        description=(
+            "GPT-1 and GPT-2 in one small toolkit: OpenAI's tokenizers, OpenAI and Hugging Face checkpoints, "
+            "generation."
+        ),
         epilog="Run `gptkit COMMAND --help` for the flags of one command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -159,6 +177,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="hub name or checkpoint folder")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "tokenize",
+        help="show how a tokenizer splits text (ids and the text of each token)",
+        description="Encode TEXT (or stdin) with OpenAI's GPT-2 or GPT-1 tokenizer, or a checkpoint's.",
+    )
+    p.add_argument("text", nargs="*", help="text to encode (default: stdin)")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2, openai-gpt, or a checkpoint folder (default: gpt2)")
+    p.add_argument("--allow-special", action="store_true", help="encode <|endoftext|> as its special id")
+    p.add_argument("--json", action="store_true", help="print ids and character offsets as JSON")
+    p.set_defaults(func=_tokenize)
 
     p = sub.add_parser(
         "generate",
