@@ -40,6 +40,11 @@ def measure(name: str, fn: Callable[[], list[int]], n_bytes: int, repeat: int) -
     }
 
 
+def gptkit_unchunked_ids(tokenizer: Any, text: str) -> list[int]:
+    """The ids of one backend call on the whole text, to check chunking changed nothing."""
+    return tokenizer.backend.encode(text, add_special_tokens=False).ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -53,6 +58,7 @@ def main() -> None:
     import tiktoken
     import tiktoken.load
 
+    import gptkit.tokenizer
     from gptkit.tokenizer import Tokenizer
 
     text = corpus.read_text(encoding="utf-8")
@@ -76,7 +82,15 @@ def main() -> None:
         n_bytes,
         args.repeat,
     )
-    identical = ours.encode(text) == theirs.encode_ordinary(text)
+    chunk_chars = gptkit.tokenizer.CHUNK_CHARS
+    gptkit.tokenizer.CHUNK_CHARS = len(text)  # one backend call on the whole text: the speed before chunking
+    try:
+        gptkit_unchunked = measure(
+            "gptkit encode (whole text, unchunked)", lambda: ours.encode(text), n_bytes, args.repeat
+        )
+    finally:
+        gptkit.tokenizer.CHUNK_CHARS = chunk_chars
+    identical = ours.encode(text) == theirs.encode_ordinary(text) == gptkit_unchunked_ids(ours, text)
     print(
         json.dumps(
             {
@@ -89,6 +103,8 @@ def main() -> None:
                 "gptkit": gptkit_doc,
                 "tiktoken": tiktoken_doc,
                 "ratio_vs_tiktoken": round(gptkit_doc["MB_per_s"] / tiktoken_doc["MB_per_s"], 3),
+                "gptkit_unchunked": gptkit_unchunked,
+                "unchunked_ratio_vs_tiktoken": round(gptkit_unchunked["MB_per_s"] / tiktoken_doc["MB_per_s"], 3),
                 "gptkit_batch_lines": gptkit_lines,
                 "tiktoken_batch_lines": tiktoken_lines,
                 "batch_ratio_vs_tiktoken": round(gptkit_lines["MB_per_s"] / tiktoken_lines["MB_per_s"], 3),
