@@ -144,6 +144,101 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_HELP = {
+    "data": "data directory written by `gptkit prepare`",
+    "out_dir": "run directory: checkpoints, metrics.jsonl, curves.png, the final model",
+    "init_from": "scratch (a preset), pretrained (fine-tune a checkpoint/hub model), or resume (out-dir)",
+    "model": "scratch: GPTConfig preset (gpt2-tiny, gpt2, ...); pretrained: hub name or folder",
+    "block_size": "tokens per training sequence",
+    "batch_size": "sequences per micro-batch per process",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "peak learning rate",
+    "min_lr": "final learning rate (default lr/10)",
+    "schedule": "decay after warmup: cosine, linear or constant",
+    "decay_steps": "step at which the decay reaches min-lr (default max-steps)",
+    "grad_clip": "clip the global gradient norm (0 = off)",
+    "decay_embeddings": "apply weight decay to the embeddings too",
+    "dropout": "override the model's dropout rates",
+    "dtype": "autocast dtype (float16 needs a GPU)",
+    "compile": "torch.compile the model",
+    "device": "cpu, cuda, or auto",
+    "eval_interval": "evaluate (val loss, sample) every N steps (0 = at the end)",
+    "eval_batches": "batches per split per evaluation",
+    "sample_tokens": "tokens generated at each evaluation (0 = none)",
+    "save_interval": "checkpoint every N steps (default: at each evaluation)",
+    "keep_last": "checkpoints kept besides best/",
+}
+_MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "n_inner", "activation", "bias")
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: set[str]) -> None:
+    """One --flag per dataclass field; default None so that only flags the user gives override a --config."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default!r})"
+        args = typing.get_args(hint)
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif typing.get_origin(hint) is typing.Literal:
+            parser.add_argument(flag, choices=args, default=None, help=text)
+        else:
+            kind = next((a for a in args if a in (int, float, str)), hint if hint in (int, float, str) else str)
+            parser.add_argument(flag, type=kind, default=None, help=text)
+
+
+def _train_config(args: argparse.Namespace):
+    import dataclasses
+
+    from gptkit.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    shape = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
+    if shape:
+        given["model_overrides"] = shape
+    if args.config:
+        return TrainConfig.from_file(args.config, **given)
+    if "data" not in given:
+        raise GptkitError("--data is required (or a --config file that names it)")
+    return TrainConfig(**given)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gptkit.train import train
+
+    result = train(_train_config(args))
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"trained to step {result.step}: train loss {result.train_loss:.4f}{val}, "
+          f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}")
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from gptkit.quickstart import quickstart
+
+    result = quickstart(args.out_dir, max_steps=args.max_steps)
+    for i, sample in enumerate(result.samples):
+        print(f"--- sample {i + 1} ---{sample}")
+    print(f"\nvalidation loss {result.train.val_loss:.4f} after {result.train.step} steps "
+          f"({result.train.seconds:.0f} s). Model, metrics.jsonl and curves.png are in {result.run_dir}.")
+    print(f"Try: gptkit generate --model {result.run_dir} --temperature 0.8 --max-new-tokens 300 \"ROMEO:\"")
+    return 0
+
+
+def _add_dataclass_flags_lazy(parser: argparse.ArgumentParser) -> None:
+    from gptkit.config import TrainConfig
+
+    _add_dataclass_flags(parser, TrainConfig, _TRAIN_HELP, skip={"model_overrides"})
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptkit",
@@ -177,6 +272,36 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="hub name or checkpoint folder")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "quickstart",
+        help="train a small character-level GPT on Shakespeare (the built-in default, a few minutes on CPU)",
+        description=(
+            "Prepare the tiny Shakespeare corpus shipped with gptkit (character-level, 90/10 split), train "
+            "nanoGPT's CPU recipe (4 layers, 128 wide, context 64, 2000 steps), save the run and print samples."
+        ),
+    )
+    p.add_argument("--out-dir", default="runs/shakespeare-char", help="run directory (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, help="shorter run for a quick look (default: 2000)")
+    p.set_defaults(func=_quickstart)
+
+    p = sub.add_parser(
+        "train",
+        help="pre-train or fine-tune on data prepared with `gptkit prepare`",
+        description=(
+            "Train a GPT from scratch (--init-from scratch --model PRESET), fine-tune one "
+            "(--init-from pretrained --model NAME_OR_DIR) or continue a run (--init-from resume). "
+            "Settings come from --config FILE (JSON or YAML) and/or flags; flags win. Works under "
+            "`torchrun --nproc_per_node N` (DDP: gloo on CPU, NCCL on GPU)."
+        ),
+    )
+    p.add_argument("--config", help="JSON or YAML file of training settings")
+    _add_dataclass_flags_lazy(p)
+    for name in _MODEL_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), default=None,
+                       type={"activation": str, "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int),
+                       help=f"scratch models: GPTConfig.{name}")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser(
         "tokenize",
