@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hf_model
 
 from gptkit import GPT, ContextLengthError, GPTConfig
 from gptkit.checkpoint import load_model
 from gptkit.generate import generate, score_tokens, stream
 from gptkit.sampling import SamplingParams
+
+from conftest import hf_model
 
 transformers = pytest.importorskip("transformers")
 

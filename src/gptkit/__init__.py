@@ -12,6 +12,7 @@ from gptkit.errors import (
     CheckpointError,
     ConfigError,
     ContextLengthError,
+    DataError,
     GptkitError,
     ModelNotFoundError,
     SpecialTokenError,
@@ -35,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ContextLengthError",
+    "DataError",
     "GptkitError",
     "ModelNotFoundError",
     "SpecialTokenError",
@@ -54,7 +56,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from gptkit.checkpoint import load_model, save_model
-    from gptkit.config import GPTConfig
-    from gptkit.model import GPT, KVCache, ModelOutput
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.checkpoint import load_model, save_model  # noqa: F401
+    from gptkit.config import GPTConfig  # noqa: F401
+    from gptkit.model import GPT, KVCache, ModelOutput  # noqa: F401
+    from gptkit.tokenizer import Tokenizer  # noqa: F401

@@ -21,7 +21,7 @@ from torch import Tensor
 from gptkit.config import CONFIG_FILE, PRESETS, GPTConfig
 from gptkit.convert import TIED_KEY, config_from_hf, config_to_hf, from_hf_state_dict, to_hf_state_dict
 from gptkit.errors import CheckpointError, ConfigError, ModelNotFoundError
-from gptkit.io import atomic_write, atomic_write_text
+from gptkit.io import atomic_write, atomic_write_text, read_json
 from gptkit.model import GPT
 
 Format = Literal["hf", "openai-tf", "openai-gpt1"]
@@ -297,12 +297,7 @@ def describe(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: file is missing") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    data = read_json(path, CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

@@ -239,6 +239,54 @@ def _add_dataclass_flags_lazy(parser: argparse.ArgumentParser) -> None:
     _add_dataclass_flags(parser, TrainConfig, _TRAIN_HELP, skip={"model_overrides"})
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from gptkit.checkpoint import load_pretrained
+    from gptkit.evaluate import lambada_accuracy, perplexity, read_lambada
+
+    model, tokenizer = load_pretrained(
+        args.model, device=_device(args.device), dtype=getattr(torch, args.dtype), tokenizer=args.tokenizer
+    )
+    if tokenizer is None:
+        raise GptkitError(f"{args.model} has no tokenizer files; name one with --tokenizer (e.g. gpt2)")
+    if args.lambada:
+        task = "lambada"
+        result = lambada_accuracy(
+            model, tokenizer, read_lambada(args.lambada), batch_size=args.batch_size, progress=True
+        )
+        summary = (
+            f"accuracy {result.accuracy:.4f} ({result.correct}/{result.total}), "
+            f"word perplexity {result.perplexity:.3f}"
+        )
+        settings = {"file": args.lambada}
+    else:
+        task = "perplexity"
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GptkitError(f"cannot read --text {args.text}: {exc}") from exc
+        ids = tokenizer.encode(text, disallowed_special=())  # a literal <|endoftext|> is just text here
+        max_length = args.max_length if args.max_length is not None else model.config.n_positions
+        stride = args.stride if args.stride is not None else min(512, max_length)
+        result = perplexity(
+            model, ids, max_length=max_length, stride=stride, batch_size=args.batch_size, progress=True
+        )
+        summary = (
+            f"perplexity {result.perplexity:.4f}, nll {result.nll:.4f} "
+            f"({result.tokens:,} tokens, {result.windows:,} windows)"
+        )
+        settings = {"file": args.text, "max_length": max_length, "stride": stride}
+    if args.json:
+        print(json.dumps({"task": task, "model": args.model, **settings, **dataclasses.asdict(result)}))
+    else:
+        print(f"{task} of {args.model} on {settings['file']}: {summary}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptkit",
@@ -349,6 +397,27 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
+        "eval",
+        help="perplexity of a text file, or LAMBADA last-word accuracy",
+        description=(
+            "Evaluate MODEL on --text FILE (sliding-window perplexity, computed exactly as the transformers "
+            "docs do) or --lambada FILE.jsonl (one {\"text\": ...} per line; greedy accuracy on the last word)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
+    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--text", metavar="FILE", help="UTF-8 text file; encoded whole")
+    data.add_argument("--lambada", metavar="FILE", help="LAMBADA-style JSONL file")
+    p.add_argument("--max-length", type=int, help="window length in tokens (default: the model's context)")
+    p.add_argument("--stride", type=int, help="tokens each window moves (default: 512, or the window if shorter)")
+    p.add_argument("--batch-size", type=int, default=1, help="windows or examples per forward pass (default: 1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_eval)
     return parser
 
 

@@ -134,13 +134,10 @@ class GPTConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> GPTConfig:
+        from gptkit.io import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: no such config file") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        data = read_json(path, ConfigError, missing="no such config file")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object of GPTConfig fields")
         return cls.from_dict(data, source=str(path))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -52,3 +54,15 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     os.replace(staging, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: Path, error: type[Exception], *, missing: str = "file is missing") -> Any:
+    """Parse a JSON file; any failure raises `error` naming the file (and line and column when it can)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(f"{path}: {missing}") from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({exc})") from exc

@@ -8,7 +8,6 @@ used and every shape must match, or loading fails naming the variable and the fi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,6 +20,7 @@ import torch
 
 from gptkit.config import GPTConfig
 from gptkit.errors import CheckpointError, ConfigError
+from gptkit.io import read_json
 
 __all__: list[str] = [
     "BLOCK_TABLE",
@@ -117,12 +117,7 @@ def read_openai_tf(folder: str | os.PathLike[str]) -> tuple[GPTConfig, dict[str,
 
 def gpt2_config_from_hparams(path: Path) -> GPTConfig:
     """The GPTConfig of a GPT-2 release from its `hparams.json` (n_vocab, n_ctx, n_embd, n_head, n_layer)."""
-    try:
-        hparams = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: missing; an OpenAI GPT-2 TensorFlow folder has hparams.json") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    hparams = read_json(path, CheckpointError, missing="missing; an OpenAI GPT-2 TensorFlow folder has hparams.json")
     keys = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
     if not isinstance(hparams, dict) or any(k not in hparams for k in keys):
         raise CheckpointError(f"{path}: expected a JSON object with keys {list(keys)}, got {hparams!r}")
@@ -294,12 +289,7 @@ def gpt1_config_from_shapes(
 
 
 def _read_shapes(path: Path) -> list[Shape]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: missing; GPT-1's release folder has params_shapes.json") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    data = read_json(path, CheckpointError, missing="missing; GPT-1's release folder has params_shapes.json")
     if not isinstance(data, list) or not all(
         isinstance(s, list) and s and all(_is_int(d) and d > 0 for d in s) for s in data
     ):

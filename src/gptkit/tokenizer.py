@@ -22,6 +22,7 @@ import tokenizers as tk
 
 from gptkit import tokenizer_files as tkfiles
 from gptkit.errors import ModelNotFoundError, SpecialTokenError, TokenizerError
+from gptkit.io import atomic_write_text
 
 __all__ = ["Encoding", "Tokenizer", "PRETRAINED_NAMES"]
 
@@ -127,7 +128,7 @@ class Tokenizer:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         for name, text in tkfiles.hf_files(self._backend, self._kind, self._eos).items():
-            tkfiles.atomic_write_text(out / name, text)
+            atomic_write_text(out / name, text)
         return out
 
     # --- properties --------------------------------------------------------------------------

@@ -8,8 +8,6 @@ No torch here.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import tokenizers as tk
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from gptkit import io
 from gptkit.errors import TokenizerError
 
 KINDS = ("gpt2", "openai-gpt", "char", "bpe")
@@ -141,16 +140,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def read_json(path: Path) -> Any:
     """Parse a JSON file, or raise TokenizerError naming it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"cannot read {path}: {e}") from e
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path} is not valid JSON: {e}") from None
+    return io.read_json(path, TokenizerError, missing="not found")
 
 
 def parse_vocab(data: Any, source: str) -> dict[str, int]:
@@ -260,18 +250,6 @@ def load_dir(directory: Path) -> tuple[tk.Tokenizer, str, str | None]:
 
 
 # --- writing ----------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dumps(obj: Any) -> str:
