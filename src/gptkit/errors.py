@@ -29,3 +29,7 @@ class ModelNotFoundError(CheckpointError, FileNotFoundError):
 
 class ContextLengthError(GptkitError, ValueError):
     """A sequence is longer than the model's context window."""
+
+
+class DataError(GptkitError, ValueError):
+    """A training corpus or data directory is unusable (missing file, bad row, damaged meta.json)."""
