@@ -287,6 +287,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from gptkit.data import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        inputs=args.inputs, out_dir=args.out, tokenizer=args.tokenizer, format=args.format, jsonl_field=args.field,
+        csv_template=args.template, text_mode=args.text_mode, val_fraction=args.val_fraction,
+        on_error=args.on_error, append_eos=not args.no_eos,
+    )
+    print(prepare(config, progress=True).summary())
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptkit",
@@ -418,6 +430,37 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize text/JSONL/CSV/TSV files into a training data directory",
+        description=(
+            "Tokenize INPUT files into DIR: train.bin and val.bin (uint16, or uint32 for vocabularies over 65,536), "
+            "meta.json and the tokenizer. The last --val-fraction of each input's tokens is validation (nanoGPT's "
+            "90/10 split). Documents end with <|endoftext|> where the tokenizer has one (gpt2, bpe:N); GPT-1 and "
+            "char tokenizers have none, so documents are joined with no separator. A literal <|endoftext|> in "
+            "the data is encoded as ordinary text. DIR is replaced atomically."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files")
+    p.add_argument("--out", required=True, metavar="DIR", help="data directory to write")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2, openai-gpt, a tokenizer folder, char (the inputs' characters), or bpe:N "
+                        "(train a byte-level BPE with vocabulary N on the inputs)")
+    p.add_argument("--format", default="auto", choices=("auto", "text", "jsonl", "csv", "tsv"),
+                   help="input format; auto goes by suffix (.txt .jsonl .csv .tsv)")
+    p.add_argument("--field", default="text", help="JSONL: the field holding each document's text")
+    p.add_argument("--template", metavar="TEMPLATE",
+                   help='CSV/TSV: document text from columns, e.g. "JOKE: {Question} {Answer}" '
+                        "(default: the text column)")
+    p.add_argument("--text-mode", default="file", choices=("file", "lines", "blank-lines"),
+                   help="text: a document is the whole file, each non-blank line, or each paragraph")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="tail of each input's tokens for validation")
+    p.add_argument("--on-error", default="skip", choices=("skip", "fail"),
+                   help="bad rows (broken JSON, missing field or column, empty text): skip and count, or stop")
+    p.add_argument("--no-eos", action="store_true", help="do not end documents with the end-of-text token")
+    p.set_defaults(func=_prepare)
     return parser
 
 
