@@ -215,6 +215,8 @@ def _train(args: argparse.Namespace) -> int:
     from gptkit.train import train
 
     result = train(_train_config(args))
+    if not result.is_main:
+        return 0
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     print(f"trained to step {result.step}: train loss {result.train_loss:.4f}{val}, "
           f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}")

@@ -76,7 +76,7 @@ def from_hf_state_dict(
         if key not in available:
             raise CheckpointError(f"{source}: missing weight {key!r} (needed for gptkit's {name!r})")
         tensor = available.pop(key)
-        tensor = tensor.t() if is_transposed(name) else tensor
+        tensor = tensor.t().contiguous() if is_transposed(name) else tensor
         if tuple(tensor.shape) != tuple(shape):
             raise CheckpointError(
                 f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, but the config "

@@ -55,6 +55,7 @@ class TrainResult:
     best_val_loss: float | None
     tokens_per_second: float
     seconds: float
+    is_main: bool = True  # False on the other ranks of a distributed run
 
 
 class WindowSampler:
@@ -285,7 +286,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
                       "train_eval_loss": losses["train"]}
             if config.sample_tokens > 0 and info.is_main and tokenizer is not None:
                 record["sample"] = sample_text(model, tokenizer, config)
-                bar.write(f"step {step}: val loss {val_loss:.4f}\n{record['sample']}\n")
+                if config.progress:
+                    bar.write(f"step {step}: val loss {val_loss:.4f}\n{record['sample']}\n")
             log(record)
         interval = config.save_interval or config.eval_interval
         if last or (interval > 0 and step % interval == 0):
@@ -293,7 +295,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
     bar.close()
     seconds = time.perf_counter() - start
     return TrainResult(run_dir, step, loss_value, val_loss, best_val if math.isfinite(best_val) else None,
-                       steps_done * tokens_per_step / max(seconds, 1e-9), seconds)
+                       steps_done * tokens_per_step / max(seconds, 1e-9), seconds, info.is_main)
 
 
 @torch.inference_mode()
