@@ -136,11 +136,17 @@ def test_rows_stop_independently_on_eos_and_logprobs_are_reported() -> None:
                                                                                    after.token_ids, strict=True))
 
 
-def test_prompt_longer_than_context_errors_or_is_truncated() -> None:
+def test_prompt_longer_than_context_errors_or_slides_the_window() -> None:
     model = _tiny_model()  # context 128
     long_prompt = list(range(1, 121))
     with pytest.raises(ContextLengthError, match="exceeds the model's context of 128"):
         generate(model, long_prompt, GREEDY.replace(max_new_tokens=16))
-    truncated = generate(model, long_prompt, GREEDY.replace(max_new_tokens=16, truncate=True))[0]
-    assert truncated.prompt_ids == long_prompt and len(truncated.token_ids) == 16
-    assert truncated.token_ids == generate(model, long_prompt[-112:], GREEDY.replace(max_new_tokens=16))[0].token_ids
+    slid = generate(model, long_prompt + [7] * 30, GREEDY.replace(max_new_tokens=40, truncate=True))[0]
+    ids = long_prompt + [7] * 30  # the oracle: nanoGPT's loop, cropping to the last 128 tokens every step
+    with torch.no_grad():
+        for _ in range(40):
+            ids.append(int(model(torch.tensor([ids[-128:]])).logits[0, -1].argmax()))
+    assert slid.token_ids == ids[150:]
+    batched = generate(model, [[5, 6, 7], long_prompt], GREEDY.replace(max_new_tokens=40, truncate=True))
+    assert batched[1].token_ids == generate(model, long_prompt, GREEDY.replace(max_new_tokens=40, truncate=True))[
+        0].token_ids

@@ -231,7 +231,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         print(f"--- sample {i + 1} ---{sample}")
     print(f"\nvalidation loss {result.train.val_loss:.4f} after {result.train.step} steps "
           f"({result.train.seconds:.0f} s). Model, metrics.jsonl and curves.png are in {result.run_dir}.")
-    print(f"Try: gptkit generate --model {result.run_dir} --temperature 0.8 --max-new-tokens 300 \"ROMEO:\"")
+    print(f"Try: gptkit generate --model {result.run_dir} --truncate --temperature 0.8 --max-new-tokens 300 "
+          '"ROMEO:"')
     return 0
 
 
@@ -405,7 +406,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
-    p.add_argument("--truncate", action="store_true", help="drop the oldest prompt tokens if it does not fit")
+    p.add_argument("--truncate", action="store_true", help="slide the context window (drop the oldest tokens) instead of failing when "
+                   "prompt + new tokens exceed the model's context")
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
     p.add_argument("--logprobs", type=int, default=None, help="with --json: top-N alternatives per token")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")

@@ -134,14 +134,19 @@ def encode_prompts(
 
 
 def fit_to_context(ids: list[int], max_new_tokens: int, n_positions: int, truncate: bool) -> list[int]:
-    room = n_positions - max_new_tokens
-    if len(ids) <= room:
+    """The prompt as the model will first see it.
+
+    Without truncate, prompt + new tokens must fit the context. With truncate, the model conditions on a
+    sliding window of the last n_positions tokens (nanoGPT's cropping), so only the prompt is cut here.
+    """
+    if truncate:
+        return ids[max(0, len(ids) - n_positions) :]
+    if len(ids) + max_new_tokens <= n_positions:
         return ids
-    if truncate and room > 0:
-        return ids[len(ids) - room :]
     raise ContextLengthError(
         f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of "
-        f"{n_positions}; shorten the prompt, lower max_new_tokens, or pass truncate=True to drop the oldest tokens"
+        f"{n_positions}; shorten the prompt, lower max_new_tokens, or pass truncate=True to slide the context "
+        "window (older tokens are dropped)"
     )
 
 
@@ -269,7 +274,8 @@ def _sample(model: GPT, encoded: list[list[int]], params: SamplingParams, tokeni
     B, V = len(rows), model.config.vocab_size
     batch = left_pad(rows, device)
     T = batch.ids.shape[1]
-    cache = KVCache(model.config, B, T + params.max_new_tokens, dtype=dtype, device=device)
+    window = model.config.n_positions
+    cache = KVCache(model.config, B, min(T + params.max_new_tokens, window), dtype=dtype, device=device)
     generators = [_generator(params, i % n, device) for i in range(B)]
     streams = [TextStream(tokenizer, params.stop) for _ in range(B)]
     stop_ids = _stop_ids(model, params)
@@ -319,9 +325,21 @@ def _sample(model: GPT, encoded: list[list[int]], params: SamplingParams, tokeni
             seen[torch.arange(B, device=device), tokens] = True
         if counts is not None:
             counts[torch.arange(B, device=device), tokens] += 1
-        positions = positions + 1
-        slot = torch.tensor([T + step], device=device)
-        logits = decode_step(model, tokens, mask, positions, slot, cache)
+        if T + step < cache.max_len:  # the new token still has a cache slot
+            positions = positions + 1
+            slot = torch.tensor([T + step], device=device)
+            logits = decode_step(model, tokens, mask[:, : cache.max_len], positions, slot, cache)
+        else:  # the context is full: recompute over the last `window` tokens, as nanoGPT crops
+            generated = torch.tensor([seq[len(row):] for seq, row in zip(seqs, rows, strict=True)], device=device)
+            sequence = torch.cat([batch.ids, generated], dim=1)[:, -window:]  # (B, window)
+            logits = _window_logits(model, sequence, mask[:, : T + step + 1][:, -window:])
+
+
+def _window_logits(model: GPT, ids: Tensor, mask: Tensor) -> Tensor:
+    """Last-position logits (B, V) of a full forward pass over a window that may hold left padding."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(ids, attention_mask=mask, position_ids=positions, return_logits=False)
+    return model.lm_head(out.last_hidden_state[:, -1])
 
 
 def generate(

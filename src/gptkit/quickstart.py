@@ -58,7 +58,7 @@ def quickstart(out_dir: str | Path = "runs/shakespeare-char", *, max_steps: int 
     from gptkit.checkpoint import load_pretrained
 
     model, tokenizer = load_pretrained(run_dir)
-    params = SamplingParams(max_new_tokens=300, temperature=0.8, top_k=200, seed=1337,
+    params = SamplingParams(max_new_tokens=300, temperature=0.8, top_k=200, seed=1337, truncate=True,
                             num_return_sequences=n_samples)
     samples = [c.text for c in generate(model, "\n", params, tokenizer=tokenizer)]
     return QuickstartResult(run_dir, result, samples)

@@ -47,7 +47,7 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool | Literal["never"] = False
     num_return_sequences: int = 1
-    truncate: bool = False  # drop the oldest prompt tokens instead of failing when the context is too short
+    truncate: bool = False  # slide the context window (drop the oldest tokens) instead of failing when full
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
