@@ -406,8 +406,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
-    p.add_argument("--truncate", action="store_true", help="slide the context window (drop the oldest tokens) instead of failing when "
-                   "prompt + new tokens exceed the model's context")
+    p.add_argument("--truncate", action="store_true",
+                   help="slide the context window (drop the oldest tokens) when prompt + new tokens exceed it")
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
     p.add_argument("--logprobs", type=int, default=None, help="with --json: top-N alternatives per token")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")
