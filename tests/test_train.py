@@ -141,6 +141,9 @@ def test_bad_inputs_are_reported(char_data: Path, tmp_path: Path) -> None:
         train(_config(tmp_path / "tinydata", tmp_path / "r1"))
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(_config(char_data, tmp_path / "r2", init_from="resume"))
+    train(_config(char_data, tmp_path / "r2", max_steps=2, eval_interval=0, sample_tokens=0))
+    with pytest.raises(TrainingError, match="holds a model with n_layer=2 but the settings ask for n_layer=3"):
+        train(_config(char_data, tmp_path / "r2", init_from="resume", model_overrides={"n_layer": 3}))
     pretrained = tmp_path / "gpt2tok"
     from gptkit import GPTConfig
     from gptkit.tokenizer import Tokenizer

@@ -171,6 +171,14 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
         raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/step-* with a trainer state)")
     if resume_from is not None:
         model = load_model(resume_from, device=device).train()
+        clash = {k: (v, getattr(model.config, k, None)) for k, v in config.model_overrides.items()
+                 if getattr(model.config, k, None) != v}
+        if clash:
+            raise TrainingError(
+                f"{resume_from} holds a model with " + ", ".join(f"{k}={old!r}" for k, (_, old) in clash.items())
+                + " but the settings ask for " + ", ".join(f"{k}={new!r}" for k, (new, _) in clash.items())
+                + "; resume with the run's own model settings, or start a new --out-dir"
+            )
         from gptkit.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.from_pretrained(resume_from)
