@@ -85,7 +85,7 @@ def test_gradient_accumulation_equals_the_larger_batch(char_data: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(char_data: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_and_fsdp_match_one_process_with_the_same_global_batch(char_data: Path, tmp_path: Path) -> None:
     common = ["--data", str(char_data), "--model", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
               "--block-size", "32", "--max-steps", "6", "--lr", "3e-3", "--warmup-steps", "2", "--eval-interval",
               "0", "--eval-batches", "2", "--log-interval", "1", "--sample-tokens", "0", "--no-progress",
@@ -96,9 +96,20 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(char_dat
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "gptkit", "train", *common, "--out-dir", str(tmp_path / "ddp"), "--batch-size", "4",
                     "--grad-accum", "1"], check=True, env=env, timeout=300)
-    single, ddp = _curve(tmp_path / "single"), _curve(tmp_path / "ddp")
-    assert [s for s, _ in single] == [s for s, _ in ddp] == list(range(1, 7))
-    assert all(abs(x - y) < 1e-5 for (_, x), (_, y) in zip(single, ddp, strict=True)), (single, ddp)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "gptkit", "train", *common, "--out-dir", str(tmp_path / "fsdp"), "--batch-size", "4",
+                    "--grad-accum", "1", "--fsdp"], check=True, env=env, timeout=300)
+    single = _curve(tmp_path / "single")
+    assert [s for s, _ in single] == list(range(1, 7))
+    for name in ("ddp", "fsdp"):
+        other = _curve(tmp_path / name)
+        assert [s for s, _ in other] == list(range(1, 7))
+        assert all(abs(x - y) < 1e-5 for (_, x), (_, y) in zip(single, other, strict=True)), (name, single, other)
+    ids = torch.randint(0, 10, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the sharded run saves the same full model
+        a = GPT.from_pretrained(tmp_path / "single")(ids).logits
+        b = GPT.from_pretrained(tmp_path / "fsdp")(ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
 
 
 def test_bfloat16_autocast_tracks_float32(char_data: Path, tmp_path: Path) -> None:

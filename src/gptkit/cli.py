@@ -161,6 +161,7 @@ _TRAIN_HELP = {
     "dropout": "override the model's dropout rates",
     "dtype": "autocast dtype (float16 needs a GPU)",
     "compile": "torch.compile the model",
+    "fsdp": "shard the model across torchrun processes (FSDP2) instead of replicating it (DDP)",
     "device": "cpu, cuda, or auto",
     "eval_interval": "evaluate (val loss, sample) every N steps (0 = at the end)",
     "eval_batches": "batches per split per evaluation",

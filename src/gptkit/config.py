@@ -221,6 +221,7 @@ class TrainConfig:
     dropout: float | None = None  # overrides the model's three dropout rates
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype; weights stay float32
     compile: bool = False
+    fsdp: bool = False  # shard parameters, gradients and optimizer state across processes (torchrun)
     device: str = "auto"
     eval_interval: int = 250  # 0: only at the end
     eval_batches: int = 20

@@ -8,7 +8,6 @@ states, step) is checkpointed atomically; a resumed run continues the uninterrup
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from gptkit import distributed
 from gptkit.checkpoint import (
+    build_model,
     latest_training_checkpoint,
     load_model,
     load_pretrained,
@@ -189,6 +189,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
     if config.dtype == "float16" and device.type != "cuda":
         raise ConfigError("float16 training needs a GPU (loss scaling); use --dtype bfloat16 on CPU")
 
+    try:
+        trained = distributed.wrap(model, info, device, fsdp=config.fsdp, compile=config.compile)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     optimizer = make_adamw(model, lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
                            eps=config.eps, decay_embeddings=config.decay_embeddings, device_type=device.type)
     sampler = WindowSampler(data.train, config.block_size, config.seed)
@@ -197,7 +201,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
         state = load_trainer_state(resume_from)
         if state.get("data_fingerprint") != data.fingerprint:
             raise TrainingError(f"{config.data} is not the data {run_dir} was trained on (tokenizer differs)")
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         sampler.generator.set_state(state["sampler"])
         _set_rng_state(state["rng"])
         step, best_val = state["step"], state["best_val_loss"]
@@ -207,13 +211,6 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
         if resume_from is not None:
             truncate_metrics(run_dir, step)
 
-    trained = model
-    if config.compile:
-        trained = torch.compile(trained)
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
     autocast = torch.autocast(device.type, dtype=getattr(torch, config.dtype), enabled=config.dtype != "float32")
     micro = config.grad_accum
@@ -229,12 +226,14 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
         nonlocal best_val
         is_best = val_loss is not None and val_loss < best_val
         best_val = min(best_val, val_loss) if val_loss is not None else best_val
+        model_state, optimizer_state = distributed.full_state(model, optimizer)  # every rank takes part
         if info.is_main:
-            state = {"step": step, "optimizer": optimizer.state_dict(), "sampler": sampler.generator.get_state(),
+            state = {"step": step, "optimizer": optimizer_state, "sampler": sampler.generator.get_state(),
                      "rng": _rng_state(), "best_val_loss": best_val, "data_fingerprint": data.fingerprint,
                      "config": dataclasses.asdict(config)}
+            plain = build_model(model.config, model_state) if config.fsdp else model
             try:
-                save_training_checkpoint(run_dir, step, model, tokenizer, state, keep_last=config.keep_last,
+                save_training_checkpoint(run_dir, step, plain, tokenizer, state, keep_last=config.keep_last,
                                          best=is_best)
             except OSError as exc:
                 raise TrainingError(f"could not write the checkpoint at step {step} ({exc}); the previous "
@@ -257,8 +256,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
         for k in range(micro):
             row = (k * info.world_size + info.rank) * config.batch_size
             batch = windows[row:row + config.batch_size].to(device, non_blocking=True)
-            sync = contextlib.nullcontext() if (k == micro - 1 or not info.enabled) else trained.no_sync()
-            with sync:
+            with distributed.gradient_sync(trained, model, enabled=k == micro - 1):
                 with autocast:
                     logits = trained(batch[:, :-1]).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
@@ -292,7 +290,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, device: torch.device
             val_loss = losses["val"]
             record = {"step": step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)),
                       "train_eval_loss": losses["train"]}
-            if config.sample_tokens > 0 and info.is_main and tokenizer is not None:
+            # a sharded model needs every rank in each forward pass, so all ranks sample under FSDP
+            if config.sample_tokens > 0 and (info.is_main or config.fsdp) and tokenizer is not None:
                 record["sample"] = sample_text(model, tokenizer, config)
                 if config.progress:
                     bar.write(f"step {step}: val loss {val_loss:.4f}\n{record['sample']}\n")
