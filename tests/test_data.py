@@ -10,20 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptkit import data
+from gptkit import corpus, data
 from gptkit.cli import main as cli
 from gptkit.data import PrepareConfig, TokenData, prepare, split_point, token_dtype, tokenizer_fingerprint
 from gptkit.errors import ConfigError, DataError
 from gptkit.tokenizer import Tokenizer
+from test_corpus import JOKES, TEXT, write_csv, write_jsonl
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EOS = 50256
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
-JOKES = [("Why did the chicken cross the road?", "To get to the other side."),
-         ("What do you call a fish with no eyes?", "A fsh."),
-         ("Why don't eggs tell jokes?", "They'd crack each other up."),
-         ("What is brown and sticky?", "A stick."),
-         ("Why was six afraid of seven?", "Because seven eight nine.")]
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +39,12 @@ def expected_ids(tok: Tokenizer, docs: list[str], eos: int | None = EOS) -> list
     return [i for doc in docs for i in [*tok.encode(doc), *([eos] if eos is not None else [])]]
 
 
-def write_csv(path: Path, rows: list[tuple[str, ...]], delimiter: str = ",") -> Path:
-    import csv
-
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f, delimiter=delimiter).writerows([("ID", "Question", "Answer"), *rows])
-    return path
-
-
 # --- text files and the nanoGPT split ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("read_chars", [data.READ_CHARS, 50])  # 50: the file is read and encoded in pieces
+@pytest.mark.parametrize("read_chars", [corpus.READ_CHARS, 50])  # 50: the file is read and encoded in pieces
 def test_txt_is_one_document_split_90_10_like_nanogpt(tmp_path, gpt2, monkeypatch, read_chars) -> None:
-    monkeypatch.setattr(data, "READ_CHARS", read_chars)
+    monkeypatch.setattr(corpus, "READ_CHARS", read_chars)
     (src := tmp_path / "input.txt").write_text(TEXT)
     info, d = run(tmp_path, [src])
     ids = gpt2.encode(TEXT) + [EOS]
@@ -69,12 +56,11 @@ def test_txt_is_one_document_split_90_10_like_nanogpt(tmp_path, gpt2, monkeypatc
     assert d.meta["sources"][0]["sha256"] and d.meta["config"]["tokenizer"] == "gpt2"
 
 
-def test_text_modes_and_no_eos(tmp_path, gpt2) -> None:
+def test_text_modes_and_no_eos(tmp_path, gpt2) -> None:  # the modes themselves: test_corpus
     (src := tmp_path / "a.txt").write_text("one line\n\n  \ntwo\nlines\n\n\nthree\n")
-    _, d = run(tmp_path, [src], "lines", text_mode="lines", val_fraction=0)
-    assert stream(d) == expected_ids(gpt2, ["one line", "two", "lines", "three"]) and len(d.val) == 0
     _, d = run(tmp_path, [src], "paras", text_mode="blank-lines", val_fraction=0)
     assert stream(d) == expected_ids(gpt2, ["one line", "two\nlines", "three"]) and d.meta["documents"] == 3
+    assert len(d.val) == 0
     _, d = run(tmp_path, [src], "noeos", text_mode="lines", val_fraction=0, append_eos=False)
     assert stream(d) == expected_ids(gpt2, ["one line", "two", "lines", "three"], eos=None)
     assert d.meta["eos_appended"] is False and d.eos_token_id == EOS
@@ -99,28 +85,19 @@ def test_endoftext_inside_a_document_is_ordinary_text(tmp_path, gpt2) -> None:
     assert stream(d).count(EOS) == 1
 
 
-# --- JSONL, CSV, TSV and bad rows ---------------------------------------------------------------------
+# --- bad rows (which rows are bad, and why: test_corpus) ---------------------------------------------
 
 
-def write_jsonl(path: Path) -> Path:
-    lines = [json.dumps({"text": "Hello world."}), '{"text": "broken', json.dumps({"body": "no text field"}),
-             "", json.dumps({"text": 42}), json.dumps({"text": "  "}), json.dumps({"text": "Bye <3", "id": 7})]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def test_jsonl_skips_bad_rows_and_reports_file_and_line(tmp_path, gpt2) -> None:
+def test_bad_rows_are_skipped_counted_and_reported_in_meta(tmp_path, gpt2, monkeypatch) -> None:
     src = write_jsonl(tmp_path / "docs.jsonl")
     info, d = run(tmp_path, [src], val_fraction=0)
     assert stream(d) == expected_ids(gpt2, ["Hello world.", "Bye <3"])
     assert info.skipped == 4 and d.meta["skipped"]["count"] == 4 and info.documents == 2
-    assert [str(b) for b in info.bad_rows] == [
-        f"{src}:2: not valid JSON (Unterminated string starting at: line 1 column 10 (char 9))",
-        f"{src}:3: missing field 'text' (fields: body)",
-        f"{src}:5: field 'text' is int, expected a string",
-        f"{src}:6: empty document",
-    ]
+    assert [(b.source, b.line) for b in info.bad_rows] == [(str(src), line) for line in (2, 3, 5, 6)]
     assert d.meta["skipped"]["rows"][0] == {"source": str(src), "line": 2, "reason": info.bad_rows[0].reason}
+    monkeypatch.setattr(data, "MAX_REPORTED", 3)  # all are counted, the first MAX_REPORTED are kept
+    info, d = run(tmp_path, [src, src], "twice", val_fraction=0)
+    assert info.skipped == 8 and len(info.bad_rows) == len(d.meta["skipped"]["rows"]) == 3
     _, d = run(tmp_path, [src], "body", jsonl_field="body", val_fraction=0)
     assert stream(d) == expected_ids(gpt2, ["no text field"])
 
@@ -130,22 +107,6 @@ def test_on_error_fail_raises_naming_file_and_line(tmp_path) -> None:
     with pytest.raises(DataError, match=rf"{src}:2: not valid JSON"):
         prepare(PrepareConfig([src], tmp_path / "out", on_error="fail"), progress=False)
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["docs.jsonl"]
-
-
-def test_csv_template_and_tsv(tmp_path, gpt2) -> None:
-    src = write_csv(tmp_path / "jokes.csv", [(str(i), q, a) for i, (q, a) in enumerate(JOKES[:3])])
-    with open(src, "a", encoding="utf-8") as f:
-        f.write('9,"A question\nover two lines?"\n')  # short row (no Answer) starting on line 5
-        f.write(f'{4},"{JOKES[3][0]}",{JOKES[3][1]}\n')
-    info, d = run(tmp_path, [src], csv_template="JOKE: {Question} {Answer}", val_fraction=0)
-    docs = [f"JOKE: {q} {a}" for q, a in [*JOKES[:3], JOKES[3]]]
-    assert stream(d) == expected_ids(gpt2, docs)
-    assert [str(b) for b in info.bad_rows] == [f"{src}:5: row has 2 fields, so template columns ['Answer'] are missing"]
-    tsv = write_csv(tmp_path / "jokes.tsv", [("1", "Q\twith tab", "A"), ("2", "Why?", "Because.")], delimiter="\t")
-    _, d = run(tmp_path, [tsv], "tsv", csv_template="{Question} -> {Answer}", val_fraction=0)
-    assert stream(d) == expected_ids(gpt2, ["Q\twith tab -> A", "Why? -> Because."])
-    with pytest.raises(DataError, match=r"jokes.csv:1: the template .* needs columns \['text'\]"):
-        run(tmp_path, [src], "no-text-column")
 
 
 # --- tokenizers ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 A data directory holds `train.bin` and `val.bin` (raw little-endian uint16 ids, uint32 for vocabularies
 over 65,536), `meta.json` (counts, sources, the config, the tokenizer's fingerprint) and `tokenizer/`,
 so it names its tokenizer exactly. Documents stream through in batches, so memory stays constant.
+Inputs are read into documents by `gptkit.corpus` (formats, text modes, templates, bad rows).
 
 Split: the last `val_fraction` of each input's token stream is validation, as nanoGPT splits
 tinyshakespeare: train = tokens[:int(n * (1 - val_fraction))], val = the rest. Tokens are appended to
@@ -16,34 +17,29 @@ must not be able to forge document boundaries (nanoGPT's encode_ordinary does th
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import io
 import json
 import os
-import string
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from gptkit import corpus
+from gptkit.corpus import BadRow, Document, Format, OnError, TextMode, resolve_format  # also importable from here
 from gptkit.errors import ConfigError, DataError, GptkitError
 from gptkit.io import atomic_directory, atomic_write_text, read_json
 from gptkit.tokenizer import Tokenizer
 
 __all__ = ["BadRow", "DataInfo", "PrepareConfig", "TokenData", "prepare", "split_point", "tokenizer_fingerprint"]
 
-Format = Literal["auto", "text", "jsonl", "csv", "tsv"]
-TextMode = Literal["file", "lines", "blank-lines"]
-SUFFIX_FORMATS = {".txt": "text", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 META_FORMAT, META_VERSION = "gptkit-tokens", 1
 MAX_REPORTED = 20  # bad rows kept in meta.json; all are counted
 BATCH_DOCS, BATCH_CHARS = 1024, 1 << 20  # a batch of documents for encode_batch ends at either limit
-READ_CHARS = 1 << 20  # a whole-file .txt document is read and encoded in pieces of about this size
 COPY_BYTES = 1 << 22
 
 
@@ -66,7 +62,7 @@ class PrepareConfig:
     csv_template: str | None = None
     text_mode: TextMode = "file"
     val_fraction: float = 0.1
-    on_error: Literal["skip", "fail"] = "skip"
+    on_error: OnError = "skip"
     append_eos: bool = True
 
     def __post_init__(self) -> None:
@@ -86,23 +82,11 @@ class PrepareConfig:
             if not size.isdigit() or int(size) <= 257:
                 raise ConfigError(f"tokenizer {self.tokenizer!r}: write bpe:N with a vocabulary size N > 257")
         if self.csv_template is not None:
-            _template_fields(self.csv_template)
+            corpus.template_fields(self.csv_template)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         return {**d, "inputs": [str(p) for p in self.inputs], "out_dir": str(self.out_dir)}
-
-
-@dataclass(frozen=True)
-class BadRow:
-    """A row that made no document: where it is and why."""
-
-    source: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -123,13 +107,6 @@ class DataInfo:
     def summary(self) -> str:
         return (f"wrote {self.path}: {self.train_tokens:,} train + {self.val_tokens:,} val tokens ({self.dtype}, "
                 f"vocabulary {self.vocab_size:,}), {self.documents:,} documents, {self.skipped:,} rows skipped")
-
-
-@dataclass(frozen=True)
-class _Doc:
-    text: str
-    line: int
-    end: bool = True  # False: a piece of a whole-file document that continues in the next _Doc
 
 
 @dataclass
@@ -162,169 +139,22 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def resolve_format(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    if (found := SUFFIX_FORMATS.get(path.suffix.lower())) is None:
-        raise DataError(f"{path}: cannot tell the format from the suffix {path.suffix!r} "
-                        f"(auto knows {', '.join(SUFFIX_FORMATS)}); set the format explicitly")
-    return found
+# --- reading the inputs (gptkit.corpus) ----------------------------------------------------------
 
 
-def _template_fields(template: str) -> list[str]:
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as e:
-        raise ConfigError(f"csv_template {template!r} is not a valid format string: {e}") from None
-    if not names or any(n == "" or n.isdigit() for n in names):
-        raise ConfigError(f"csv_template {template!r} must name columns, e.g. 'JOKE: {{Question}} {{Answer}}'")
-    return names
-
-
-def _safe_cut(text: str) -> int:
-    """The last index where a text may be cut with ids unchanged: a "\\n" after a non-space (0: none).
-
-    Tokenizer.encode chunks long texts at exactly these points and guarantees equal ids (see
-    gptkit.tokenizer._chunk_starts), so a huge single-document .txt can be encoded piece by piece.
-    """
-    cut = text.rfind("\n")
-    while cut > 0 and text[cut - 1].isspace():
-        cut = text.rfind("\n", 0, cut)
-    return max(cut, 0)
-
-
-# --- reading documents --------------------------------------------------------------------------
-
-
-class _Metered(io.RawIOBase):
-    """A binary file that hashes what is read and reports its size to a progress bar."""
-
-    def __init__(self, raw: BinaryIO, bar: Any, digest: Any) -> None:
-        self._raw, self._bar, self._digest = raw, bar, digest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._raw.readinto(buffer) or 0
-        self._digest.update(memoryview(buffer)[:n])
-        self._bar.update(n)
-        return n
-
-
-def _read_text(fh: io.TextIOBase, mode: str) -> Iterator[_Doc]:
-    line = 1
-    if mode == "file":
-        carry = ""
-        while chunk := fh.read(READ_CHARS):
-            carry += chunk
-            if cut := _safe_cut(carry):
-                yield _Doc(carry[:cut], line, end=False)
-                line += carry.count("\n", 0, cut)
-                carry = carry[cut:]
-        if carry:  # after a piece, carry starts with the "\n" it was cut at, so the document always ends
-            yield _Doc(carry, line)
-        return
-    paragraph: list[str] = []
-    start = 1
-    for line, text in enumerate(fh, 1):
-        text = text.rstrip("\n")
-        if mode == "lines" and text.strip():
-            yield _Doc(text, line)
-        elif mode == "blank-lines" and text.strip():
-            start = start if paragraph else line
-            paragraph.append(text)
-        elif paragraph:
-            yield _Doc("\n".join(paragraph), start)
-            paragraph = []
-    if paragraph:
-        yield _Doc("\n".join(paragraph), start)
-
-
-def _read_jsonl(fh: BinaryIO, name: str, key: str) -> Iterator[_Doc | BadRow]:
-    for line, raw in enumerate(fh, 1):
-        if not (raw := raw.strip()):
+def _documents(src: _Source, config: PrepareConfig, bar: Any) -> Iterator[Document]:
+    """The documents of one input; its bad rows are counted (the first MAX_REPORTED kept), its sha256 recorded."""
+    meter = corpus.Meter(bar.update)
+    for item in corpus.iter_documents(src.path, src.format, jsonl_field=config.jsonl_field,
+                                      csv_template=config.csv_template, text_mode=config.text_mode,
+                                      on_error=config.on_error, meter=meter):
+        if isinstance(item, Document):
+            yield item
             continue
-        try:
-            row = json.loads(raw)
-        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            yield BadRow(name, line, f"not valid JSON ({e})")
-            continue
-        if not isinstance(row, dict):
-            yield BadRow(name, line, f"expected a JSON object, got {type(row).__name__}")
-        elif key not in row:
-            yield BadRow(name, line, f"missing field {key!r} (fields: {', '.join(list(row)[:10])})")
-        elif not isinstance(row[key], str):
-            yield BadRow(name, line, f"field {key!r} is {type(row[key]).__name__}, expected a string")
-        else:
-            yield _Doc(row[key], line)
-
-
-def _read_csv(fh: io.TextIOBase, name: str, template: str, delimiter: str) -> Iterator[_Doc | BadRow]:
-    reader = csv.reader(fh, delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
-        return
-    columns = {c: i for i, c in enumerate(header)}
-    if missing := [f for f in _template_fields(template) if f not in columns]:
-        raise DataError(f"{name}:1: the template {template!r} needs columns {missing}, which the header "
-                        f"{header} lacks; set the template (--template) to name existing columns")
-    needed = {f: columns[f] for f in _template_fields(template)}
-    line = reader.line_num
-    for row in reader:
-        start, line = line + 1, reader.line_num  # a quoted field may span lines; report where the row starts
-        if not row:
-            continue
-        if absent := [f for f, i in needed.items() if i >= len(row)]:
-            yield BadRow(name, start, f"row has {len(row)} fields, so template columns {absent} are missing")
-        else:
-            yield _Doc(template.format_map({f: row[i] for f, i in needed.items()}), start)
-
-
-def _documents(src: _Source, config: PrepareConfig, bar: Any) -> Iterator[_Doc | BadRow]:
-    """Every document (or bad row) of one input, in order; a whole-file text comes in pieces."""
-    name = str(src.path)
-    digest = hashlib.sha256()
-    try:
-        raw = open(src.path, "rb", buffering=0)  # closed by the BufferedReader below
-    except OSError as e:
-        raise DataError(f"cannot read input {name}: {e.strerror or e}") from None
-    with io.BufferedReader(_Metered(raw, bar, digest)) as binary:
-        try:
-            if src.format == "jsonl":
-                yield from _read_jsonl(binary, name, config.jsonl_field)
-            else:
-                newline = "" if src.format in ("csv", "tsv") else None  # csv needs newline=""; text: universal
-                with io.TextIOWrapper(binary, encoding="utf-8", newline=newline) as fh:
-                    if src.format == "text":
-                        yield from _read_text(fh, config.text_mode)
-                    else:
-                        delimiter = "\t" if src.format == "tsv" else ","
-                        yield from _read_csv(fh, name, config.csv_template or "{text}", delimiter)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{name}: not valid UTF-8 ({e.reason}); convert it to UTF-8") from None
-        except csv.Error as e:
-            raise DataError(f"{name}: malformed CSV: {e}") from None
-    src.sha256 = digest.hexdigest()
-
-
-def _checked(src: _Source, config: PrepareConfig, bar: Any) -> Iterator[_Doc]:
-    """_documents without the bad rows: they are counted, or raised when on_error="fail"."""
-    produced = False
-    for item in _documents(src, config, bar):
-        if isinstance(item, _Doc) and src.format != "text" and not item.text.strip():
-            item = BadRow(str(src.path), item.line, "empty document")
-        if isinstance(item, BadRow):
-            if config.on_error == "fail":
-                raise DataError(f"{item} (pass on_error='skip' / --on-error skip to skip bad rows)")
-            src.skipped += 1
-            if len(src.bad) < MAX_REPORTED:
-                src.bad.append(item)
-            continue
-        produced = True
-        yield item
-    if not produced:
-        raise DataError(f"{src.path}: no documents in this input (is it empty, or is the format/field wrong?)")
+        src.skipped += 1
+        if len(src.bad) < MAX_REPORTED:
+            src.bad.append(item)
+    src.sha256 = meter.sha256
 
 
 # --- the tokenizer ------------------------------------------------------------------------------
@@ -334,10 +164,10 @@ def _build_tokenizer(config: PrepareConfig, sources: list[_Source], staging: Pat
     if config.tokenizer not in ("char",) and not config.tokenizer.startswith("bpe:"):
         return Tokenizer.from_pretrained(config.tokenizer)
     chars: set[str] = set()
-    corpus = staging / "bpe-corpus.txt"
-    with _bar(sources, progress, "reading") as bar, open(corpus, "w", encoding="utf-8") as out:
+    bpe_text = staging / "bpe-corpus.txt"
+    with _bar(sources, progress, "reading") as bar, open(bpe_text, "w", encoding="utf-8") as out:
         for src in sources:
-            for doc in _checked(src, config, bar):
+            for doc in _documents(src, config, bar):
                 if config.tokenizer == "char":
                     chars.update(doc.text)
                 else:
@@ -346,9 +176,9 @@ def _build_tokenizer(config: PrepareConfig, sources: list[_Source], staging: Pat
     try:
         if config.tokenizer == "char":
             return Tokenizer.char_level(chars)
-        return Tokenizer.train_bpe(corpus, int(config.tokenizer[4:]), show_progress=progress)
+        return Tokenizer.train_bpe(bpe_text, int(config.tokenizer[4:]), show_progress=progress)
     finally:
-        corpus.unlink()
+        bpe_text.unlink()
 
 
 # --- prepare ------------------------------------------------------------------------------------
@@ -361,8 +191,8 @@ def _bar(sources: list[_Source], progress: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=not progress)
 
 
-def _batches(docs: Iterator[_Doc]) -> Iterator[list[_Doc]]:
-    batch: list[_Doc] = []
+def _batches(docs: Iterator[Document]) -> Iterator[list[Document]]:
+    batch: list[Document] = []
     chars = 0
     for doc in docs:
         batch.append(doc)
@@ -374,7 +204,7 @@ def _batches(docs: Iterator[_Doc]) -> Iterator[list[_Doc]]:
         yield batch
 
 
-def _encode(tok: Tokenizer, batch: list[_Doc], eos: int | None, dtype: np.dtype) -> np.ndarray:
+def _encode(tok: Tokenizer, batch: list[Document], eos: int | None, dtype: np.dtype) -> np.ndarray:
     # disallowed_special=(): "<|endoftext|>" in a document is text, not a boundary (see the module doc)
     encoded = tok.encode_batch([d.text for d in batch], disallowed_special=())
     if eos is not None:
@@ -428,7 +258,7 @@ def prepare(config: PrepareConfig, *, progress: bool = True) -> DataInfo:
         with (_bar(sources, progress, "tokenizing") as bar, open(staging / "train.bin", "w+b") as train,
               open(staging / "val.bin", "wb") as val):
             for src in sources:
-                for batch in _batches(_checked(src, config, bar)):
+                for batch in _batches(_documents(src, config, bar)):
                     ids = _encode(tok, batch, eos, dtype)
                     train.write(ids.tobytes())
                     src.tokens += len(ids)
