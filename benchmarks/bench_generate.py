@@ -1,0 +1,363 @@
+"""Greedy generation speed and memory: gptkit against transformers on GPT-2 124M (random weights).
+
+One random `GPT2LMHeadModel` is created (seeded), saved with `save_pretrained`, and loaded by both
+engines, so they run the same weights. Every prompt has 8 tokens, so batches need no padding.
+Prints one JSON object to stdout; progress goes to stderr.
+
+    python benchmarks/bench_generate.py                      # all cases, 128 new tokens, best of 3
+    python benchmarks/bench_generate.py --cases fp32-b1,bf16-b1 --repeats 5
+    python benchmarks/bench_generate.py --memory-check       # only the KV-cache memory check
+    python benchmarks/bench_generate.py --quick              # smoke test: 16 new tokens, 1 run
+
+Each engine of a case runs in its own subprocess. Peak RSS is a per-process number, and the allocator
+keeps freed pages, so engines sharing a process would be charged with each other's leftovers. Inside a
+worker the kernel's peak counter (VmHWM) is reset after loading (`echo 5 > /proc/self/clear_refs`),
+so "peak growth" is what generation itself adds on top of the loaded model; the load spike is
+reported separately. The workers stay alive and the parent times them in turns, so that other load on
+a shared machine hits every engine alike (each run's 1-minute load average is in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+SEED = 0
+PROMPT_TOKENS = 8
+# Eight fixed prompts of 8 token ids each; batch b uses the first b. Agreement uses all eight.
+PROMPTS = torch.randint(0, 50256, (8, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1234)).tolist()
+MIB = 2**20
+
+# name -> (batch, gptkit dtype); transformers always runs fp32 (bf16 cases also time transformers bf16).
+CASES = {"fp32-b1": (1, "float32"), "fp32-b8": (8, "float32"), "bf16-b1": (1, "bfloat16"), "bf16-b8": (8, "bfloat16")}
+MEMORY_CHECK = "memory-check"  # gptkit fp32, batch 8, 1,024 total tokens
+MEMORY_TOTAL_TOKENS = 1024
+TARGETS = {"fp32-b1": 1.0, "fp32-b8": 1.5, "bf16-b1": 1.8}  # minimum gptkit/transformers ratio
+MEMORY_TARGET = 1.2  # maximum peak / (model bytes + KV cache bytes)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- worker: one engine, one configuration, in its own process ---------------------------------------
+
+
+def _proc_status(key: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
+def _weight_bytes(model: torch.nn.Module, wpe: torch.Tensor) -> int:
+    """Bytes of weights one forward pass reads: every distinct parameter (a tied LM head once), except
+    the position table, of which a decode step reads one row."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total - wpe.numel() * wpe.element_size()
+
+
+def _gptkit_runner(model_dir: str, dtype: torch.dtype, new_tokens: int) -> tuple[Any, Any, int]:
+    from gptkit.checkpoint import load_model
+    from gptkit.config import GPTConfig
+    from gptkit.generate import generate
+    from gptkit.sampling import SamplingParams
+
+    model = load_model(model_dir, dtype=dtype)
+    assert model.config == GPTConfig.from_name("gpt2"), model.config
+    params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
+
+    def run(m: Any, prompts: list[list[int]]) -> list[list[int]]:
+        return [c.token_ids for c in generate(m, prompts, params)]
+
+    return model, run, _weight_bytes(model, model.transformer.wpe.weight)
+
+
+def _transformers_runner(model_dir: str, dtype: torch.dtype, new_tokens: int) -> tuple[Any, Any, int]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir, dtype=dtype).eval()
+
+    def run(m: Any, prompts: list[list[int]]) -> list[list[int]]:
+        # Equal-length prompts: no padding. Mixed lengths would need left padding + this mask.
+        ids = torch.tensor(prompts)
+        out = m.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=m.config.eos_token_id,
+            use_cache=True,
+        )
+        return out[:, ids.shape[1] :].tolist()
+
+    return model, run, _weight_bytes(model, model.transformer.wpe.weight)
+
+
+def _reply(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def worker(job: dict[str, Any]) -> None:
+    """Load one engine, then obey the parent line by line: `run` (time one generation) or `report`
+    (peak memory, the last tokens and, for bf16, agreement with fp32; then exit)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.nn.functional.linear(torch.ones(4, 64), torch.ones(64, 64))  # start the thread pool before the baseline
+    dtype = getattr(torch, job["dtype"])
+    make = _gptkit_runner if job["engine"] == "gptkit" else _transformers_runner
+    rss_start = _proc_status("VmRSS")
+    model, run, weight_bytes = make(job["model_dir"], dtype, job["new_tokens"])
+    load_peak = _proc_status("VmHWM")
+    # Weights may be views of the memory-mapped checkpoint, paged in on first use; touch them all so
+    # those page faults count as the model's memory, not as memory that generation adds.
+    with torch.inference_mode():
+        for p in model.parameters():
+            p.sum()
+    rss_loaded = _proc_status("VmRSS")
+    _reset_peak()
+    _reply({"rss_start": rss_start, "rss_loaded": rss_loaded, "load_peak": load_peak, "weight_bytes": weight_bytes})
+    prompts = PROMPTS[: job["batch"]]
+    tokens: list[list[int]] = []
+    with torch.inference_mode():
+        for line in sys.stdin:
+            if line.strip() == "run":
+                start = time.perf_counter()
+                tokens = run(model, prompts)
+                _reply({"seconds": time.perf_counter() - start, "load_avg": os.getloadavg()[0]})
+                continue
+            report: dict[str, Any] = {"run_peak": _proc_status("VmHWM"), "tokens": tokens}
+            if job["agreement"]:  # after the memory reading: this loads a second (fp32) model
+                reference, ref_run, _ = make(job["model_dir"], torch.float32, job["new_tokens"])
+                chunks = [PROMPTS[i : i + job["batch"]] for i in range(0, len(PROMPTS), job["batch"])]
+                ours = [row for chunk in chunks for row in run(model, chunk)]
+                theirs = [row for chunk in chunks for row in ref_run(reference, chunk)]
+                report["agreement_tokens"] = (ours, theirs)
+            _reply(report)
+            return
+
+
+# -- parent: build the weights, run the workers, compare ---------------------------------------------
+
+
+class Worker:
+    """One engine in its own process, driven one command at a time over its stdin and stdout."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.tag = f"[{job['engine']} {job['dtype']} b{job['batch']}]"
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info = self._ask(None)
+        self.times: list[float] = []
+        self.load_avgs: list[float] = []
+
+    def _ask(self, command: str | None) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.tag} worker exited with status {self.proc.wait()}; see its stderr above")
+        return json.loads(line)
+
+    def run(self, timed: bool) -> None:
+        reply = self._ask("run")
+        if timed:
+            self.times.append(reply["seconds"])
+            self.load_avgs.append(reply["load_avg"])
+        log(f"{self.tag} {'run' if timed else 'warm-up'}: {reply['seconds']:.2f} s")
+
+    def finish(self) -> dict[str, Any]:
+        result = {**self.job, **self.info, **self._ask("report"), "times": self.times, "load_avgs": self.load_avgs}
+        self.proc.wait()
+        return result
+
+
+def time_interleaved(workers: list[Worker], repeats: int, warmup: bool) -> list[dict[str, Any]]:
+    """Warm up each engine, then time them in turns (order alternating), so that load from other
+    processes on the machine falls on all engines alike rather than on whichever ran during it."""
+    if warmup:
+        for w in workers:
+            w.run(timed=False)
+    for i in range(repeats):
+        for w in workers if i % 2 == 0 else workers[::-1]:
+            w.run(timed=True)
+    return [w.finish() for w in workers]
+
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    best = min(r["times"])
+    return {
+        "dtype": r["dtype"],
+        "tokens_per_s": round(r["batch"] * r["new_tokens"] / best, 2),
+        "seconds": round(best, 3),
+        "runs_s": [round(t, 3) for t in r["times"]],
+        "ms_per_step": round(1000 * best / r["new_tokens"], 2),
+        # One pass over the weights per new token: the prefill pass yields the first, each decode step one more.
+        "weight_gb_per_s": round(r["weight_bytes"] * r["new_tokens"] / best / 1e9, 2),
+        "model_rss_mib": round((r["rss_loaded"] - r["rss_start"]) / MIB, 1),
+        "peak_rss_growth_mib": round((r["run_peak"] - r["rss_loaded"]) / MIB, 1),
+        "load_peak_growth_mib": round((r["load_peak"] - r["rss_start"]) / MIB, 1),
+        # This run's own threads add ~1 per busy core; more than the thread count means competing processes.
+        "load_avg_1min": [round(x, 2) for x in r["load_avgs"]],
+    }
+
+
+def agreement(ours: list[list[int]], reference: list[list[int]]) -> dict[str, float]:
+    """Fraction of positions where the tokens are equal, and the mean matching prefix (after the first
+    difference the two continue from different contexts, so later positions agree only by chance)."""
+    equal = sum(a == b for x, y in zip(ours, reference, strict=True) for a, b in zip(x, y, strict=True))
+    total = sum(len(x) for x in reference)
+    prefix = [
+        next((i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b), len(x))
+        for x, y in zip(ours, reference, strict=True)
+    ]
+    return {"agreement": round(equal / total, 4), "prefix_agreement": round(sum(prefix) / total, 4)}
+
+
+def run_case(name: str, base: dict[str, Any]) -> dict[str, Any]:
+    batch, dtype = CASES[name]
+    bf16 = dtype == "bfloat16"
+    log(f"== {name}")
+    jobs = [
+        {**base, "engine": "gptkit", "dtype": dtype, "batch": batch, "agreement": bf16},
+        {**base, "engine": "transformers", "dtype": "float32", "batch": batch, "agreement": False},
+    ]
+    if bf16:  # not a target, but it tells how much of the gain is bf16 itself
+        jobs.append({**base, "engine": "transformers", "dtype": dtype, "batch": batch, "agreement": False})
+    ours, theirs, *theirs_bf16 = time_interleaved([Worker(job) for job in jobs], base["repeats"], warmup=True)
+    out: dict[str, Any] = {"batch": batch, "gptkit": summarize(ours), "transformers": summarize(theirs)}
+    out["ratio"] = round(min(theirs["times"]) / min(ours["times"]), 3)  # = gptkit tokens/s / transformers tokens/s
+    if bf16:
+        out.update(agreement(*ours["agreement_tokens"]))
+        out["transformers_bf16"] = summarize(theirs_bf16[0])
+        out["ratio_vs_transformers_bf16"] = round(min(theirs_bf16[0]["times"]) / min(ours["times"]), 3)
+    else:
+        out["identical"] = ours["tokens"] == theirs["tokens"]
+    return out
+
+
+def memory_check(base: dict[str, Any], quick: bool) -> dict[str, Any]:
+    from gptkit.config import GPTConfig
+
+    config = GPTConfig.from_name("gpt2")
+    batch = 8
+    new_tokens = base["new_tokens"] if quick else MEMORY_TOTAL_TOKENS - PROMPT_TOKENS
+    log(f"== {MEMORY_CHECK} (batch {batch}, {PROMPT_TOKENS} + {new_tokens} tokens)")
+    job = {**base, "engine": "gptkit", "dtype": "float32", "batch": batch, "new_tokens": new_tokens, "agreement": False}
+    [r] = time_interleaved([Worker(job)], repeats=1, warmup=False)
+    kv_bytes = 2 * config.n_layer * batch * config.n_head * (PROMPT_TOKENS + new_tokens) * config.head_dim * 4
+    model_bytes = r["weight_bytes"] + config.n_positions * config.n_embd * 4  # all of it is resident
+    # Everything the process holds above the bare runtime (imports, thread pool) while generating.
+    peak = r["run_peak"] - r["rss_start"]
+    return {
+        "batch": batch,
+        "total_tokens": PROMPT_TOKENS + new_tokens,
+        "model_mib": round(model_bytes / MIB, 1),
+        "kv_cache_mib": round(kv_bytes / MIB, 1),
+        "peak_mib": round(peak / MIB, 1),
+        "ratio": round(peak / (model_bytes + kv_bytes), 3),
+        "gptkit": summarize(r),
+    }
+
+
+def _source_state() -> str:
+    """The commit measured, marked dirty when src/ has uncommitted changes (others may be editing it)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        git = ["git", "-C", root]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default="all", help=f"comma-separated: {', '.join([*CASES, MEMORY_CHECK])}")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine after a warm-up; best reported")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 16 new tokens, 1 timed run")
+    parser.add_argument("--memory-check", action="store_true", help=f"same as --cases {MEMORY_CHECK}")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+
+    names = [*CASES, MEMORY_CHECK] if args.cases == "all" else args.cases.split(",")
+    if args.memory_check:
+        names = [MEMORY_CHECK]
+    unknown = set(names) - {*CASES, MEMORY_CHECK}
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join([*CASES, MEMORY_CHECK])}")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    new_tokens, repeats = (16, 1) if args.quick else (128, args.repeats)
+
+    import transformers
+
+    import gptkit
+
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as model_dir:
+        log("creating GPT-2 124M with random weights")
+        torch.manual_seed(SEED)
+        transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval().save_pretrained(model_dir)
+        base = {"model_dir": model_dir, "new_tokens": new_tokens, "repeats": repeats}
+        cases = {name: run_case(name, base) for name in names if name in CASES}
+        memory = memory_check(base, args.quick) if MEMORY_CHECK in names else None
+
+    targets: dict[str, Any] = {}
+    for name, minimum in TARGETS.items():
+        if name in cases:
+            ratio = cases[name]["ratio"]
+            targets[name] = {"ratio": ratio, "min": minimum, "met": ratio >= minimum}
+    if memory is not None:
+        targets[MEMORY_CHECK] = {
+            "ratio": memory["ratio"],
+            "max": MEMORY_TARGET,
+            "met": memory["ratio"] <= MEMORY_TARGET,
+        }
+    result = {
+        "benchmark": "generate",
+        "model": f"gpt2 124M, random weights (seed {SEED})",
+        "settings": {"prompt_tokens": PROMPT_TOKENS, "new_tokens": new_tokens, "repeats": repeats, "greedy": True},
+        "env": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "gptkit": gptkit.__version__,
+            "gptkit_source": _source_state(),
+            "cpu_count": os.cpu_count(),
+            "threads": os.cpu_count(),
+        },
+        "cases": cases,
+        "memory_check": memory,
+        "targets": targets,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
