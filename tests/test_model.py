@@ -99,3 +99,20 @@ def test_gpt2_initialisation_scales_residual_projections() -> None:
     assert abs(block.attn.c_attn.weight.std().item() - 0.02) < 0.002
     assert abs(block.mlp.c_proj.weight.std().item() - 0.02 / 4) < 0.0005  # 1/sqrt(2 * 8) = 1/4
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_fast_inference_paths_equal_the_plain_ones() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=300)).eval()
+    hidden = torch.randn(8, 1, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.lm_logits(hidden), model.lm_head(hidden), atol=1e-5)
+    bf16 = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=300)).eval().to(torch.bfloat16)
+    ids = random_ids(300, 2, 12)
+    cache = KVCache(bf16.config, batch_size=2, max_len=16, dtype=torch.bfloat16)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    with torch.no_grad():  # one-query decode in bf16 takes the plain-matmul attention; compare with SDPA
+        full = bf16(ids, attention_mask=mask[:, :12]).logits[:, -1].float()
+        bf16(ids[:, :11], attention_mask=mask, cache=cache, cache_position=torch.arange(11))
+        step = bf16(ids[:, 11:], attention_mask=mask, cache=cache, cache_position=torch.tensor([11])).logits[:, -1]
+    assert (step.float() - full).abs().max().item() < 0.05

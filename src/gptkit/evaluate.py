@@ -166,7 +166,7 @@ def _window_nll(model: GPT, x: Tensor, group: list[Window]) -> list[float]:
     if k == 0:
         return [0.0] * len(group)
     hidden = model(batch, return_logits=False).last_hidden_state[:, L - 1 - k : L - 1]  # (B, k, C)
-    logits = model.lm_head(hidden).float()  # (B, k, V)
+    logits = model.lm_logits(hidden).float()  # (B, k, V)
     nll = F.cross_entropy(logits.transpose(1, 2), batch[:, L - k :], reduction="none")  # (B, k)
     scored = torch.tensor([w.scored for w in group], device=nll.device)
     keep = torch.arange(k, device=nll.device)[None, :] >= (k - scored)[:, None]  # (B, k) each row's own targets
@@ -239,7 +239,7 @@ def lambada_accuracy(
             hidden = model(batch, return_logits=False).last_hidden_state  # (B, T, C)
             for row, example in enumerate(group):
                 n = len(example.ids)
-                logits = model.lm_head(hidden[row, n - 1 - example.targets : n - 1]).float()  # (targets, V)
+                logits = model.lm_logits(hidden[row, n - 1 - example.targets : n - 1]).float()  # (targets, V)
                 targets = batch[row, n - example.targets : n]
                 nll_sum += F.cross_entropy(logits, targets, reduction="sum").item()
                 correct += bool((logits.argmax(dim=-1) == targets).all())

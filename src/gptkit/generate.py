@@ -193,7 +193,7 @@ def prefill(model: GPT, batch: _Batch, cache: KVCache) -> Tensor:
         cache_position=torch.arange(T, device=batch.ids.device),
         return_logits=False,
     )
-    return model.lm_head(out.last_hidden_state[:, -1])
+    return model.lm_logits(out.last_hidden_state[:, -1])
 
 
 def decode_step(
@@ -339,7 +339,7 @@ def _window_logits(model: GPT, ids: Tensor, mask: Tensor) -> Tensor:
     """Last-position logits (B, V) of a full forward pass over a window that may hold left padding."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(ids, attention_mask=mask, position_ids=positions, return_logits=False)
-    return model.lm_head(out.last_hidden_state[:, -1])
+    return model.lm_logits(out.last_hidden_state[:, -1])
 
 
 def generate(
