@@ -156,9 +156,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train as `config` says; return the final figures. `on_log` receives every metrics record."""
     info, device = distributed.setup(config.device)
+    # Tiny gradients and Adam moments become subnormal floats, which x86 CPUs process ~100x slower:
+    # measured 6x slower steps on the Shakespeare recipe. Flushing them to zero changes nothing visible.
+    flushing = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         return _train(config, info, device, on_log)
     finally:
+        if flushing:
+            torch.set_flush_denormal(False)
         distributed.teardown(info)
 
 
