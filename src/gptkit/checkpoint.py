@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -346,9 +347,11 @@ TRAINER_STATE = "trainer_state.pt"
 
 
 def save_training_checkpoint(
-    run_dir: Path, step: int, model: GPT, tokenizer: Any, state: dict[str, Any], *, keep_last: int, best: bool
+    run_dir: Path, step: int, write_model: Callable[[Path], None], state: dict[str, Any], *, keep_last: int,
+    best: bool
 ) -> Path:
-    """Write checkpoints/step-N (model + trainer state) atomically, then point the run root and best/ at it.
+    """Write checkpoints/step-N (the model files `write_model(directory)` writes + the trainer state) atomically,
+    then point the run root and best/ at it.
 
     A crash or a full disk mid-write leaves every earlier checkpoint intact. The root and best/ share the
     checkpoint's files by hard link where the filesystem allows, so they cost no extra space.
@@ -357,7 +360,7 @@ def save_training_checkpoint(
 
     target = run_dir / "checkpoints" / f"step-{step:07d}"
     with atomic_directory(target) as staging:
-        save_model(model, staging, tokenizer=tokenizer)
+        write_model(staging)
         torch.save(state, staging / TRAINER_STATE)
     for dest in [run_dir] + ([run_dir / "best"] if best else []):
         _mirror_model_files(target, dest)
