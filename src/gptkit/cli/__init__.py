@@ -1,0 +1,47 @@
+"""The `gptkit` command: each subcommand parses its flags and calls one library function.
+
+Each module here owns a group of subcommands and adds them with `register(sub)`; a new group is a new
+module named in the import and the loop in `_build_parser`. Command functions import torch and the
+library lazily, so that `gptkit --help` and `import gptkit` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from gptkit.cli import models, training
+from gptkit.errors import GptkitError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptkit",
+        description=(
+            "GPT-1 and GPT-2 in one small toolkit: OpenAI's tokenizers, OpenAI and Hugging Face checkpoints, "
+            "generation."
+        ),
+        epilog="Run `gptkit COMMAND --help` for the flags of one command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (models, training):  # this order is the order of the subcommands in `gptkit --help`
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `gptkit ARGV...`; return the exit status (2 on a gptkit error, 130 on Ctrl-C)."""
+    args = _build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except GptkitError as exc:
+        print(f"gptkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gptkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main"]

@@ -1,0 +1,200 @@
+"""Subcommands that read or run a model: convert, info, tokenize, generate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gptkit.cli.common import DTYPES, _load_for_inference
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptkit.checkpoint import load_model, load_tokenizer, resolve, save_model
+
+    source = resolve(args.source)
+    model = load_model(source.path, dtype=getattr(torch, args.dtype))
+    tokenizer = load_tokenizer(source)
+    path = save_model(model, args.dest, tokenizer=tokenizer)
+    note = "" if tokenizer is not None else " (no tokenizer files found beside the weights)"
+    print(f"wrote {path} from {source.path} [{source.format}], {model.num_parameters():,} parameters{note}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from gptkit.checkpoint import describe
+
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"path        {info['path']}")
+    print(f"format      {info['format']}  (family: {info['family']})")
+    print(f"parameters  {info['parameters']:,}")
+    print(f"dtype       {info['dtype']}")
+    print("config      " + ", ".join(f"{k}={v}" for k, v in info["config"].items()))
+    for name, size in info["files"].items():
+        print(f"  {size:>14,}  {name}")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from gptkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    text = " ".join(args.text) if args.text else sys.stdin.read()
+    encoding = tokenizer.encode_with_offsets(text, allowed_special="all" if args.allow_special else frozenset())
+    if args.json:
+        print(json.dumps({"ids": encoding.ids, "offsets": encoding.offsets}))
+        return 0
+    print(f"{len(encoding.ids)} tokens ({tokenizer.kind}, vocabulary {tokenizer.vocab_size:,})")
+    for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+        print(f"{token_id:>8}  {text[start:end]!r}")
+    return 0
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        handle = sys.stdin if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8")
+        with handle:
+            prompts += [line.rstrip("\n").replace("\\n", "\n") for line in handle if line.strip()]
+    elif not prompts and not sys.stdin.isatty():
+        prompts = [sys.stdin.read()]
+    return prompts or ["<|endoftext|>"]
+
+
+def _sampling_params(args: argparse.Namespace):
+    from gptkit.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        num_return_sequences=args.num_return_sequences,
+        stop=tuple(args.stop),
+        seed=args.seed,
+        logprobs=args.logprobs if args.json else None,
+        ignore_eos=args.ignore_eos,
+        truncate=args.truncate,
+    )
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from gptkit.generate import stream
+
+    params = _sampling_params(args)
+    prompts = _read_prompts(args)
+    model, tokenizer = _load_for_inference(args)
+    n = params.num_return_sequences
+    live = not args.json and len(prompts) * n == 1
+    results: dict[int, dict] = {}
+    if live:
+        print(prompts[0], end="", flush=True)
+    for event in stream(model, prompts, params, tokenizer=tokenizer, allow_special=True):
+        if live:
+            print(event.text, end="", flush=True)
+            continue
+        r = results.setdefault(event.index, dict(prompt=prompts[event.prompt_index], prompt_index=event.prompt_index,
+                                                 sample=event.sample, text="", token_ids=[], logprobs=[]))
+        r["text"] += event.text
+        r["token_ids"].append(event.token_id)
+        r["logprobs"].append(event.logprob)
+        if event.top_logprobs is not None:
+            r.setdefault("top_logprobs", []).append(
+                [{"token_id": k, "token": tokenizer.decode([k]), "logprob": v} for k, v in event.top_logprobs.items()]
+            )
+        if event.finish_reason is not None:
+            r["finish_reason"] = event.finish_reason
+            if args.json:
+                print(json.dumps(r, ensure_ascii=False), flush=True)
+            else:
+                print(f"=== prompt {r['prompt_index']} sample {r['sample']} ({event.finish_reason}) ===")
+                print(r["prompt"] + r["text"], flush=True)
+    if live:
+        print()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add convert, info, tokenize and generate to the `gptkit` subcommands."""
+    p = sub.add_parser(
+        "convert",
+        help="convert any supported checkpoint into a gptkit / Hugging Face directory",
+        description=(
+            "Read SRC (a hub name such as gpt2 or openai-community/gpt2-xl, a Hugging Face directory, "
+            "OpenAI's original GPT-2 TensorFlow folder, or GPT-1's params_*.npy folder) and write DST, "
+            "a directory that gptkit and transformers.AutoModelForCausalLM both load."
+        ),
+    )
+    p.add_argument("source", metavar="SRC", help="hub name or checkpoint folder to read")
+    p.add_argument("dest", metavar="DST", help="directory to write (created if missing)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the saved weights (default: float32)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
+        "info",
+        help="show a checkpoint's config, parameter count, dtype and files",
+        description="Describe MODEL (hub name or checkpoint folder) without running it.",
+    )
+    p.add_argument("model", metavar="MODEL", help="hub name or checkpoint folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "tokenize",
+        help="show how a tokenizer splits text (ids and the text of each token)",
+        description="Encode TEXT (or stdin) with OpenAI's GPT-2 or GPT-1 tokenizer, or a checkpoint's.",
+    )
+    p.add_argument("text", nargs="*", help="text to encode (default: stdin)")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2, openai-gpt, or a checkpoint folder (default: gpt2)")
+    p.add_argument("--allow-special", action="store_true", help="encode <|endoftext|> as its special id")
+    p.add_argument("--json", action="store_true", help="print ids and character offsets as JSON")
+    p.set_defaults(func=_tokenize)
+
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a model (streams to the terminal)",
+        description=(
+            "Continue each PROMPT with MODEL. One prompt streams live; several (arguments, --prompt-file, "
+            "or lines on stdin) run as one batch. Sampling flags are named as in transformers' generate; "
+            "--temperature 0 is greedy decoding."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("prompt", nargs="*", help="prompt text (default: read stdin, else <|endoftext|>)")
+    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
+    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    p.add_argument("--prompt-file", metavar="FILE", help="one prompt per line ('-' = stdin; \\n for newlines)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sequence")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x top probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="transformers' penalty (1 = off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI presence penalty")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI frequency penalty")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating n-grams (0 = off)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (needs --temperature 0)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**penalty")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="sequences per prompt")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
+    p.add_argument("--truncate", action="store_true",
+                   help="slide the context window (drop the oldest tokens) when prompt + new tokens exceed it")
+    p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
+    p.add_argument("--logprobs", type=int, default=None, help="with --json: top-N alternatives per token")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype")
+    p.set_defaults(func=_generate)

@@ -1,0 +1,215 @@
+"""Subcommands that build data or train and score models: quickstart, prepare, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from gptkit.cli.common import DTYPES, _add_dataclass_flags, _load_for_inference
+from gptkit.config import TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.errors import GptkitError
+
+_TRAIN_HELP = {
+    "data": "data directory written by `gptkit prepare`",
+    "out_dir": "run directory: checkpoints, metrics.jsonl, curves.png, the final model",
+    "init_from": "scratch (a preset), pretrained (fine-tune a checkpoint/hub model), or resume (out-dir)",
+    "model": "scratch: GPTConfig preset (gpt2-tiny, gpt2, ...); pretrained: hub name or folder",
+    "block_size": "tokens per training sequence",
+    "batch_size": "sequences per micro-batch per process",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "peak learning rate",
+    "min_lr": "final learning rate (default lr/10)",
+    "schedule": "decay after warmup: cosine, linear or constant",
+    "decay_steps": "step at which the decay reaches min-lr (default max-steps)",
+    "grad_clip": "clip the global gradient norm (0 = off)",
+    "decay_embeddings": "apply weight decay to the embeddings too",
+    "dropout": "override the model's dropout rates",
+    "dtype": "autocast dtype (float16 needs a GPU)",
+    "compile": "torch.compile the model",
+    "fsdp": "shard the model across torchrun processes (FSDP2) instead of replicating it (DDP)",
+    "device": "cpu, cuda, or auto",
+    "eval_interval": "evaluate (val loss, sample) every N steps (0 = at the end)",
+    "eval_batches": "batches per split per evaluation",
+    "sample_tokens": "tokens generated at each evaluation (0 = none)",
+    "save_interval": "checkpoint every N steps (default: at each evaluation)",
+    "keep_last": "checkpoints kept besides best/",
+}
+_MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "n_inner", "activation", "bias")
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from gptkit.quickstart import quickstart
+
+    result = quickstart(args.out_dir, max_steps=args.max_steps)
+    for i, sample in enumerate(result.samples):
+        print(f"--- sample {i + 1} ---{sample}")
+    print(f"\nvalidation loss {result.train.val_loss:.4f} after {result.train.step} steps "
+          f"({result.train.seconds:.0f} s). Model, metrics.jsonl and curves.png are in {result.run_dir}.")
+    print(f"Try: gptkit generate --model {result.run_dir} --truncate --temperature 0.8 --max-new-tokens 300 "
+          '"ROMEO:"')
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from gptkit.data import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        inputs=args.inputs, out_dir=args.out, tokenizer=args.tokenizer, format=args.format, jsonl_field=args.field,
+        csv_template=args.template, text_mode=args.text_mode, val_fraction=args.val_fraction,
+        on_error=args.on_error, append_eos=not args.no_eos,
+    )
+    print(prepare(config, progress=True).summary())
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    shape = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
+    if shape:
+        given["model_overrides"] = shape
+    if args.config:
+        return TrainConfig.from_file(args.config, **given)
+    if "data" not in given:
+        raise GptkitError("--data is required (or a --config file that names it)")
+    return TrainConfig(**given)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gptkit.train import train
+
+    result = train(_train_config(args))
+    if not result.is_main:
+        return 0
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"trained to step {result.step}: train loss {result.train_loss:.4f}{val}, "
+          f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from gptkit.evaluate import lambada_accuracy, perplexity, read_lambada
+
+    model, tokenizer = _load_for_inference(args)
+    if args.lambada:
+        task = "lambada"
+        result = lambada_accuracy(
+            model, tokenizer, read_lambada(args.lambada), batch_size=args.batch_size, progress=True
+        )
+        summary = (
+            f"accuracy {result.accuracy:.4f} ({result.correct}/{result.total}), "
+            f"word perplexity {result.perplexity:.3f}"
+        )
+        settings = {"file": args.lambada}
+    else:
+        task = "perplexity"
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GptkitError(f"cannot read --text {args.text}: {exc}") from exc
+        ids = tokenizer.encode(text, disallowed_special=())  # a literal <|endoftext|> is just text here
+        max_length = args.max_length if args.max_length is not None else model.config.n_positions
+        stride = args.stride if args.stride is not None else min(512, max_length)
+        result = perplexity(
+            model, ids, max_length=max_length, stride=stride, batch_size=args.batch_size, progress=True
+        )
+        summary = (
+            f"perplexity {result.perplexity:.4f}, nll {result.nll:.4f} "
+            f"({result.tokens:,} tokens, {result.windows:,} windows)"
+        )
+        settings = {"file": args.text, "max_length": max_length, "stride": stride}
+    if args.json:
+        print(json.dumps({"task": task, "model": args.model, **settings, **dataclasses.asdict(result)}))
+    else:
+        print(f"{task} of {args.model} on {settings['file']}: {summary}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add quickstart, prepare, train and eval to the `gptkit` subcommands."""
+    p = sub.add_parser(
+        "quickstart",
+        help="train a small character-level GPT on Shakespeare (the built-in default, a few minutes on CPU)",
+        description=(
+            "Prepare the tiny Shakespeare corpus shipped with gptkit (character-level, 90/10 split), train "
+            "nanoGPT's CPU recipe (4 layers, 128 wide, context 64, 2000 steps), save the run and print samples."
+        ),
+    )
+    p.add_argument("--out-dir", default="runs/shakespeare-char", help="run directory (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, help="shorter run for a quick look (default: 2000)")
+    p.set_defaults(func=_quickstart)
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize text/JSONL/CSV/TSV files into a training data directory",
+        description=(
+            "Tokenize INPUT files into DIR: train.bin and val.bin (uint16, or uint32 for vocabularies over 65,536), "
+            "meta.json and the tokenizer. The last --val-fraction of each input's tokens is validation (nanoGPT's "
+            "90/10 split). Documents end with <|endoftext|> where the tokenizer has one (gpt2, bpe:N); GPT-1 and "
+            "char tokenizers have none, so documents are joined with no separator. A literal <|endoftext|> in "
+            "the data is encoded as ordinary text. DIR is replaced atomically."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files")
+    p.add_argument("--out", required=True, metavar="DIR", help="data directory to write")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2, openai-gpt, a tokenizer folder, char (the inputs' characters), or bpe:N "
+                        "(train a byte-level BPE with vocabulary N on the inputs)")
+    p.add_argument("--format", default="auto", choices=("auto", "text", "jsonl", "csv", "tsv"),
+                   help="input format; auto goes by suffix (.txt .jsonl .csv .tsv)")
+    p.add_argument("--field", default="text", help="JSONL: the field holding each document's text")
+    p.add_argument("--template", metavar="TEMPLATE",
+                   help='CSV/TSV: document text from columns, e.g. "JOKE: {Question} {Answer}" '
+                        "(default: the text column)")
+    p.add_argument("--text-mode", default="file", choices=("file", "lines", "blank-lines"),
+                   help="text: a document is the whole file, each non-blank line, or each paragraph")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="tail of each input's tokens for validation")
+    p.add_argument("--on-error", default="skip", choices=("skip", "fail"),
+                   help="bad rows (broken JSON, missing field or column, empty text): skip and count, or stop")
+    p.add_argument("--no-eos", action="store_true", help="do not end documents with the end-of-text token")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser(
+        "train",
+        help="pre-train or fine-tune on data prepared with `gptkit prepare`",
+        description=(
+            "Train a GPT from scratch (--init-from scratch --model PRESET), fine-tune one "
+            "(--init-from pretrained --model NAME_OR_DIR) or continue a run (--init-from resume). "
+            "Settings come from --config FILE (JSON or YAML) and/or flags; flags win. Works under "
+            "`torchrun --nproc_per_node N` (DDP: gloo on CPU, NCCL on GPU)."
+        ),
+    )
+    p.add_argument("--config", help="JSON or YAML file of training settings")
+    _add_dataclass_flags(p, TrainConfig, _TRAIN_HELP, skip={"model_overrides"})
+    for name in _MODEL_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), default=None,
+                       type={"activation": str, "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int),
+                       help=f"scratch models: GPTConfig.{name}")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="perplexity of a text file, or LAMBADA last-word accuracy",
+        description=(
+            "Evaluate MODEL on --text FILE (sliding-window perplexity, computed exactly as the transformers "
+            "docs do) or --lambada FILE.jsonl (one {\"text\": ...} per line; greedy accuracy on the last word)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
+    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--text", metavar="FILE", help="UTF-8 text file; encoded whole")
+    data.add_argument("--lambada", metavar="FILE", help="LAMBADA-style JSONL file")
+    p.add_argument("--max-length", type=int, help="window length in tokens (default: the model's context)")
+    p.add_argument("--stride", type=int, help="tokens each window moves (default: 512, or the window if shorter)")
+    p.add_argument("--batch-size", type=int, default=1, help="windows or examples per forward pass (default: 1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_eval)
