@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -232,8 +233,17 @@ class TrainConfig:
     keep_last: int = 2
     seed: int = 1337
     progress: bool = True
+    trainable: str = "auto"  # all, lora, head, last:N (the last N blocks and the head); auto: lora if lora_r else all
+    lora_r: int = 0  # > 0: add LoRA adapters of this rank to lora_targets (saved in peft's format)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "c_attn"  # comma-separated module names, as peft's target_modules (c_attn,c_proj,c_fc)
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|all|lora|head|last:[1-9][0-9]*", self.trainable):
+            raise ConfigError(f"TrainConfig.trainable must be auto, all, lora, head or last:N, got {self.trainable!r}")
+        if self.lora_r < 0 or (self.lora_r == 0 and self.trainable == "lora"):
+            raise ConfigError(f"TrainConfig.lora_r must be > 0 to train LoRA adapters, got {self.lora_r!r}")
         positive = ("block_size", "batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval")
         for name in positive:
             if getattr(self, name) < 1:
@@ -286,3 +296,43 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}")
         return cls(**{**data, **overrides})
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What `gptkit finetune TASK` learns from: the task, its files and how their examples are read.
+
+    The training settings (model, optimizer, LoRA, checkpoints) are a TrainConfig beside it; its `data` field
+    is ignored by fine-tuning, which reads `train_file`.
+    """
+
+    task: Literal["classify", "tag", "qa", "choice", "instruct"]
+    train_file: str
+    eval_file: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll"] = "auto"
+    text_column: str = "text"  # classify: the text; a second text goes in text_pair_column
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    problem_type: Literal["single", "multi", "regression"] = "single"  # classify
+    token_column: int = 0  # tag: CoNLL columns
+    tag_column: int = -1
+    max_length: int = 256  # tokens per example (longer ones are truncated; QA contexts are windowed)
+    stride: int = 64  # qa: tokens shared by consecutive windows of a long context
+    epochs: float | None = 1.0  # None: train TrainConfig.max_steps steps instead
+    aux_lm_weight: float = 0.0  # GPT-1's auxiliary language-modelling loss weight (its paper used 0.5)
+    pack: bool = False  # instruct: pack examples into blocks of max_length instead of padding each
+    chat_template: str | None = None  # instruct: a Jinja chat template (default: gptkit's, see chat docs)
+    on_error: Literal["fail", "skip"] = "fail"  # bad rows: stop, or skip them and count
+
+    def __post_init__(self) -> None:
+        if self.task not in ("classify", "tag", "qa", "choice", "instruct"):
+            raise ConfigError(f"TaskConfig.task must be classify, tag, qa, choice or instruct, got {self.task!r}")
+        if self.max_length < 2:
+            raise ConfigError(f"TaskConfig.max_length must be >= 2, got {self.max_length!r}")
+        if self.task == "qa" and not 0 <= self.stride < self.max_length:
+            raise ConfigError(f"TaskConfig.stride must be in [0, max_length), got {self.stride!r}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"TaskConfig.epochs must be > 0 (or None to use max_steps), got {self.epochs!r}")
+        if self.aux_lm_weight < 0:
+            raise ConfigError(f"TaskConfig.aux_lm_weight must be >= 0, got {self.aux_lm_weight!r}")
+

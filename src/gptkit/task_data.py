@@ -40,20 +40,6 @@ from gptkit.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from gptkit.tokenizer import Tokenizer
 
-# Instruction tuning lives in gptkit.chat; these names are also served from here (PEP 562), lazily, as
-# chat imports this module.
-_FROM_CHAT = ("ChatExample", "InstructSet", "PromptCompletion", "encode_instruct", "pack", "read_chat",
-              "read_prompt_completion")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_CHAT:
-        from gptkit import chat
-
-        return getattr(chat, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["IGNORE_INDEX", "ChoiceExample", "ChoiceFeatures", "ChoiceSet", "ClassFeatures", "LabelMap",
            "LabelledExample", "LabelledSet", "Sentence", "TaggedSet", "TaskSet", "TokenFeatures", "encode_choice",
            "encode_labelled", "encode_tagging", "read_choice", "read_conll", "read_labelled", "words_from_tokens"]
