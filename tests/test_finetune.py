@@ -12,8 +12,8 @@ import torch
 
 from gptkit.config import TaskConfig, TrainConfig
 from gptkit.finetune import EpochSampler, _base_model, collate, finetune
-from gptkit.predict import load_finetuned
 from gptkit.model import IGNORE_INDEX
+from gptkit.predict import load_finetuned
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "dull"]
@@ -135,3 +135,120 @@ def test_lora_classifier_saves_a_peft_adapter_that_peft_loads(tmp_path: Path):
     assert backbone.keys() == {"transformer." + k for k in initial.transformer.state_dict()}
     assert all(torch.equal(v, initial.state_dict()[k]) for k, v in backbone.items())
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in ours.state_dict().items() if "lora_B" in k)
+
+
+# -- the other tasks, end to end ------------------------------------------------------------------
+
+
+def write_conll(path: Path, n: int, seed: int) -> Path:
+    """Sentences where a first name (B-PER), maybe followed by a surname (I-PER), is an entity; the rest is O."""
+    rng = random.Random(seed)
+    names, surnames = ["Anna", "Bo", "Carl", "Dee"], ["Smith", "Jones", "Brown"]
+    words = ["went", "home", "to", "see", "the", "sea"]
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+        for _ in range(rng.randint(2, 4)):
+            if rng.random() < 0.4:
+                lines.append(f"{rng.choice(names)} NNP B-NP B-PER")
+                if rng.random() < 0.5:
+                    lines.append(f"{rng.choice(surnames)} NNP I-NP I-PER")
+            else:
+                lines.append(f"{rng.choice(words)} NN B-NP O")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_tagger_learns_names_and_loads_in_transformers(tmp_path: Path):
+    transformers = pytest.importorskip("transformers")
+    task = TaskConfig(task="tag", train_file=str(write_conll(tmp_path / "train.txt", 200, 0)),
+                      eval_file=str(write_conll(tmp_path / "valid.txt", 40, 1)), max_length=24, epochs=4)
+    result = finetune(task, small_train(tmp_path, "tag"))
+    assert result.metrics["f1"] >= 0.8, result.metrics
+    theirs = transformers.AutoModelForTokenClassification.from_pretrained(result.run_dir).eval()
+    ours = load_finetuned(result.run_dir)
+    ids = torch.tensor([ours.tokenizer.encode("Anna went to see Bo")])
+    with torch.no_grad():
+        assert torch.allclose(ours.model(ids).logits, theirs(ids).logits, atol=1e-5)
+    assert theirs.config.id2label == {0: "B-PER", 1: "I-PER", 2: "O"}
+    from gptkit.predict import predict
+
+    (tmp_path / "input.txt").write_text("Carl\nwent\nhome\n\nthe\nsea\n")  # one token per line
+    rows = list(predict(ours, tmp_path / "input.txt"))
+    assert [r["tokens"] for r in rows] == [["Carl", "went", "home"], ["the", "sea"]]
+    assert all(len(r["tags"]) == len(r["tokens"]) for r in rows)
+
+
+def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
+    context = "The Normans gave their name to Normandy, a region in France, in the 10th century."
+    qa = [{"id": f"q{i}", "question": q, "context": context,
+           "answers": {"text": [a], "answer_start": [context.index(a)]}}
+          for i, (q, a) in enumerate([("Where is Normandy?", "France"), ("When?", "10th century"),
+                                      ("Who gave the name?", "The Normans")])]
+    qa.append({"id": "q9", "question": "What is the moon made of?", "context": context,
+               "answers": {"text": [], "answer_start": []}})
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in qa) + "\n")
+    result = finetune(TaskConfig(task="qa", train_file=str(tmp_path / "qa.jsonl"), eval_file=str(tmp_path / "qa.jsonl"),
+                                 max_length=32, stride=8, epochs=None), small_train(tmp_path, "qa", max_steps=4))
+    assert {"exact_match", "f1", "val_loss"} <= set(result.metrics)
+    transformers = pytest.importorskip("transformers")
+    assert type(transformers.AutoModelForQuestionAnswering.from_pretrained(result.run_dir)).__name__ \
+        == "GPT2ForQuestionAnswering"
+
+    swag = [{"sent1": "She opened the door.", "sent2": "She", "ending0": "walked in.", "ending1": "ate the moon.",
+             "label": 0}] * 6
+    (tmp_path / "swag.json").write_text("\n".join(json.dumps(x, indent=2) for x in swag))
+    result = finetune(TaskConfig(task="choice", train_file=str(tmp_path / "swag.json"), max_length=24, epochs=2),
+                      small_train(tmp_path, "choice", batch_size=2))
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+
+    pairs = [{"prompt": f"Q: {a}+{b}=", "completion": f" {a + b}"} for a in range(5) for b in range(5)]
+    (tmp_path / "pc.jsonl").write_text("\n".join(json.dumps(x) for x in pairs) + "\n")
+    result = finetune(TaskConfig(task="instruct", train_file=str(tmp_path / "pc.jsonl"), max_length=16, epochs=1),
+                      small_train(tmp_path, "instruct", lora_r=2))
+    assert "val_perplexity" in result.metrics
+    from gptkit.chat import load_chat_template
+
+    assert load_chat_template(result.run_dir) is not None  # the template goes with the model
+    assert json.loads((result.run_dir / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+
+
+def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: Path):
+    """Two micro-batches holding different numbers of completion tokens step exactly as one batch does."""
+    pairs = [{"prompt": "say" + " yes" * k, "completion": " ok" * (k + 1)} for k in range(4)]
+    (tmp_path / "pc.jsonl").write_text("\n".join(json.dumps(x) for x in pairs) + "\n")
+    task = TaskConfig(task="instruct", train_file=str(tmp_path / "pc.jsonl"), eval_file=str(tmp_path / "pc.jsonl"),
+                      max_length=16, epochs=None)
+    # eps=1 makes Adam's first step ~ lr * gradient, so gradients that differ show, while the last-bit noise of
+    # gradients that are zero in exact arithmetic (the key bias) is not blown up to lr as with eps=1e-8
+    same = dict(max_steps=1, warmup_steps=0, grad_clip=0, dropout=0.0, eps=1.0, lr=0.1)
+    one = finetune(task, small_train(tmp_path, "one", batch_size=4, **same))
+    two = finetune(task, small_train(tmp_path, "two", batch_size=2, grad_accum=2, **same))
+    a, b = load_finetuned(one.run_dir).model.state_dict(), load_finetuned(two.run_dir).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    initial = _base_model(small_train(tmp_path, "x"), 16)[0].state_dict()
+    assert not torch.equal(a["transformer.wte.weight"], initial["transformer.wte.weight"])  # it did train
+    assert one.train.train_loss == pytest.approx(two.train.train_loss, rel=1e-5)
+
+    # the loss is the mean over completion tokens only: recompute it by hand at the initial weights
+    from gptkit.chat import encode_instruct, read_prompt_completion
+    from gptkit.finetune import _tokenizer
+
+    train = small_train(tmp_path, "check")
+    model, tok = _base_model(train, 16)[0].eval(), _tokenizer(train)
+    features = encode_instruct(tok, read_prompt_completion(tmp_path / "pc.jsonl"), max_length=16)
+    total, count = 0.0, 0
+    for ids, labels in zip(features.input_ids, features.labels, strict=True):
+        answer = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+        assert tok.decode([ids[i] for i in answer]).startswith(" ok") and ids[answer[-1]] == tok.eos_token_id
+        logits = model(torch.tensor([ids])).logits[0]
+        for i in answer:  # position i - 1 predicts token i
+            total += -torch.log_softmax(logits[i - 1], -1)[ids[i]].item()
+            count += 1
+    from gptkit.finetune import _predict_outputs
+    from gptkit.tasks import RECIPES
+
+    enc = RECIPES["instruct"].encode(task, read_prompt_completion(tmp_path / "pc.jsonl").examples, tok, None)
+    loss, _ = _predict_outputs(model, enc.rows, enc.targets, tok.eos_token_id, (), 2, torch.autocast("cpu",
+                               enabled=False))
+    assert loss == pytest.approx(total / count, rel=1e-5)
