@@ -129,6 +129,12 @@ def test_lora_classifier_saves_a_peft_adapter_that_peft_loads(tmp_path: Path):
     ids = torch.tensor([[11, 42, 7, 300, 9]])
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
+    from gptkit.predict import save_merged
+
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(save_merged(load_finetuned(run),
+                                                                                         tmp_path / "merged"))
+    with torch.no_grad():
+        assert torch.allclose(merged.eval()(ids).logits, theirs(ids).logits, atol=1e-5)
     # only the adapters and the head were trained: the backbone still equals its initialisation
     initial, _ = _base_model(train, task.max_length)
     backbone = {k: v for k, v in ours.state_dict().items() if k.startswith("transformer.") and "lora_" not in k}
@@ -211,6 +217,16 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
 
     assert load_chat_template(result.run_dir) is not None  # the template goes with the model
     assert json.loads((result.run_dir / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    # generation loads the run with its adapter merged: the same logits as the adapter applied unmerged
+    from gptkit.checkpoint import load_pretrained
+    from gptkit.cli import main
+
+    merged, _ = load_pretrained(result.run_dir)
+    ids = torch.tensor([[16, 25, 17, 10]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, load_finetuned(result.run_dir).model(ids).logits, atol=1e-5)
+    assert main(["generate", "--model", str(result.run_dir), "--chat", "--temperature", "0", "--max-new-tokens", "2",
+                 "--device", "cpu", "Q: 1+2="]) == 0
 
 
 def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: Path):
@@ -252,3 +268,28 @@ def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: 
     loss, _ = _predict_outputs(model, enc.rows, enc.targets, tok.eos_token_id, (), 2, torch.autocast("cpu",
                                enabled=False))
     assert loss == pytest.approx(total / count, rel=1e-5)
+
+
+def test_cli_finetune_predict_eval_and_embed(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from gptkit.cli import main
+
+    train_file = write_sentiment(tmp_path / "train.tsv", 48, 0)
+    dev_file = write_sentiment(tmp_path / "dev.tsv", 12, 1)
+    run = tmp_path / "run"
+    assert main(["finetune", "classify", "--train", str(train_file), "--eval", str(dev_file), "--init-from",
+                 "scratch", "--model", "gpt2-tiny", "--max-steps", "4", "--batch-size", "8", "--max-length", "16",
+                 "--out-dir", str(run), "--no-progress", "--device", "cpu", "--lora-r", "2"]) == 0
+    assert "fine-tuned classify for 4 steps" in capsys.readouterr().out
+    assert main(["predict", str(dev_file), "--model", str(run), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 12 and all(r["label"] in ("0", "1") for r in rows)
+    assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in rows)
+    assert main(["eval", "--model", str(run), "--labelled", str(dev_file), "--json", "--device", "cpu"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["examples"] == 12 and 0 <= scores["accuracy"] <= 1
+    assert main(["embed", "--model", str(run), "one text", "another text", "--device", "cpu"]) == 0
+    vectors = [json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()]
+    assert len(vectors) == 2 and abs(sum(v * v for v in vectors[0]) - 1) < 1e-4
+    assert main(["finetune", "classify", "--train", str(train_file), "--label-column", "stars", "--init-from",
+                 "scratch", "--model", "gpt2-tiny", "--out-dir", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "no column 'stars'" in capsys.readouterr().err

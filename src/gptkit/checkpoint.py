@@ -26,6 +26,8 @@ from gptkit.io import atomic_write, atomic_write_text, read_json
 from gptkit.model import GPT
 
 Format = Literal["hf", "openai-tf", "openai-gpt1"]
+# Weights of task heads (heads.py; transformers' GPT2For* and *DoubleHeadsModel names), never a GPT's own.
+TASK_HEAD_PREFIXES = ("score.", "classifier.", "qa_outputs.", "multiple_choice_head.")
 WEIGHTS_FILE = "model.safetensors"
 _HF_WEIGHT_FILES = (
     "model.safetensors",
@@ -181,6 +183,8 @@ def read_checkpoint(source: Source, *, n_head: int | None = None) -> tuple[GPTCo
         return read_gpt1_shards(source.path, n_head=n_head or 12)
     config, naming = _read_config(source.path)
     hf_state, weights_path = read_hf_weights(source.path)
+    # A task model (GPT2ForSequenceClassification, ...) loads as its GPT: the head's weights are left out.
+    hf_state = {k: v for k, v in hf_state.items() if not k.startswith(TASK_HEAD_PREFIXES)}
     expected = _expected_shapes(config)
     if naming == "gptkit":  # a shape transformers cannot express was saved under gptkit's own names
         return config, _checked_native(hf_state, expected, config, weights_path)
@@ -331,6 +335,12 @@ def load_pretrained(
 
     source = resolve(name_or_path)
     model = load_model(source.path, device=device, dtype=dtype)
+    adapter = source.path / "adapter_config.json"
+    if adapter.is_file() and _read_json(adapter).get("task_type") in (None, "CAUSAL_LM"):
+        from gptkit import lora  # a LoRA-tuned language model (gptkit finetune instruct --lora-r): merged in
+
+        lora.load_adapter(model, source.path)
+        lora.merge_lora(model)
     tok = Tokenizer.from_pretrained(tokenizer) if tokenizer is not None else load_tokenizer(source)
     if tok is not None and tok.vocab_size > model.config.vocab_size:
         raise CheckpointError(

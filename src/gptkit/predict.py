@@ -66,6 +66,26 @@ def load_finetuned(directory: str | os.PathLike[str], *, device: torch.device | 
     return Finetuned(model.to(device).eval(), Tokenizer.from_pretrained(folder), task, labels, folder)
 
 
+def save_merged(finetuned: Finetuned, directory: str | os.PathLike[str]) -> Path:
+    """Write the run with its LoRA adapter folded into the weights: a plain transformers/gptkit directory."""
+    import shutil
+
+    from gptkit.checkpoint import save_model
+    from gptkit.heads import TaskModel, save_task_model
+
+    if any(isinstance(m, lora.LoRALinear) for m in finetuned.model.modules()):
+        lora.merge_lora(finetuned.model)
+    out = Path(directory)
+    if isinstance(finetuned.model, TaskModel):
+        save_task_model(finetuned.model, out, tokenizer=finetuned.tokenizer)
+    else:
+        save_model(finetuned.model, out, tokenizer=finetuned.tokenizer)
+    for name in (TASK_FILE, "tokenizer_config.json", "chat_template.jinja"):  # task description, chat template
+        if (finetuned.directory / name).is_file():
+            shutil.copyfile(finetuned.directory / name, out / name)
+    return out
+
+
 def evaluate_file(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: int = 16) -> dict[str, float]:
     """The task's metrics (and loss) on a labelled file in the training format."""
     task, recipe = finetuned.task, finetuned.recipe

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from gptkit.cli import models, training
+from gptkit.cli import models, tasks, training
 from gptkit.errors import GptkitError
 
 
@@ -25,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="Run `gptkit COMMAND --help` for the flags of one command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (models, training):  # this order is the order of the subcommands in `gptkit --help`
+    for module in (models, training, tasks):  # this order is the order of the subcommands in `gptkit --help`
         module.register(sub)
     return parser
 

@@ -90,12 +90,24 @@ def _sampling_params(args: argparse.Namespace):
     )
 
 
+def _chat_prompts(model: str, prompts: list[str], tokenizer) -> list[str]:
+    """Each prompt as a user message, rendered with the model's chat template (or gptkit's default)."""
+    from gptkit.chat import DEFAULT_CHAT_TEMPLATE, load_chat_template, render_chat
+    from gptkit.checkpoint import resolve
+
+    template = load_chat_template(resolve(model).path) or DEFAULT_CHAT_TEMPLATE
+    return [render_chat([{"role": "user", "content": p}], template, add_generation_prompt=True,
+                        eos_token=tokenizer.eos_token) for p in prompts]
+
+
 def _generate(args: argparse.Namespace) -> int:
     from gptkit.generate import stream
 
     params = _sampling_params(args)
     prompts = _read_prompts(args)
     model, tokenizer = _load_for_inference(args)
+    if args.chat:
+        prompts = _chat_prompts(args.model, prompts, tokenizer)
     n = params.num_return_sequences
     live = not args.json and len(prompts) * n == 1
     results: dict[int, dict] = {}
@@ -193,6 +205,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
     p.add_argument("--truncate", action="store_true",
                    help="slide the context window (drop the oldest tokens) when prompt + new tokens exceed it")
+    p.add_argument("--chat", action="store_true",
+                   help="send each prompt as a user message through the model's chat template (the one saved by "
+                        "`gptkit finetune instruct`, else gptkit's default) and generate the assistant's answer")
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
     p.add_argument("--logprobs", type=int, default=None, help="with --json: top-N alternatives per token")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gptkit.cli.common import DTYPES, _add_dataclass_flags, _load_for_inference
+from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, _load_for_inference
 from gptkit.config import TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
 from gptkit.errors import GptkitError
 
@@ -95,6 +95,16 @@ def _eval(args: argparse.Namespace) -> int:
 
     from gptkit.evaluate import lambada_accuracy, perplexity, read_lambada
 
+    if args.labelled:
+        from gptkit.predict import evaluate_file, load_finetuned
+
+        scores = evaluate_file(load_finetuned(args.model, device=_device(args.device)), args.labelled,
+                               batch_size=args.batch_size)
+        if args.json:
+            print(json.dumps({"task": "labelled", "model": args.model, "file": args.labelled, **scores}))
+        else:
+            print(f"{args.model} on {args.labelled}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        return 0
     model, tokenizer = _load_for_inference(args)
     if args.lambada:
         task = "lambada"
@@ -195,7 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="perplexity of a text file, or LAMBADA last-word accuracy",
+        help="perplexity of a text file, LAMBADA last-word accuracy, or a fine-tuned model's task metrics",
         description=(
             "Evaluate MODEL on --text FILE (sliding-window perplexity, computed exactly as the transformers "
             "docs do) or --lambada FILE.jsonl (one {\"text\": ...} per line; greedy accuracy on the last word)."
@@ -206,6 +216,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--text", metavar="FILE", help="UTF-8 text file; encoded whole")
     data.add_argument("--lambada", metavar="FILE", help="LAMBADA-style JSONL file")
+    data.add_argument("--labelled", metavar="FILE",
+                      help="a labelled file in a `gptkit finetune` run's format: the task's metrics (accuracy, F1, "
+                           "entity F1, SQuAD EM/F1)")
     p.add_argument("--max-length", type=int, help="window length in tokens (default: the model's context)")
     p.add_argument("--stride", type=int, help="tokens each window moves (default: 512, or the window if shorter)")
     p.add_argument("--batch-size", type=int, default=1, help="windows or examples per forward pass (default: 1)")

@@ -1,0 +1,197 @@
+"""Subcommands for task models: finetune, predict, embed (and `gptkit eval --labelled`, in training.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device
+from gptkit.cli.training import _MODEL_FLAGS, _TRAIN_HELP
+from gptkit.config import TaskConfig, TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.errors import GptkitError
+
+TASKS = ("classify", "tag", "qa", "choice", "instruct")
+_TASK_HELP = {
+    "format": "input format (auto: by suffix; .txt files are CoNLL for tag)",
+    "text_column": "classify: column or JSON field of the text",
+    "text_pair_column": "classify: column of a second text (pairs: entailment, paraphrase)",
+    "label_column": "classify: column or JSON field of the label",
+    "problem_type": "classify: single label, multi-label (JSON list or comma-separated), or regression",
+    "token_column": "tag: CoNLL column of the word",
+    "tag_column": "tag: CoNLL column of the IOB tag (-1 = last)",
+    "max_length": "tokens per example; longer ones are cut (QA contexts are windowed)",
+    "stride": "qa: tokens shared by consecutive windows of a long context",
+    "epochs": "passes over the training examples (sets --max-steps)",
+    "aux_lm_weight": "add this weight x language-modelling loss (GPT-1 used 0.5)",
+    "pack": "instruct: pack examples into full blocks instead of padding each",
+    "chat_template": "instruct: a Jinja chat template (default: gptkit's plain-text one)",
+    "on_error": "bad rows: stop (fail) or skip and count them",
+}
+_LORA_HELP = {
+    "trainable": "which parameters train: all, lora, head, last:N (blocks + head); auto = lora if --lora-r else all",
+    "lora_r": "rank of LoRA adapters (0 = no LoRA); saved in peft's format beside the model",
+    "lora_alpha": "LoRA scale numerator (scale = alpha / r)",
+    "lora_dropout": "dropout on the LoRA input",
+    "lora_targets": "comma-separated module names for adapters, e.g. c_attn,c_proj,c_fc",
+}
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from gptkit.finetune import finetune
+
+    task_fields = {f.name for f in dataclasses.fields(TaskConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"data"}
+    task = TaskConfig(**{k: v for k, v in vars(args).items() if k in task_fields and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in train_fields and v is not None}
+    shape = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
+    if shape:
+        given["model_overrides"] = shape
+    if "max_steps" in given and args.epochs is None:
+        task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
+    given.setdefault("init_from", "pretrained")
+    given.setdefault("out_dir", f"runs/{args.task}")
+    given.setdefault("sample_tokens", 0)
+    train = TrainConfig.from_file(args.config, data="", **given) if args.config else TrainConfig(data="", **given)
+    result = finetune(task, train)
+    if not result.train.is_main:
+        return 0
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    print(f"fine-tuned {args.task} for {result.train.step} steps ({result.train.seconds:.0f} s): {shown}; "
+          f"model in {result.run_dir}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from gptkit.predict import load_finetuned, predict, write_jsonl
+
+    finetuned = load_finetuned(args.model, device=_device(args.device))
+    source = args.input if args.input != "-" else "/dev/stdin"
+    records = predict(finetuned, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    if args.out:
+        from gptkit.io import atomic_write_text
+
+        lines = [json.dumps(r, ensure_ascii=False) for r in records]
+        atomic_write_text(__import__("pathlib").Path(args.out), "".join(line + "\n" for line in lines))
+        print(f"{len(lines)} predictions written to {args.out}", file=sys.stderr)
+    else:
+        write_jsonl(records, sys.stdout)
+    return 0
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from gptkit.predict import load_finetuned, save_merged
+
+    finetuned = load_finetuned(args.run)
+    print(f"merged model written to {save_merged(finetuned, args.out)}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptkit.checkpoint import load_pretrained
+    from gptkit.heads import embed
+
+    texts = list(args.text)
+    if args.file:
+        with open(args.file if args.file != "-" else "/dev/stdin", encoding="utf-8") as fh:
+            texts += [line.rstrip("\n") for line in fh if line.strip()]
+    if not texts:
+        raise GptkitError("no texts: give TEXT arguments or --file FILE (one text per line, '-' = stdin)")
+    model, tokenizer = load_pretrained(args.model, device=_device(args.device), dtype=getattr(torch, args.dtype),
+                                       tokenizer=args.tokenizer)
+    if tokenizer is None:
+        raise GptkitError(f"{args.model} has no tokenizer files; name one with --tokenizer (e.g. gpt2)")
+    vectors = embed(model, tokenizer, texts, pooling=args.pooling, batch_size=args.batch_size,
+                    normalize=not args.no_normalize)
+    if args.out and args.out.endswith(".npy"):
+        import numpy as np
+
+        from gptkit.io import atomic_write
+
+        atomic_write(__import__("pathlib").Path(args.out), lambda tmp: np.save(open(tmp, "wb"), vectors.numpy()))
+        print(f"{len(texts)} vectors of size {vectors.shape[1]} written to {args.out}", file=sys.stderr)
+    else:
+        for text, vector in zip(texts, vectors.tolist(), strict=True):
+            print(json.dumps({"text": text, "embedding": [round(v, 6) for v in vector]}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add finetune, predict and embed to the `gptkit` subcommands."""
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model for classification, tagging, QA, multiple choice or instructions",
+        description=(
+            "Fine-tune --model (a hub name or checkpoint folder; --init-from scratch for a fresh preset) on --train "
+            "for TASK: classify (CSV/TSV/JSONL text + label), tag (CoNLL columns, IOB tags), qa (SQuAD v1/v2 JSON "
+            "or JSONL), choice (SWAG-style JSON/JSONL) or instruct (JSONL of {prompt, completion} or OpenAI chat "
+            "{messages}; loss on the answers only). The run directory gets the model as the matching transformers "
+            "class (GPT2ForSequenceClassification, ...), a peft adapter with --lora-r, task.json, metrics.jsonl "
+            "and curves.png. Without --eval, a seeded 10% of --train is held out for evaluation."
+        ),
+    )
+    p.add_argument("task", choices=TASKS, help="what to learn")
+    p.add_argument("--train", dest="train_file", required=True, metavar="FILE", help="training examples")
+    p.add_argument("--eval", dest="eval_file", metavar="FILE", help="evaluation examples (same format)")
+    p.add_argument("--config", help="JSON or YAML file of training settings (TrainConfig fields)")
+    group = p.add_argument_group("task data")
+    _add_dataclass_flags(group, TaskConfig, _TASK_HELP, skip={"task", "train_file", "eval_file"})
+    group = p.add_argument_group("training (as gptkit train)")
+    defaults = {"init_from": "pretrained (default here), scratch (a preset) or resume (out-dir)",
+                "out_dir": "run directory (default here: runs/TASK)"}
+    _add_dataclass_flags(group, TrainConfig, {**_TRAIN_HELP, **_LORA_HELP, **defaults},
+                         skip={"model_overrides", "data", "sample_prompt", "eval_batches", "block_size"})
+    for name in _MODEL_FLAGS:
+        group.add_argument("--" + name.replace("_", "-"), default=None, help=f"scratch models: GPTConfig.{name}",
+                           type={"activation": str,
+                                 "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int))
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser(
+        "predict",
+        help="run a fine-tuned model on a file and write one JSON object per example",
+        description=(
+            "Read INPUT in the format MODEL was fine-tuned on (labels, if present, are ignored) and print JSONL "
+            "predictions: classify {text, label, scores}, tag {tokens, tags}, qa {id, question, answer}, choice "
+            "{label, scores}, instruct {..., completion} (greedy, with the chat template stored with the model)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("input", metavar="INPUT", help="input file ('-' = stdin)")
+    p.add_argument("--model", required=True, help="a `gptkit finetune` run directory (or its best/)")
+    p.add_argument("--out", metavar="FILE", help="write the JSONL here (atomically) instead of stdout")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="instruct: tokens generated per prompt")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "merge-lora",
+        help="fold a fine-tuning run's LoRA adapter into its weights and write a plain model directory",
+        description="Load RUN (a `gptkit finetune --lora-r` directory), merge W + (alpha/r) B A into each adapted "
+                    "layer, and write OUT: the same transformers class, with no adapter to load.",
+    )
+    p.add_argument("run", metavar="RUN", help="fine-tuning run directory (or its best/)")
+    p.add_argument("out", metavar="OUT", help="directory to write")
+    p.set_defaults(func=_merge_lora)
+
+    p = sub.add_parser(
+        "embed",
+        help="one normalised vector per text (mean or last-token pooling of the final hidden states)",
+        description="Embed TEXT arguments and/or lines of --file with MODEL; print JSONL or write a .npy array.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("text", nargs="*", help="texts to embed")
+    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
+    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    p.add_argument("--file", metavar="FILE", help="one text per line ('-' = stdin)")
+    p.add_argument("--pooling", choices=("mean", "last"), default="mean", help="mean over real tokens, or last")
+    p.add_argument("--no-normalize", action="store_true", help="keep raw vectors (default: unit L2 norm)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    p.add_argument("--out", metavar="FILE.npy", help="write an (N, C) float32 .npy array instead of JSONL")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype")
+    p.set_defaults(func=_embed)
