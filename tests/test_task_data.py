@@ -1,4 +1,4 @@
-"""Task data readers and encoders (gptkit.task_data, gptkit.chat) on tiny files the tests write.
+"""Classification and instruction data readers and encoders (gptkit.task_data, gptkit.chat) on tiny files.
 
 Oracles: hand-written expectations (lines, labels, masks), the GPT-2 tokenizer's own encode of the same
 pieces, and transformers' apply_chat_template for the chat template.
@@ -24,20 +24,17 @@ from gptkit.chat import (
     render_chat,
     save_chat_template,
 )
+from gptkit.choice import encode_choice, read_choice
 from gptkit.errors import ConfigError, DataError
+from gptkit.tagging import Sentence, TaggedSet, read_conll
 from gptkit.task_data import (
     IGNORE_INDEX,
-    ChoiceExample,
+    LabelledExample,
+    LabelledSet,
     LabelMap,
-    Sentence,
     TokenFeatures,
-    encode_choice,
     encode_labelled,
-    encode_tagging,
-    read_choice,
-    read_conll,
     read_labelled,
-    words_from_tokens,
 )
 from gptkit.tokenizer import Tokenizer
 
@@ -149,133 +146,6 @@ def test_encode_labelled_ids_and_longest_first_truncation(tmp_path: Path, tok: T
     assert cut.input_ids == [first[:3] + second] and cut.truncated == 1
     cut = encode_labelled(tok, data, labels, max_length=3)  # both longer than half: split evenly
     assert cut.input_ids == [first[:2] + second[:1]]
-
-
-# --- token tagging ----------------------------------------------------------------------------------
-
-CONLL = """-DOCSTART- -X- -X- O
-
-EU NNP B-NP B-ORG
-rejects VBZ B-VP O
-German JJ B-NP B-MISC
-
-Peter NNP B-NP B-PER
-Blackburn NNP I-NP I-PER
--DOCSTART- -X- -X- O
-BRUSSELS NNP B-NP B-LOC
-"""
-
-
-def test_read_conll_sentences_docstart_and_lines(tmp_path: Path) -> None:
-    data = read_conll(write(tmp_path / "train.txt", CONLL))
-    assert [(s.tokens, s.tags, s.line) for s in data.examples] == [
-        (["EU", "rejects", "German"], ["B-ORG", "O", "B-MISC"], 3),
-        (["Peter", "Blackburn"], ["B-PER", "I-PER"], 7),
-        (["BRUSSELS"], ["B-LOC"], 10),
-    ]
-    assert LabelMap.from_data(data).labels == ("B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER", "O")
-    tokens_only = read_conll(write(tmp_path / "test.txt", "EU\nrejects\n\nPeter\n"), tag_column=None)
-    assert [(s.tokens, s.tags) for s in tokens_only.examples] == [(["EU", "rejects"], []), (["Peter"], [])]
-
-
-def test_conll_malformed_lines_and_bad_tags(tmp_path: Path) -> None:
-    text = "A x B-ORG\nb O\n\nC x X-PER\nd x O\n\nE x B-LOC\n\nf\tx\tI-LOC\n"
-    path = write(tmp_path / "bad.txt", text)
-    with pytest.raises(DataError, match=rf"{path}:1: the line has 3 column\(s\).*need 4"):
-        read_conll(path, tag_column=3)
-    with pytest.raises(DataError, match=rf"{path}:2: the line has 2 column\(s\); token column 0 and tag column 2"):
-        read_conll(path, tag_column=2)
-    with pytest.raises(DataError, match=rf"{path}:4: tag 'X-PER' is not O, B-<type> or I-<type>"):
-        read_conll(path)
-    data = read_conll(path, on_error="skip")  # a bad line drops its whole sentence, reported once
-    assert [s.tokens for s in data.examples] == [["A", "b"], ["E"], ["f"]]
-    assert [(b.line, b.reason.split()[0]) for b in data.skipped] == [(4, "tag")]
-    labels = LabelMap.build(["B-ORG", "O"])
-    data = read_conll(path, on_error="skip", label_map=labels)
-    assert [b.line for b in data.skipped] == [4, 7, 9] and "not in the training labels" in data.skipped[1].reason
-
-
-def test_encode_tagging_labels_first_sub_token(tok: Tokenizer) -> None:
-    # GPT-2 pieces, checked by hand: "Peter"; " visits"; " Z", "ü", "rich"; " ."
-    sentence = Sentence(["Peter", "visits", "Zürich", "."], ["B-PER", "O", "B-LOC", "O"], 1)
-    labels = LabelMap.build(["B-LOC", "B-PER", "O"])  # B-LOC 0, B-PER 1, O 2
-    features = encode_tagging(tok, [sentence], labels, max_length=32)
-    ids = features.input_ids[0]
-    assert [tok.decode([i]) for i in ids] == ["Peter", " visits", " Z", "ü", "rich", " ."]
-    assert ids == tok.encode("Peter visits Zürich .")
-    assert features.labels == [[1, 2, 0, IGNORE_INDEX, IGNORE_INDEX, 2]]
-    assert features.word_ids == [[0, 1, 2, 2, 2, 3]] and features.truncated == 0
-    # predictions map back to words through the first token of each
-    assert words_from_tokens(features.word_ids[0], ["p0", "p1", "p2", "x", "x", "p3"]) == ["p0", "p1", "p2", "p3"]
-
-    with pytest.raises(DataError, match=r"<examples>:1: label 'B-PER' was not in the training labels"):
-        encode_tagging(tok, [sentence], LabelMap.build(["B-LOC", "O"]), max_length=32)
-    cut = encode_tagging(tok, [sentence], labels, max_length=4)
-    assert cut.truncated == 1 and cut.labels == [[1, 2, 0, IGNORE_INDEX]]
-    assert words_from_tokens(cut.word_ids[0], [5, 6, 7, 8], n_words=4) == [5, 6, 7, None]  # type: ignore[index]
-
-
-def test_encode_tagging_multibyte_characters_map_to_one_word(tok: Tokenizer) -> None:
-    sentence = Sentence(["日本", "x"], ["B-LOC", "O"], 1)
-    features = encode_tagging(tok, [sentence], LabelMap.build(["B-LOC", "O"]), max_length=32)
-    words = features.word_ids[0]  # type: ignore[index]
-    assert words[-1] == 1 and set(words[:-1]) == {0} and len(words) > 2  # byte pieces of one character
-    assert features.labels[0] == [0] + [IGNORE_INDEX] * (len(words) - 2) + [1]
-
-
-# --- multiple choice --------------------------------------------------------------------------------
-
-SWAG = [
-    {"ending0": "walks.", "ending1": "runs.", "label": 1, "sent1": "A man stands.", "sent2": "He"},
-    {"ending0": "sings.", "ending1": "dances.", "ending2": "sleeps.", "label": 0, "sent1": "A girl.", "sent2": "She"},
-]
-
-
-def test_read_swag_concatenated_json_with_lines(tmp_path: Path) -> None:
-    # pretty-printed objects, "} {" between them, as ../shared/data/swag_sample.json
-    text = " ".join(json.dumps(o, indent=2) for o in SWAG) + "\n"
-    assert text.splitlines()[6] == "} {"  # lines 1-7 hold the first object, the second starts on line 7
-    data = read_choice(write(tmp_path / "swag.json", text))
-    assert [(e.context, e.endings, e.label, e.line) for e in data.examples] == [
-        ("A man stands. He", ["walks.", "runs."], 1, 1),
-        ("A girl. She", ["sings.", "dances.", "sleeps."], 0, 7),
-    ]
-    array = read_choice(write(tmp_path / "a.json", "[\n" + ",\n".join(json.dumps(o) for o in SWAG) + "\n]"))
-    assert [e.line for e in array.examples] == [2, 3] and array.examples[1].endings[2] == "sleeps."
-    lines = read_choice(jsonl(tmp_path / "s.jsonl", SWAG))
-    assert [e.line for e in lines.examples] == [1, 2]
-
-
-def test_read_choice_generic_form_and_bad_rows(tmp_path: Path) -> None:
-    rows = [{"question": "2+2?", "choices": ["4", "5"], "label": 0}, {"context": "c", "choices": ["x"], "label": 0},
-            {"question": "q", "choices": ["a", "b"], "label": 2}, {"prompt": "p"}]
-    path = jsonl(tmp_path / "g.jsonl", rows)
-    with pytest.raises(DataError, match=rf"{path}:2: expected at least 2"):
-        read_choice(path)
-    data = read_choice(path, on_error="skip")
-    assert [(e.context, e.endings, e.label) for e in data.examples] == [("2+2?", ["4", "5"], 0)]
-    assert [b.line for b in data.skipped] == [2, 3, 4] and "index of one of the 2" in data.skipped[1].reason
-    broken = write(tmp_path / "broken.json", json.dumps(SWAG[0], indent=2) + "\n{\n  \"sent1\": oops\n}")
-    with pytest.raises(DataError, match=rf"{broken}:9:12: not valid JSON"):  # 7 lines, "{", then the error
-        read_choice(broken)
-    unlabelled = jsonl(tmp_path / "u.jsonl", [{"question": "q", "choices": ["a", "b"]}])
-    assert read_choice(unlabelled, require_label=False).examples[0].label is None
-
-
-def test_encode_choice_appends_eos_and_cuts_context_from_the_left(tok: Tokenizer) -> None:
-    eos = tok.eos_token_id
-    example = ChoiceExample("A man stands. He", ["walks.", "runs away."], 1, 1)
-    features = encode_choice(tok, [example], max_length=64)
-    context = tok.encode("A man stands. He")
-    walks, runs = tok.encode(" walks.") + [eos], tok.encode(" runs away.") + [eos]
-    assert features.input_ids == [[context + walks, context + runs]]
-    assert features.input_ids[0][0] == tok.encode("A man stands. He walks." + EOS, allowed_special="all")
-    assert features.labels == [1] and features.truncated == 0
-    cut = encode_choice(tok, [example], max_length=5)
-    assert cut.truncated == 1
-    assert len(walks) == 3 and len(runs) == 4 and len(context) > 2
-    assert cut.input_ids[0] == [context[-2:] + walks, context[-1:] + runs]
-    assert all(len(row) <= 5 for row in cut.input_ids[0])
 
 
 # --- instruction tuning -----------------------------------------------------------------------------
@@ -420,14 +290,14 @@ def test_shared_sst2_imdb_conll_swag(tok: Tokenizer) -> None:
     assert all(row[-1] == tok.eos_token_id for rows in features.input_ids for row in rows)
 
 
-def test_sets_built_by_hand_and_instruct_names_served_from_task_data() -> None:
-    from gptkit import chat, task_data
+def test_sets_built_by_hand_and_each_name_served_from_one_module() -> None:
+    from gptkit import task_data
 
-    assert task_data.read_chat is chat.read_chat and task_data.pack is chat.pack
-    assert task_data.encode_instruct is chat.encode_instruct
-    examples = [task_data.LabelledExample("a", None, "x", 1)]
-    assert task_data.LabelledSet("train", examples, task="multi").task == "multi"
-    assert LabelMap.from_data(task_data.LabelledSet("train", examples)).labels == ("x",)
-    assert LabelMap.from_data(task_data.TaggedSet("train", [Sentence(["a"], ["B-X"], 1)])).labels == ("B-X",)
+    examples = [LabelledExample("a", None, "x", 1)]
+    assert LabelledSet("train", examples, task="multi").task == "multi"
+    assert LabelMap.from_data(LabelledSet("train", examples)).labels == ("x",)
+    assert LabelMap.from_data(TaggedSet("train", [Sentence(["a"], ["B-X"], 1)])).labels == ("B-X",)
+    for name in ("read_chat", "pack", "encode_instruct", "read_conll", "TaggedSet", "read_choice", "ChoiceSet"):
+        assert not hasattr(task_data, name)  # no re-exports: chat, tagging and choice serve their own names
     with pytest.raises(AttributeError):
         task_data.no_such_name  # noqa: B018

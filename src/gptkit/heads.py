@@ -1,4 +1,4 @@
-"""Task heads over the GPT: sequence classification, token tagging, extractive QA, multiple choice; embeddings.
+"""Task heads over the GPT: sequence classification, token tagging, extractive QA, multiple choice.
 
 A TaskModel holds the GPT's `transformer` modules (shared, not copied) and one small head under the name
 transformers gives it, so its state dict is the matching transformers class's, in gptkit's layout:
@@ -9,7 +9,8 @@ transformers gives it, so its state dict is the matching transformers class's, i
     choice    multiple_choice_head.summary  GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel (+ the tied lm_head)
 
 Pooling and losses are pure functions. Padding is described by `attention_mask` alone (GPT-2 has no pad
-token: pad with the eos id), so pooling never depends on which id the padding holds.
+token: pad with the eos id), so pooling never depends on which id the padding holds. gptkit.embeddings
+pools with the same functions.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from gptkit.checkpoint import WEIGHTS_FILE, build_model, read_config, read_hf_weights
 from gptkit.config import CONFIG_FILE, GPTConfig
 from gptkit.convert import TIED_KEY, config_to_hf, from_hf_state_dict, hf_name, to_hf_state_dict
-from gptkit.errors import CheckpointError, ConfigError, DataError
+from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import atomic_write, atomic_write_text, read_json
 from gptkit.model import GPT, IGNORE_INDEX, lm_loss
 
@@ -452,54 +453,3 @@ def _spec_from_hf(data: dict[str, Any], source: str) -> TaskSpec:
         return TaskSpec(task, num_labels, problem_type, float(dropout), labels)
     except ConfigError as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
-
-
-# -- embeddings -------------------------------------------------------------------------------------
-
-_POOLING = {"mean": mean_pool, "last": last_token}
-
-
-def embed(
-    model: GPT,
-    tokenizer: Any,
-    texts: Sequence[str],
-    *,
-    pooling: Literal["mean", "last"] = "mean",
-    batch_size: int = 32,
-    normalize: bool = True,
-    max_length: int | None = None,
-) -> Tensor:
-    """One vector per text (N, C), float32 on the CPU: final hidden states pooled over each text's tokens.
-
-    Texts are encoded (special-token strings as plain text), cut to max_length tokens (default and at most
-    the context), and run in right-padded batches of similar length; each vector equals the one computed
-    for its text alone. normalize: unit L2 norm, for cosine similarity by dot product.
-    """
-    if pooling not in _POOLING:
-        raise ConfigError(f"pooling must be one of {', '.join(_POOLING)}, got {pooling!r}")
-    if isinstance(texts, str):
-        raise TypeError("embed takes a sequence of texts; wrap a single text as [text]")
-    if batch_size < 1 or (max_length is not None and max_length < 1):
-        raise ConfigError(f"batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
-    limit = min(max_length or model.config.n_positions, model.config.n_positions)
-    ids = [seq[:limit] for seq in tokenizer.encode_batch(list(texts), disallowed_special=())]
-    if empty := [i for i, seq in enumerate(ids) if not seq]:
-        raise DataError(f"text {empty[0]} encodes to no tokens and has no embedding; drop empty texts first")
-    pad_id = tokenizer.eos_token_id or 0  # any id: padding is masked out of attention and pooling
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
-    device = model.transformer.wte.weight.device
-    out = torch.empty(len(ids), model.config.n_embd)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in rows)
-                batch = torch.tensor([ids[i] + [pad_id] * (width - len(ids[i])) for i in rows], device=device)
-                mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in rows], device=device)
-                hidden = model(batch, attention_mask=mask, return_logits=False).last_hidden_state  # (b, T, C)
-                out[rows] = _POOLING[pooling](hidden, mask).float().cpu()
-    finally:
-        model.train(was_training)
-    return F.normalize(out, dim=-1) if normalize else out

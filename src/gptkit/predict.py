@@ -99,7 +99,7 @@ def evaluate_file(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_s
 def predict(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: int = 16,
             max_new_tokens: int = 128) -> Iterator[dict[str, Any]]:
     """One JSON-ready prediction per example of an unlabelled (or labelled: labels are ignored) file."""
-    from gptkit import task_data
+    from gptkit import choice, tagging, task_data
 
     task, tok = finetuned.task, finetuned.tokenizer
     if task.task == "instruct":
@@ -112,9 +112,9 @@ def predict(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: i
         rows = task_data.encode_labelled(tok, task_data.LabelledSet("input", examples), None,
                                          max_length=task.max_length).input_ids
     elif task.task == "tag":
-        examples = task_data.read_conll(path, token_column=task.token_column, tag_column=None,
-                                        on_error=task.on_error).examples
-        features = task_data.encode_tagging(tok, examples, None, max_length=task.max_length)
+        examples = tagging.read_conll(path, token_column=task.token_column, tag_column=None,
+                                      on_error=task.on_error).examples
+        features = tagging.encode_tagging(tok, examples, None, max_length=task.max_length)
         rows = features.input_ids
     elif task.task == "qa":
         from gptkit.qa import encode_qa, read_squad
@@ -123,8 +123,8 @@ def predict(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: i
         features = encode_qa(tok, examples, max_length=task.max_length, stride=task.stride)
         rows = [f.input_ids for f in features]
     else:
-        examples = task_data.read_choice(path, on_error=task.on_error, require_label=False).examples
-        rows = task_data.encode_choice(tok, examples, max_length=task.max_length).input_ids
+        examples = choice.read_choice(path, on_error=task.on_error, require_label=False).examples
+        rows = choice.encode_choice(tok, examples, max_length=task.max_length).input_ids
     _, outputs = _predict_outputs(finetuned.model, [{"input_ids": r} for r in rows], [1] * len(rows),
                                   finetuned.pad_id, finetuned.recipe.outputs, batch_size, nullcontext())
     yield from _shape(finetuned, examples, outputs, features if task.task in ("tag", "qa") else None)
@@ -143,7 +143,7 @@ def _shape(finetuned: Finetuned, examples: list[Any], outputs: dict[str, list[An
         return
     for i, (ex, logits) in enumerate(zip(examples, outputs["logits"], strict=True)):
         if task == "tag":
-            from gptkit.task_data import words_from_tokens
+            from gptkit.tagging import words_from_tokens
 
             word_ids = features.word_ids[i]
             ids = words_from_tokens(word_ids, logits[:len(word_ids)].argmax(-1).tolist(), len(ex.tokens))

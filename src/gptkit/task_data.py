@@ -1,29 +1,25 @@
-"""Labelled task data: readers that report every bad row as file:line, encoders to plain lists of ids (no torch).
+"""Labelled task data: what every task reader shares, and classification; readers report each bad row as file:line.
 
 Readers return a set (source, examples, skipped). on_error="fail" raises DataError at the first bad row;
 "skip" drops it and lists it in `skipped` (BadRows: print their count, or each one). A problem with the
-whole file (unreadable, a missing column, no example at all) always raises DataError.
+whole file (unreadable, a missing column, no example at all) always raises DataError. `collect`, `reject`,
+`check_on_error`, `unpack` and `require_eos` are the helpers every reader and encoder is built on.
 
 - Classification (`read_labelled`): CSV/TSV with a header, or JSONL. task "single": one label per text;
   "multi": a JSON list of labels, or a string of labels separated by `label_delimiter` (default ","), where
   an explicit [] means none of the labels; "regression": a finite number. `LabelMap` numbers the labels of a
-  training set; passed to the reader of an eval/predict file, a label it lacks is a bad row.
-- Token tagging (`read_conll`): CoNLL columns separated by whitespace, blank lines between sentences,
-  -DOCSTART- lines skipped, tags O / B-X / I-X (IOB1 or IOB2). A bad line drops its whole sentence.
-- Multiple choice (`read_choice`): SWAG objects (sent1, sent2, ending0..N, label) or generic ones
-  ({"context" and/or "question", "choices": [...], "label"}), as a .jsonl file or a .json file holding an
-  array or concatenated objects (as swag_sample.json); each example knows the line its object starts on.
-- Instruction tuning (prompt/completion and chat JSONL) lives in gptkit.chat, built on the helpers here;
-  its readers and encoders can also be imported from this module.
+  training set (or the tags of a tagging set); passed to the reader of an eval/predict file, a label it
+  lacks is a bad row.
+- Token tagging (CoNLL) lives in gptkit.tagging, multiple choice (SWAG) in gptkit.choice, instruction tuning
+  (prompt/completion and chat JSONL) in gptkit.chat; all are built on the helpers here.
 
-Encoders return ids and labels aligned position by position (-100 = no loss; a model shifts them itself
-as Hugging Face models do) and count the sequences they truncated to max_length. Padding is left to the
-batch collator; `pack` (gptkit.chat) instead concatenates examples into full blocks.
+Encoders (no torch) return ids and labels aligned position by position (-100 = no loss; a model shifts them
+itself as Hugging Face models do) and count the sequences they truncated to max_length. Padding is left to
+the batch collator; `pack` (gptkit.chat) instead concatenates examples into full blocks.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import json
 import math
@@ -31,24 +27,21 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from gptkit.corpus import BadRow, MissingColumnsError, OnError, iter_records
 from gptkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from gptkit.tagging import TaggedSet
     from gptkit.tokenizer import Tokenizer
 
-__all__ = ["IGNORE_INDEX", "ChoiceExample", "ChoiceFeatures", "ChoiceSet", "ClassFeatures", "LabelMap",
-           "LabelledExample", "LabelledSet", "Sentence", "TaggedSet", "TaskSet", "TokenFeatures", "encode_choice",
-           "encode_labelled", "encode_tagging", "read_choice", "read_conll", "read_labelled", "words_from_tokens"]
+__all__ = ["IGNORE_INDEX", "ClassFeatures", "LabelMap", "LabelledExample", "LabelledSet", "TaskSet", "TokenFeatures",
+           "encode_labelled", "read_labelled"]
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross_entropy default ignore_index)
 Task = Literal["single", "multi", "regression"]
 Label = str | list[str] | float | None
-_TAG = re.compile(r"O|[BI]-\S+")
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 # --- examples, sets and features ----------------------------------------------------------------
@@ -59,21 +52,6 @@ class LabelledExample:
     text: str
     text_pair: str | None
     label: Label  # single: str, multi: list of str, regression: float, None when read without labels
-    line: int
-
-
-@dataclass(frozen=True)
-class Sentence:
-    tokens: list[str]
-    tags: list[str]  # empty when read with tag_column=None
-    line: int  # of its first token
-
-
-@dataclass(frozen=True)
-class ChoiceExample:
-    context: str  # SWAG: sent1 + " " + sent2
-    endings: list[str]
-    label: int | None
     line: int
 
 
@@ -100,16 +78,6 @@ class LabelledSet(TaskSet[LabelledExample]):
 
 
 @dataclass
-class TaggedSet(TaskSet[Sentence]):
-    task: str = "tagging"
-
-
-@dataclass
-class ChoiceSet(TaskSet[ChoiceExample]):
-    task: str = "choice"
-
-
-@dataclass
 class TokenFeatures:
     """Per sequence: ids and equally long labels; word_ids (tagging) give the word of each token."""
 
@@ -124,13 +92,6 @@ class TokenFeatures:
 class ClassFeatures:
     input_ids: list[list[int]]
     labels: list[int | list[float] | float | None]  # class id, multi-hot row, or target
-    truncated: int = 0
-
-
-@dataclass
-class ChoiceFeatures:
-    input_ids: list[list[list[int]]]  # example -> choice -> ids (each ending in eos)
-    labels: list[int | None]
     truncated: int = 0
 
 
@@ -353,210 +314,3 @@ def _encode_label(label: Label, task: Task, label_map: LabelMap | None) -> int |
             row[label_map.encode(x)] = 1.0
         return row
     return label_map.encode(label)  # type: ignore[arg-type]
-
-
-# --- token tagging ----------------------------------------------------------------------------------
-
-
-def read_conll(path: str | os.PathLike[str], *, token_column: int = 0, tag_column: int | None = -1,
-               on_error: OnError = "fail", label_map: LabelMap | None = None) -> TaggedSet:
-    """Sentences of a CoNLL file (see the module docstring); tag_column=None reads tokens only (to predict)."""
-    check_on_error(on_error)
-    source, result = str(path), TaggedSet(str(path))
-    needed = max(c + 1 if c >= 0 else -c for c in (token_column, tag_column) if c is not None)
-    tokens: list[str] = []
-    tags: list[str] = []
-    first, bad = 0, False
-
-    def flush() -> None:
-        nonlocal tokens, tags, bad
-        if tokens and not bad:
-            result.examples.append(Sentence(tokens, tags, first))
-        tokens, tags, bad = [], [], False
-
-    for line, fields in _split_lines(Path(path)):
-        if not fields or fields[0] == "-DOCSTART-":
-            flush()
-            continue
-        if bad:
-            continue
-        if (reason := _conll_problem(fields, token_column, tag_column, needed, label_map)) is not None:
-            reject(BadRow(source, line, reason), on_error, result.skipped)
-            bad = True  # the rest of the sentence is dropped with it
-            continue
-        first = first if tokens else line
-        tokens.append(fields[token_column])
-        if tag_column is not None:
-            tags.append(fields[tag_column])
-    flush()
-    if not result.examples:
-        raise DataError(f"{source}: no sentences in this file ({len(result.skipped)} bad rows skipped)")
-    return result
-
-
-def _conll_problem(fields: list[str], token_column: int, tag_column: int | None, needed: int,
-                   label_map: LabelMap | None) -> str | None:
-    if len(fields) < needed:
-        return (f"the line has {len(fields)} column(s); token column {token_column} and tag column {tag_column} "
-                f"need {needed} (columns are separated by spaces or tabs)")
-    tag = "O" if tag_column is None else fields[tag_column]
-    if not _TAG.fullmatch(tag):
-        return f"tag {tag!r} is not O, B-<type> or I-<type> (IOB1/IOB2)"
-    return label_map.unseen(tag) if label_map is not None and tag_column is not None and tag not in label_map else None
-
-
-def _split_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            yield from ((line, text.split()) for line, text in enumerate(fh, 1))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason}); convert it to UTF-8") from None
-    except OSError as e:
-        raise DataError(f"cannot read input {path}: {e.strerror or e}") from None
-
-
-def encode_tagging(tokenizer: Tokenizer, sentences: TaggedSet | Sequence[Sentence], label_map: LabelMap | None,
-                   *, max_length: int) -> TokenFeatures:
-    """Ids of each sentence's words joined by single spaces, labelled on each word's FIRST token (-100 elsewhere).
-
-    Tokenized once, with offsets: a token belongs to the word holding its first non-space character
-    (GPT-2 tokens carry the space before a word). word_ids give each token's word (for words_from_tokens);
-    a sentence longer than max_length tokens is cut, and its last words get no token (counted as truncated).
-    """
-    source, examples = unpack(sentences)
-    out = TokenFeatures([], [], word_ids := [])
-    for sentence in examples:
-        if label_map is not None and (unseen := [t for t in sentence.tags if t not in label_map]):
-            raise DataError(f"{source}:{sentence.line}: {label_map.unseen(unseen[0])}; read the file with "
-                            f"label_map= to skip such sentences")
-        text = " ".join(sentence.tokens)
-        starts = [0]
-        for word in sentence.tokens[:-1]:
-            starts.append(starts[-1] + len(word) + 1)
-        enc = tokenizer.encode_with_offsets(text, disallowed_special=())
-        words: list[int | None] = []
-        labels: list[int] = []
-        for a, b in enc.offsets:
-            lead = len(text[a:b]) - len(text[a:b].lstrip(" "))
-            word = bisect.bisect_right(starts, a + lead) - 1 if b > a else None
-            first = word is not None and (not words or words[-1] != word)
-            words.append(word)
-            if first and sentence.tags and label_map is not None:
-                labels.append(label_map.encode(sentence.tags[word]))  # type: ignore[index]
-            else:
-                labels.append(IGNORE_INDEX)
-        out.truncated += len(enc.ids) > max_length
-        out.input_ids.append(list(enc.ids[:max_length]))
-        out.labels.append(labels[:max_length])
-        word_ids.append(words[:max_length])
-    return out
-
-
-def words_from_tokens(word_ids: Sequence[int | None], token_preds: Sequence[Any], n_words: int | None = None
-                      ) -> list[Any]:
-    """Per word, the prediction at its first token (None for words cut off by truncation)."""
-    n = n_words if n_words is not None else max((w for w in word_ids if w is not None), default=-1) + 1
-    preds: list[Any] = [None] * n
-    seen: set[int] = set()
-    for w, pred in zip(word_ids, token_preds, strict=False):
-        if w is not None and w not in seen and w < n:
-            seen.add(w)
-            preds[w] = pred
-    return preds
-
-
-# --- multiple choice --------------------------------------------------------------------------------
-
-
-def read_choice(path: str | os.PathLike[str], *, on_error: OnError = "fail", require_label: bool = True
-                ) -> ChoiceSet:
-    """Multiple-choice examples of a SWAG-style or generic JSON/JSONL file (see the module docstring)."""
-    def examples() -> Iterator[tuple[int, ChoiceExample | str] | BadRow]:
-        for item in _json_objects(Path(path)):
-            yield item if isinstance(item, BadRow) else (item[0], _choice(item[1], item[0], require_label))
-
-    return collect(ChoiceSet(str(path)), examples(), on_error, "multiple-choice examples")
-
-
-def _json_objects(path: Path) -> Iterator[tuple[int, Any] | BadRow]:
-    """(line, value) of a .jsonl file's lines, or of a JSON array's items / concatenated JSON values."""
-    if path.suffix.lower() == ".jsonl":
-        yield from iter_records(path, "jsonl")
-        return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason}); convert it to UTF-8") from None
-    except OSError as e:
-        raise DataError(f"cannot read input {path}: {e.strerror or e}") from None
-    newlines = [m.start() for m in re.finditer("\n", text)]
-    decoder = json.JSONDecoder()
-    pos = _JSON_SPACE.match(text, 0).end()  # type: ignore[union-attr]
-    array = text.startswith("[", pos)
-    pos = _JSON_SPACE.match(text, pos + array).end()  # type: ignore[union-attr]
-    try:
-        while pos < len(text) and not (array and text[pos] == "]"):
-            value, end = decoder.raw_decode(text, pos)
-            yield bisect.bisect_left(newlines, pos) + 1, value
-            pos = _JSON_SPACE.match(text, end).end()  # type: ignore[union-attr]
-            if array and text.startswith(",", pos):
-                pos = _JSON_SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
-            elif array and not text.startswith("]", pos):
-                raise json.JSONDecodeError("expected ',' or ']' after an array item", text, pos)
-    except json.JSONDecodeError as e:  # the rest cannot be resynchronised: a whole-file error
-        raise DataError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); fix the file (a .json file holds "
-                        f"an array or concatenated objects, a .jsonl file one object per line)") from None
-
-
-def _choice(obj: Any, line: int, require_label: bool) -> ChoiceExample | str:
-    if not isinstance(obj, dict):
-        return f"expected a JSON object, got {type(obj).__name__}"
-    if "ending0" in obj:  # SWAG
-        endings = [obj[f"ending{k}"] for k in range(len(obj)) if f"ending{k}" in obj]
-        parts = [obj.get("sent1"), obj.get("sent2", "")]
-    elif "choices" in obj:
-        endings = obj["choices"]
-        parts = [obj.get("context", ""), obj.get("question", "")]
-    else:
-        return f"expected SWAG fields (sent1, sent2, ending0, ending1, ...) or 'context'/'question' and " \
-               f"'choices'; the object has {', '.join(list(obj)[:10])}"
-    if not all(isinstance(p, str) for p in parts):
-        return "the context fields (sent1/sent2 or context/question) must be strings"
-    if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) and e.strip()
-                                                                     for e in endings):
-        return "expected at least 2 non-empty string choices (ending0, ending1, ... or 'choices')"
-    label = obj.get("label")
-    if isinstance(label, str) and label.strip().isdigit():
-        label = int(label)
-    valid = isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(endings)
-    if not valid and (label is not None or require_label):
-        return f"label {label!r} is not the index of one of the {len(endings)} choices"
-    context = " ".join(p.strip() for p in parts if p.strip())
-    return ChoiceExample(context, [e.strip() for e in endings], label, line)
-
-
-def encode_choice(tokenizer: Tokenizer, examples: ChoiceSet | Sequence[ChoiceExample], *, max_length: int
-                  ) -> ChoiceFeatures:
-    """Per example, one sequence per choice: context + " " + ending + eos (the eos is the token scored).
-
-    The context and " " + ending are encoded separately (so every choice shares the context's ids); if a
-    sequence is too long its context is cut from the left, then the ending from the right (eos kept).
-    """
-    eos = require_eos(tokenizer, "multiple choice")
-    _, items = unpack(examples)
-    out = ChoiceFeatures([], [])
-    for ex in items:
-        context = tokenizer.encode(ex.context, disallowed_special=())
-        cut = False
-        rows = []
-        for ending in ex.endings:
-            tail = tokenizer.encode(" " + ending if ex.context else ending, disallowed_special=()) + [eos]
-            room = max_length - len(tail)
-            if room < 0:
-                tail, room = tail[:max_length - 1] + [eos], 0
-            cut = cut or room < len(context)
-            rows.append(context[len(context) - min(room, len(context)):] + tail)
-        out.truncated += cut
-        out.input_ids.append(rows)
-        out.labels.append(ex.label)
-    return out

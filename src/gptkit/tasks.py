@@ -1,7 +1,7 @@
 """The five fine-tuning tasks as `Recipe`s: how each reads and encodes its files and scores predictions.
 
-Reading and encoding live in task_data.py and qa.py, metrics in metrics.py, heads in heads.py; a recipe only
-connects them for finetune.py, so adding a task is one more entry in RECIPES.
+Reading and encoding live in task_data.py, tagging.py, qa.py, choice.py and chat.py, metrics in metrics.py,
+heads in heads.py; a recipe only connects them for finetune.py, so adding a task is one more entry in RECIPES.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from gptkit import chat as chat_data
-from gptkit import metrics, task_data
+from gptkit import choice, metrics, tagging, task_data
 from gptkit.config import TaskConfig
 from gptkit.model import IGNORE_INDEX
 
@@ -107,17 +107,17 @@ def _score_classify(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: 
 
 
 def _read_tag(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
-    data = task_data.read_conll(path, token_column=config.token_column, tag_column=config.tag_column,
-                                on_error=config.on_error, label_map=labels)
+    data = tagging.read_conll(path, token_column=config.token_column, tag_column=config.tag_column,
+                              on_error=config.on_error, label_map=labels)
     return data.examples, len(data.skipped)
 
 
 def _labels_tag(config: TaskConfig, examples: list[Any]) -> Any:
-    return task_data.LabelMap.from_data(task_data.TaggedSet("train", examples))
+    return task_data.LabelMap.from_data(tagging.TaggedSet("train", examples))
 
 
 def _encode_tag(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
-    features = task_data.encode_tagging(tokenizer, examples, labels, max_length=config.max_length)
+    features = tagging.encode_tagging(tokenizer, examples, labels, max_length=config.max_length)
     rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
     return Encoded(rows, [max(_labelled_tokens(r["labels"]), 1) for r in rows], examples,
                    extra=features.word_ids, truncated=features.truncated)
@@ -127,7 +127,7 @@ def _score_tag(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) 
     predicted, gold = [], []
     for logits, word_ids, sentence in zip(outputs["logits"], encoded.extra, encoded.examples, strict=True):
         ids = logits[:len(word_ids)].argmax(-1).tolist()
-        words = task_data.words_from_tokens(word_ids, ids, len(sentence.tokens))
+        words = tagging.words_from_tokens(word_ids, ids, len(sentence.tokens))
         predicted.append([labels.labels[i] if i is not None else "O" for i in words])
         gold.append(sentence.tags)
     scores = metrics.entity_scores(predicted, gold)
@@ -171,12 +171,12 @@ def _score_qa(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -
 
 
 def _read_choice(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
-    data = task_data.read_choice(path, on_error=config.on_error)
+    data = choice.read_choice(path, on_error=config.on_error)
     return data.examples, len(data.skipped)
 
 
 def _encode_choice(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
-    features = task_data.encode_choice(tokenizer, examples, max_length=config.max_length)
+    features = choice.encode_choice(tokenizer, examples, max_length=config.max_length)
     rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
     return Encoded(rows, [1] * len(rows), examples, truncated=features.truncated)
 

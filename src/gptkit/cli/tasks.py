@@ -92,7 +92,7 @@ def _embed(args: argparse.Namespace) -> int:
     import torch
 
     from gptkit.checkpoint import load_pretrained
-    from gptkit.heads import embed
+    from gptkit.embeddings import embed
 
     texts = list(args.text)
     if args.file:
