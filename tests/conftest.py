@@ -50,3 +50,36 @@ def hf_dir(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, torch.
 def random_ids(vocab_size: int, batch: int, length: int, *, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, length), generator=generator)
+
+
+EOS = "<|endoftext|>"
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """OpenAI's GPT-2 tokenizer (offline: the vocabulary ships with gptkit)."""
+    from gptkit.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained("gpt2")
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def jsonl(path: Path, rows: list[object]) -> Path:
+    import json
+
+    return write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def randomized(gpt: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A gptkit GPT with its LayerNorms and biases moved off their 1/0 initialisation, in eval mode."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in gpt.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return gpt.eval()
+

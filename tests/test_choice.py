@@ -14,22 +14,7 @@ from gptkit.choice import ChoiceExample, encode_choice, read_choice
 from gptkit.errors import DataError
 from gptkit.tokenizer import Tokenizer
 
-EOS = "<|endoftext|>"
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_pretrained("gpt2")
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def jsonl(path: Path, rows: list[object]) -> Path:
-    return write(path, "".join(json.dumps(r) + "\n" for r in rows))
-
+from conftest import EOS, jsonl, write
 
 SWAG = [
     {"ending0": "walks.", "ending1": "runs.", "label": 1, "sent1": "A man stands.", "sent2": "He"},

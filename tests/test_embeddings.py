@@ -11,14 +11,7 @@ import torch
 from gptkit import GPT, ConfigError, DataError, GPTConfig
 from gptkit.embeddings import embed
 
-
-def randomized(gpt: GPT, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in gpt.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    return gpt.eval()
+from conftest import randomized
 
 
 @pytest.fixture(scope="module")

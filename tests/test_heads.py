@@ -24,7 +24,7 @@ from gptkit.heads import (
 )
 from gptkit.model import IGNORE_INDEX
 
-from conftest import SHAPES, random_ids
+from conftest import SHAPES, random_ids, randomized
 
 transformers = pytest.importorskip("transformers")
 
@@ -58,15 +58,6 @@ def padded_batch(vocab_size: int, lengths: list[int], *, seed: int = 1) -> tuple
     ids = random_ids(vocab_size - 1, len(lengths), max(lengths), seed=seed) + 1
     mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
     return ids.masked_fill(mask == 0, PAD), mask
-
-
-def randomized(gpt: GPT, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in gpt.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    return gpt.eval()
 
 
 # -- pooling and losses -------------------------------------------------------------------------------

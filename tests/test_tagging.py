@@ -14,16 +14,7 @@ from gptkit.tagging import Sentence, encode_tagging, read_conll, words_from_toke
 from gptkit.task_data import IGNORE_INDEX, LabelMap
 from gptkit.tokenizer import Tokenizer
 
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_pretrained("gpt2")
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
+from conftest import write
 
 CONLL = """-DOCSTART- -X- -X- O
 

@@ -38,22 +38,9 @@ from gptkit.task_data import (
 )
 from gptkit.tokenizer import Tokenizer
 
+from conftest import EOS, jsonl, write
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-EOS = "<|endoftext|>"
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_pretrained("gpt2")
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def jsonl(path: Path, rows: list[object]) -> Path:
-    return write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # --- classification -----------------------------------------------------------------------------
