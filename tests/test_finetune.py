@@ -58,6 +58,16 @@ def test_epoch_sampler_covers_each_example_once_per_epoch_and_resumes():
     assert torch.equal(resumed.draw(7), expected)
 
 
+def test_length_groups_give_batches_of_similar_length_and_still_cover_each_epoch():
+    lengths = [(7 * i) % 23 for i in range(40)]
+    sampler = EpochSampler(40, seed=1, lengths=lengths, group=20)
+    epoch = [sampler.draw(5) for _ in range(8)]
+    assert sorted(torch.cat(epoch).tolist()) == list(range(40))
+    for group in (epoch[:4], epoch[4:]):  # each group of 20 is drawn longest first
+        drawn = [lengths[i] for i in torch.cat(group).tolist()]
+        assert drawn == sorted(drawn, reverse=True)
+
+
 def test_collate_pads_ids_masks_and_token_labels():
     rows = [{"input_ids": [5, 6, 7], "labels": [1, -100, 2]}, {"input_ids": [8], "labels": [3]}]
     batch = collate(rows, pad_id=0)
@@ -293,3 +303,17 @@ def test_cli_finetune_predict_eval_and_embed(tmp_path: Path, capsys: pytest.Capt
     assert main(["finetune", "classify", "--train", str(train_file), "--label-column", "stars", "--init-from",
                  "scratch", "--model", "gpt2-tiny", "--out-dir", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "no column 'stars'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, name, max_length", [("qa", "squad_sample.json", 96), ("choice", "swag_sample.json", 48),
+                                                     ("classify", "imdb/imdb_sample_1000.csv", 64)])
+def test_each_task_runs_on_the_shared_data(tmp_path: Path, task: str, name: str, max_length: int):
+    from conftest import SHARED
+
+    path = SHARED / "data" / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    result = finetune(TaskConfig(task=task, train_file=str(path), max_length=max_length, epochs=None),
+                      small_train(tmp_path, task, max_steps=2, batch_size=4))
+    assert result.train.step == 2 and result.metrics["val_loss"] > 0
+    assert (result.run_dir / "task.json").is_file() and (result.run_dir / "config.json").is_file()

@@ -321,6 +321,7 @@ class TaskConfig:
     epochs: float | None = 1.0  # None: train TrainConfig.max_steps steps instead
     aux_lm_weight: float = 0.0  # GPT-1's auxiliary language-modelling loss weight (its paper used 0.5)
     pack: bool = False  # instruct: pack examples into blocks of max_length instead of padding each
+    group_by_length: bool = True  # batch examples of similar length (less padding); order random across groups
     chat_template: str | None = None  # instruct: a Jinja chat template (default: gptkit's, see chat docs)
     on_error: Literal["fail", "skip"] = "fail"  # bad rows: stop, or skip them and count
 

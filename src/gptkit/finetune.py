@@ -30,25 +30,40 @@ from gptkit.model import GPT, IGNORE_INDEX
 from gptkit.tasks import RECIPES, Recipe, Row
 
 TASK_FILE = "task.json"  # beside a fine-tuned model: the TaskConfig and label names it was trained with
+LENGTH_GROUP = 50  # global batches per length-sorted group (transformers' group_by_length megabatch)
 
 
 # -- sampling and batching ------------------------------------------------------------------------
 
 
 class EpochSampler:
-    """Example indices in a fresh seeded shuffle each epoch; a draw continues into the next epoch."""
+    """Example indices in a fresh seeded shuffle each epoch; a draw continues into the next epoch.
 
-    def __init__(self, n: int, seed: int) -> None:
+    With `lengths` and `group` > 1, each epoch's shuffle is cut into groups of `group` examples and each group
+    is sorted longest first (transformers' group_by_length "megabatches"): consecutive draws then hold
+    examples of similar length, so padded batches waste little, while the order stays random across groups.
+    """
+
+    def __init__(self, n: int, seed: int, *, lengths: Sequence[int] | None = None, group: int = 0) -> None:
         self.n = n
+        self.lengths = None if lengths is None else torch.tensor(lengths)
+        self.group = group
         self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(n, generator=self.generator)
+        self.order = self._shuffle()
         self.position = 0
+
+    def _shuffle(self) -> Tensor:
+        order = torch.randperm(self.n, generator=self.generator)
+        if self.lengths is None or self.group <= 1:
+            return order
+        chunks = [chunk[self.lengths[chunk].argsort(descending=True, stable=True)] for chunk in order.split(self.group)]
+        return torch.cat(chunks)
 
     def draw(self, k: int) -> Tensor:
         taken = []
         while k > 0:
             if self.position == self.n:
-                self.order, self.position = torch.randperm(self.n, generator=self.generator), 0
+                self.order, self.position = self._shuffle(), 0
             part = self.order[self.position:self.position + k]
             taken.append(part)
             self.position += len(part)
@@ -294,13 +309,18 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
             last.update(result)
             return result
 
+        global_batch = config.batch_size * config.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+        lengths = [max(map(len, r["input_ids"])) if task.task == "choice" else len(r["input_ids"]) for r in rows]
+        sampler = EpochSampler(len(rows), config.seed, lengths=lengths,
+                               group=LENGTH_GROUP * global_batch if task.group_by_length else 0)
+
         def collate_items(items: Tensor) -> Batch:
             batch = collate([rows[i] for i in items.tolist()], pad_id)
             batch["_targets"] = targets[items]
             return batch
 
         return Objective(
-            model=model, tokenizer=tokenizer, sampler=EpochSampler(len(rows), config.seed), collate=collate_items,
+            model=model, tokenizer=tokenizer, sampler=sampler, collate=collate_items,
             count=lambda items: int(targets[items].sum()), loss=loss, evaluate=evaluate,
             save=lambda module, state, directory: _save(model, tokenizer, task, config, recipe, labels, directory),
             fingerprint=file_fingerprint(task.train_file, task.eval_file,

@@ -26,6 +26,7 @@ _TASK_HELP = {
     "epochs": "passes over the training examples (sets --max-steps)",
     "aux_lm_weight": "add this weight x language-modelling loss (GPT-1 used 0.5)",
     "pack": "instruct: pack examples into full blocks instead of padding each",
+    "group_by_length": "draw batches of similar length from groups of 50 batches (less padding)",
     "chat_template": "instruct: a Jinja chat template (default: gptkit's plain-text one)",
     "on_error": "bad rows: stop (fail) or skip and count them",
 }
