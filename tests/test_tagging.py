@@ -59,13 +59,14 @@ def test_conll_malformed_lines_and_bad_tags(tmp_path: Path) -> None:
 
 
 def test_encode_tagging_labels_first_sub_token(tok: Tokenizer) -> None:
-    # GPT-2 pieces, checked by hand: "Peter"; " visits"; " Z", "ü", "rich"; " ."
+    # GPT-2 pieces, checked by hand: " Peter" (a space before the first word too, as transformers'
+    # add_prefix_space does); " visits"; " Z", "ü", "rich"; " ."
     sentence = Sentence(["Peter", "visits", "Zürich", "."], ["B-PER", "O", "B-LOC", "O"], 1)
     labels = LabelMap.build(["B-LOC", "B-PER", "O"])  # B-LOC 0, B-PER 1, O 2
     features = encode_tagging(tok, [sentence], labels, max_length=32)
     ids = features.input_ids[0]
-    assert [tok.decode([i]) for i in ids] == ["Peter", " visits", " Z", "ü", "rich", " ."]
-    assert ids == tok.encode("Peter visits Zürich .")
+    assert [tok.decode([i]) for i in ids] == [" Peter", " visits", " Z", "ü", "rich", " ."]  # prefix space
+    assert ids == tok.encode(" Peter visits Zürich .")
     assert features.labels == [[1, 2, 0, IGNORE_INDEX, IGNORE_INDEX, 2]]
     assert features.word_ids == [[0, 1, 2, 2, 2, 3]] and features.truncated == 0
     # predictions map back to words through the first token of each

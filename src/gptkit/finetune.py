@@ -221,11 +221,17 @@ def _build_model(task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: A
             lora.load_adapter(model, resume_from)
     else:
         gpt, tokenizer = _base_model(train, task.max_length)
+        torch.manual_seed(train.seed)  # the new head's initialisation (and dropout) repeat from run to run
         model = gpt if spec is None else TaskModel(gpt, spec, aux_lm_weight=task.aux_lm_weight)
         if train.lora_r:
             lora.apply_lora(model, lora_config(train))
     lora.mark_trainable(model, trainable_mode(train))
     return model.to(device).train(), tokenizer
+
+
+def _size(ids: list[Any]) -> int:
+    """Tokens of a row's input: its length, or its longest candidate's (multiple choice)."""
+    return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
 
 
 def _predict_outputs(model: nn.Module, rows: Sequence[Row], targets: Sequence[int], pad_id: int, fields: Sequence[str],
@@ -234,17 +240,20 @@ def _predict_outputs(model: nn.Module, rows: Sequence[Row], targets: Sequence[in
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, outputs = 0.0, {name: [] for name in fields}
+    # in order of length, so that batches hold similar lengths and little padding; outputs in row order
+    order = sorted(range(len(rows)), key=lambda i: _size(rows[i]["input_ids"]))
+    total, outputs = 0.0, {name: [torch.empty(0)] * len(rows) for name in fields}
     with torch.inference_mode():
-        for first in range(0, len(rows), batch_size):
-            chunk = rows[first:first + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        for first in range(0, len(order), batch_size):
+            picked = order[first:first + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in picked], pad_id).items()}
             with autocast:
                 out = model(**batch)
             if out.loss is not None:
-                total += out.loss.float().item() * sum(targets[first:first + batch_size])
+                total += out.loss.float().item() * sum(targets[i] for i in picked)
             for name in fields:
-                outputs[name].extend(getattr(out, name).float().cpu().unbind(0))
+                for i, value in zip(picked, getattr(out, name).float().cpu().unbind(0), strict=True):
+                    outputs[name][i] = value
     model.train(was_training)
     return total / max(sum(targets), 1), outputs
 
@@ -310,7 +319,7 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
             return result
 
         global_batch = config.batch_size * config.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
-        lengths = [max(map(len, r["input_ids"])) if task.task == "choice" else len(r["input_ids"]) for r in rows]
+        lengths = [_size(r["input_ids"]) for r in rows]
         sampler = EpochSampler(len(rows), config.seed, lengths=lengths,
                                group=LENGTH_GROUP * global_batch if task.group_by_length else 0)
 

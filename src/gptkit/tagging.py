@@ -112,8 +112,10 @@ def encode_tagging(tokenizer: Tokenizer, sentences: TaggedSet | Sequence[Sentenc
         if label_map is not None and (unseen := [t for t in sentence.tags if t not in label_map]):
             raise DataError(f"{source}:{sentence.line}: {label_map.unseen(unseen[0])}; read the file with "
                             f"label_map= to skip such sentences")
-        text = " ".join(sentence.tokens)
-        starts = [0]
+        # A space before the first word too (transformers' add_prefix_space): GPT-2 tokens carry the space
+        # before a word, so a sentence's first word would otherwise get other ids than it has mid-sentence.
+        text = " " + " ".join(sentence.tokens)
+        starts = [1]
         for word in sentence.tokens[:-1]:
             starts.append(starts[-1] + len(word) + 1)
         enc = tokenizer.encode_with_offsets(text, disallowed_special=())
