@@ -36,6 +36,7 @@ from gptkit.optim import make_adamw
 from gptkit.runlog import append_metrics, plot_curves, truncate_metrics
 
 TRAIN_CONFIG_FILE = "train_config.json"
+PLOT_EVERY = 30.0  # seconds between redraws of curves.png (~0.4 s each on a CPU); always drawn at the end
 Batch = dict[str, Tensor]
 
 
@@ -165,7 +166,9 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
         if on_log is not None:
             on_log(record)
 
-    def checkpoint(val_loss: float | None) -> None:
+    last_plot = [-math.inf]
+
+    def checkpoint(val_loss: float | None, final: bool) -> None:
         nonlocal best_val
         is_best = val_loss is not None and val_loss < best_val
         best_val = min(best_val, val_loss) if val_loss is not None else best_val
@@ -180,7 +183,9 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
             except OSError as exc:
                 raise TrainingError(f"could not write the checkpoint at step {step} ({exc}); the previous "
                                     f"checkpoint in {run_dir / 'checkpoints'} is intact") from exc
-            plot_curves(run_dir)
+            if final or time.perf_counter() - last_plot[0] >= PLOT_EVERY:
+                plot_curves(run_dir)
+                last_plot[0] = time.perf_counter()
         distributed.barrier(info)
 
     from tqdm.auto import tqdm
@@ -245,7 +250,7 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
             log(record)
         interval = config.save_interval or config.eval_interval
         if last or (interval > 0 and step % interval == 0):
-            checkpoint(val_loss if evaluate_now else None)
+            checkpoint(val_loss if evaluate_now else None, last)
     bar.close()
     seconds = time.perf_counter() - start
     return TrainResult(run_dir, step, loss_value, val_loss, best_val if math.isfinite(best_val) else None,

@@ -36,6 +36,21 @@ class QuickstartResult:
     samples: list[str]
 
 
+def quick_dtype() -> str:
+    """bfloat16 autocast where the CPU multiplies bf16 natively (AVX512-BF16 or AMX): the same validation loss
+    as float32 on this recipe (1.8858 vs 1.8856) in 45 s instead of 78 s (benchmarks/bench_shakespeare.py);
+    elsewhere bf16 is emulated and slower, so float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "float32"
+    return "bfloat16" if " avx512_bf16" in flags or " amx_bf16" in flags else "float32"
+
+
 def shakespeare_path() -> Path:
     return Path(str(resources.files("gptkit") / "assets" / "tinyshakespeare.txt"))
 
@@ -53,7 +68,8 @@ def quickstart(out_dir: str | Path = "runs/shakespeare-char", *, max_steps: int 
                           val_fraction=0.1), progress=progress)
     overrides = {} if max_steps is None else {"max_steps": max_steps, "decay_steps": max_steps,
                                               "eval_interval": max(1, max_steps // 4)}
-    config = TrainConfig(data=str(data_dir), out_dir=str(run_dir), progress=progress, **{**RECIPE, **overrides})
+    config = TrainConfig(data=str(data_dir), out_dir=str(run_dir), progress=progress, dtype=quick_dtype(),
+                         **{**RECIPE, **overrides})
     result = train(config)
     from gptkit.checkpoint import load_pretrained
 
