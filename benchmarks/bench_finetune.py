@@ -211,6 +211,7 @@ def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir
         lr=bench.lr, min_lr=0.0, warmup_steps=bench.warmup_steps, schedule="linear", weight_decay=bench.weight_decay,
         beta1=BETAS[0], beta2=BETAS[1], eps=EPS, grad_clip=GRAD_CLIP, eval_interval=0, log_interval=LOG_EVERY,
         sample_tokens=0, keep_last=1, progress=False, device="cpu", seed=SEED,
+        dtype=os.environ.get("BENCH_GPTKIT_DTYPE", "float32"),  # --gptkit-dtype, passed to this worker
     )
     torch.manual_seed(SEED)  # the head's initialisation and the dropout masks
     t0 = time.perf_counter()
@@ -402,6 +403,8 @@ def main() -> None:
     parser.add_argument("--group-by-length", choices=["on", "off"], default="on",
                         help="both engines batch examples of similar length (gptkit's default; Trainer's "
                              "train_sampling_strategy=\"group_by_length\") or draw batches at random")
+    parser.add_argument("--gptkit-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="gptkit's autocast dtype (transformers' Trainer stays at its float32 default)")
     parser.add_argument("--idle-wait", type=float, default=None,
                         help="before each run, wait up to this many seconds for idle CPUs (default 60; 0 with --quick)")
     # internal: one (task, engine) run in this process
@@ -422,6 +425,7 @@ def main() -> None:
     if not engines:
         parser.error("--engines: give gptkit, transformers or both")
     idle_wait = args.idle_wait if args.idle_wait is not None else (0.0 if args.quick else 60.0)
+    os.environ["BENCH_GPTKIT_DTYPE"] = args.gptkit_dtype  # inherited by the gptkit worker process
     conll_steps = min(args.conll_steps, 16) if args.quick else args.conll_steps
 
     import torch
@@ -434,7 +438,8 @@ def main() -> None:
                   "batch": BATCH, "optimizer": {"name": "AdamW (fused)", "betas": BETAS, "eps": EPS,
                                                 "grad_clip": GRAD_CLIP, "schedule": "linear warmup, linear decay to 0"},
                   "tasks": {name: asdict(BENCHES[name]) for name in tasks}, "seed": SEED, "threads": args.threads,
-                  "group_by_length": args.group_by_length, "quick": args.quick},
+                  "group_by_length": args.group_by_length, "quick": args.quick,
+                  "gptkit_dtype": args.gptkit_dtype},
         "tasks": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench_finetune-") as tmp:
