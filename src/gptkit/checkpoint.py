@@ -26,8 +26,10 @@ from gptkit.io import atomic_write, atomic_write_text, read_json
 from gptkit.model import GPT
 
 Format = Literal["hf", "openai-tf", "openai-gpt1"]
-# Weights of task heads (heads.py; transformers' GPT2For* and *DoubleHeadsModel names), never a GPT's own.
-TASK_HEAD_PREFIXES = ("score.", "classifier.", "qa_outputs.", "multiple_choice_head.")
+# Task -> the module name of its head (heads.py), as in transformers' GPT2For* and *DoubleHeadsModel classes;
+# a task checkpoint loads as its GPT by leaving these weights out.
+HEAD_NAMES = {"classify": "score", "tag": "classifier", "qa": "qa_outputs", "choice": "multiple_choice_head"}
+TASK_HEAD_PREFIXES = tuple(name + "." for name in HEAD_NAMES.values())
 WEIGHTS_FILE = "model.safetensors"
 _HF_WEIGHT_FILES = (
     "model.safetensors",

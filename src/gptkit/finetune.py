@@ -1,6 +1,6 @@
 """Task fine-tuning: `finetune(task, train)` trains a head (or LoRA adapters) for one task with the one loop.
 
-Each task is a `TaskSpec`: how its files are read and encoded into rows, and how predictions become the
+Each task is a `tasks.Recipe`: how its files are read and encoded into rows, and how predictions become the
 metrics of the field. Everything else (epochs over shuffled examples, padding, the loss weighted by its
 number of targets, LoRA and partial training, checkpoints that `transformers` and `peft` load) is shared.
 The tasks: classify (sequence classification), tag (token classification, CoNLL), qa (extractive, SQuAD),
@@ -13,8 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from gptkit import lora
 from gptkit.config import GPTConfig, TaskConfig, TrainConfig
 from gptkit.errors import ConfigError, DataError
 from gptkit.loop import Batch, Objective, TrainingError, TrainResult, fit
-from gptkit.model import GPT, IGNORE_INDEX
+from gptkit.model import GPT, IGNORE_INDEX, with_dropout
 from gptkit.tasks import RECIPES, Recipe, Row
 
 TASK_FILE = "task.json"  # beside a fine-tuned model: the TaskConfig and label names it was trained with
@@ -109,9 +108,6 @@ def collate(rows: Sequence[Row], pad_id: int) -> Batch:
     return batch
 
 
-# -- tasks ----------------------------------------------------------------------------------------
-
-
 @dataclass
 class FinetuneResult:
     train: TrainResult
@@ -145,9 +141,7 @@ def _base_model(train: TrainConfig, max_length: int) -> tuple[GPT, Any]:
         raise ConfigError(f"max_length {max_length} exceeds {train.model}'s context of "
                           f"{model.config.n_positions} tokens; pass --max-length {model.config.n_positions} or less")
     if train.dropout is not None:
-        from gptkit.train import _with_dropout
-
-        model = _with_dropout(model, train.dropout)
+        model = with_dropout(model, train.dropout)
     return model, tokenizer
 
 
@@ -158,22 +152,6 @@ def lora_config(train: TrainConfig) -> lora.LoRAConfig:
 
 def trainable_mode(train: TrainConfig) -> str:
     return ("lora" if train.lora_r else "all") if train.trainable == "auto" else train.trainable
-
-
-@contextmanager
-def without_adapters(model: nn.Module) -> Iterator[nn.Module]:
-    """The model with each LoRALinear swapped for a plain Linear over the same base weight and bias."""
-    swapped = {name: module for name, module in model.named_modules() if isinstance(module, lora.LoRALinear)}
-    for name, module in swapped.items():
-        plain = nn.Linear(module.weight.shape[1], module.weight.shape[0], bias=module.bias is not None,
-                          device="meta")
-        plain.weight, plain.bias = module.weight, module.bias
-        lora._replace(model, name, plain)
-    try:
-        yield model
-    finally:
-        for name, module in swapped.items():
-            lora._replace(model, name, module)
 
 
 def file_fingerprint(*paths: str | None, settings: dict[str, Any]) -> str:
@@ -205,28 +183,26 @@ def _read_sets(task: TaskConfig, recipe: Recipe, seed: int) -> tuple[list[Any], 
 
 
 def _build_model(task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: Any, device: torch.device,
-                 resume_from: Path | None) -> tuple[nn.Module, Any]:
-    """The model to train (a heads.TaskModel, or the GPT itself for instruct) and its tokenizer."""
+                 resume_from: Path | None) -> nn.Module:
+    """The model to train: a heads.TaskModel, or the GPT itself for instruct."""
     from gptkit.checkpoint import load_model
     from gptkit.heads import TaskModel, load_task_model
-    from gptkit.tokenizer import Tokenizer
 
     spec = recipe.head(task, labels)
     if resume_from is not None:
-        tokenizer = Tokenizer.from_pretrained(resume_from)
         model = load_model(resume_from) if spec is None else load_task_model(resume_from)
         if isinstance(model, TaskModel):
             model.aux_lm_weight = task.aux_lm_weight
         if train.lora_r:
             lora.load_adapter(model, resume_from)
     else:
-        gpt, tokenizer = _base_model(train, task.max_length)
+        gpt, _ = _base_model(train, task.max_length)
         torch.manual_seed(train.seed)  # the new head's initialisation (and dropout) repeat from run to run
         model = gpt if spec is None else TaskModel(gpt, spec, aux_lm_weight=task.aux_lm_weight)
         if train.lora_r:
             lora.apply_lora(model, lora_config(train))
     lora.mark_trainable(model, trainable_mode(train))
-    return model.to(device).train(), tokenizer
+    return model.to(device).train()
 
 
 def _size(ids: list[Any]) -> int:
@@ -294,15 +270,15 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
     train_set = recipe.encode(task, train_examples, tokenizer, labels)
     eval_set = recipe.encode(task, eval_examples, tokenizer, labels)
     rows, targets = train_set.rows, torch.tensor(train_set.targets)
+    per_step = train.batch_size * train.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))  # examples per step
     if task.epochs is not None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        per_step = train.batch_size * train.grad_accum * world
         train = train.replace(max_steps=max(1, math.ceil(task.epochs * len(rows) / per_step)))
     train = train.replace(data=task.train_file)
+    language_model = recipe.head(task, labels) is None  # instruct
     last: dict[str, float] = {}
 
     def build(config: TrainConfig, device: torch.device, resume_from: Path | None) -> Objective:
-        model, _ = _build_model(task, config, recipe, labels, device, resume_from)
+        model = _build_model(task, config, recipe, labels, device, resume_from)
 
         def loss(module: nn.Module, batch: Batch) -> tuple[Tensor, int]:
             n = int(batch.pop("_targets").sum())
@@ -312,16 +288,14 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
             val_loss, outputs = _predict_outputs(model, eval_set.rows, eval_set.targets, pad_id, recipe.outputs,
                                                  config.batch_size, autocast)
             result = {"val_loss": val_loss, **recipe.score(outputs, eval_set, labels)}
-            if recipe.head(task, labels) is None:
+            if language_model:
                 result["val_perplexity"] = math.exp(min(val_loss, 50))
             last.clear()
             last.update(result)
             return result
 
-        global_batch = config.batch_size * config.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
-        lengths = [_size(r["input_ids"]) for r in rows]
-        sampler = EpochSampler(len(rows), config.seed, lengths=lengths,
-                               group=LENGTH_GROUP * global_batch if task.group_by_length else 0)
+        sampler = EpochSampler(len(rows), config.seed, lengths=[_size(r["input_ids"]) for r in rows],
+                               group=LENGTH_GROUP * per_step if task.group_by_length else 0)
 
         def collate_items(items: Tensor) -> Batch:
             batch = collate([rows[i] for i in items.tolist()], pad_id)
@@ -349,7 +323,7 @@ def _save(model: nn.Module, tokenizer: Any, task: TaskConfig, train: TrainConfig
     from gptkit.heads import HEAD_NAMES, TaskModel, save_task_model
     from gptkit.io import atomic_write_text
 
-    with without_adapters(model):
+    with lora.without_adapters(model):
         if isinstance(model, TaskModel):
             save_task_model(model, directory, tokenizer=tokenizer)
         else:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gptkit.checkpoint import WEIGHTS_FILE, build_model, read_config, read_hf_weights
+from gptkit.checkpoint import HEAD_NAMES, WEIGHTS_FILE, build_model, read_config, read_hf_weights
 from gptkit.config import CONFIG_FILE, GPTConfig
 from gptkit.convert import TIED_KEY, config_to_hf, from_hf_state_dict, hf_name, to_hf_state_dict
 from gptkit.errors import CheckpointError, ConfigError
@@ -38,7 +38,6 @@ Task = Literal["classify", "tag", "qa", "choice"]
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 TASKS = ("classify", "tag", "qa", "choice")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
-HEAD_NAMES = {"classify": "score", "tag": "classifier", "qa": "qa_outputs", "choice": "multiple_choice_head"}
 # (task, model_type) -> the transformers class whose checkpoints a TaskModel reads and writes.
 HF_CLASSES = {
     ("classify", "gpt2"): "GPT2ForSequenceClassification",

@@ -15,7 +15,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,23 @@ def merge_lora(model: nn.Module) -> list[str]:
     for name in names:
         _replace(model, name, model.get_submodule(name).merged())
     return names
+
+
+@contextmanager
+def without_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with each LoRALinear swapped for a plain Linear over the same base weight and bias (to save
+    the base model beside its adapter); the adapters are put back on exit."""
+    swapped = {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+    for name, module in swapped.items():
+        plain = nn.Linear(module.weight.shape[1], module.weight.shape[0], bias=module.bias is not None,
+                          device="meta")
+        plain.weight, plain.bias = module.weight, module.bias
+        _replace(model, name, plain)
+    try:
+        yield model
+    finally:
+        for name, module in swapped.items():
+            _replace(model, name, module)
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:

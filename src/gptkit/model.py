@@ -336,3 +336,14 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     shifted = logits[:, :-1, :].reshape(-1, logits.size(-1)).float()  # (B*(T-1), vocab)
     targets = labels[:, 1:].reshape(-1)  # (B*(T-1),)
     return F.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX)
+
+
+def with_dropout(model: GPT, p: float) -> GPT:
+    """Set all three dropout rates of `model` (embeddings, attention, residual) to p, config included."""
+    model.config = model.config.replace(embd_pdrop=p, attn_pdrop=p, resid_pdrop=p)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        if hasattr(module, "attn_pdrop"):
+            module.attn_pdrop = p
+    return model

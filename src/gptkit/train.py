@@ -20,7 +20,7 @@ from torch import Tensor
 from gptkit.checkpoint import build_model, load_model, load_pretrained, save_model
 from gptkit.config import GPTConfig, TrainConfig
 from gptkit.loop import TRAIN_CONFIG_FILE, Objective, TrainingError, TrainResult, fit
-from gptkit.model import GPT
+from gptkit.model import GPT, with_dropout
 
 __all__ = ["TRAIN_CONFIG_FILE", "TrainResult", "TrainingError", "WindowSampler", "language_modelling", "train"]
 
@@ -95,18 +95,8 @@ def _build_model(config: TrainConfig, data: Any, device: torch.device) -> tuple[
             f"block_size {config.block_size} exceeds the model's context of {model.config.n_positions}"
         )
     if config.dropout is not None:
-        model = _with_dropout(model, config.dropout)
+        model = with_dropout(model, config.dropout)
     return model.to(device).train(), tokenizer
-
-
-def _with_dropout(model: GPT, p: float) -> GPT:
-    model.config = model.config.replace(embd_pdrop=p, attn_pdrop=p, resid_pdrop=p)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
-        if hasattr(module, "attn_pdrop"):
-            module.attn_pdrop = p
-    return model
 
 
 def language_modelling(config: TrainConfig, device: torch.device, resume_from: Path | None) -> Objective:
@@ -119,7 +109,7 @@ def language_modelling(config: TrainConfig, device: torch.device, resume_from: P
 
         tokenizer = Tokenizer.from_pretrained(resume_from)
         if config.dropout is not None:
-            model = _with_dropout(model, config.dropout)
+            model = with_dropout(model, config.dropout)
     else:
         model, tokenizer = _build_model(config, data, device)
     sampler = WindowSampler(data.train, config.block_size, config.seed)

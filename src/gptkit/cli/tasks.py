@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device
 from gptkit.cli.training import _MODEL_FLAGS, _TRAIN_HELP
@@ -74,7 +75,7 @@ def _predict(args: argparse.Namespace) -> int:
         from gptkit.io import atomic_write_text
 
         lines = [json.dumps(r, ensure_ascii=False) for r in records]
-        atomic_write_text(__import__("pathlib").Path(args.out), "".join(line + "\n" for line in lines))
+        atomic_write_text(Path(args.out), "".join(line + "\n" for line in lines))
         print(f"{len(lines)} predictions written to {args.out}", file=sys.stderr)
     else:
         write_jsonl(records, sys.stdout)
@@ -112,7 +113,11 @@ def _embed(args: argparse.Namespace) -> int:
 
         from gptkit.io import atomic_write
 
-        atomic_write(__import__("pathlib").Path(args.out), lambda tmp: np.save(open(tmp, "wb"), vectors.numpy()))
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a temporary name
+                np.save(fh, vectors.numpy())
+
+        atomic_write(Path(args.out), write)
         print(f"{len(texts)} vectors of size {vectors.shape[1]} written to {args.out}", file=sys.stderr)
     else:
         for text, vector in zip(texts, vectors.tolist(), strict=True):
