@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import atomic_write, atomic_write_text, read_json
+from gptkit.kernels import Linear, linear
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -88,7 +88,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        return linear(x, self.weight, self.bias) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def merged(self) -> nn.Linear:
         """A plain nn.Linear computing the same function: W + scaling * B @ A (the bias is shared)."""
@@ -96,10 +96,10 @@ class LoRALinear(nn.Module):
             delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (out, in)
             weight = (self.weight.float() + delta).to(self.weight.dtype)
         with torch.device("meta"):
-            linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        linear.weight = nn.Parameter(weight, requires_grad=self.weight.requires_grad)
-        linear.bias = self.bias
-        return linear
+            plain = Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        plain.weight = nn.Parameter(weight, requires_grad=self.weight.requires_grad)
+        plain.bias = self.bias
+        return plain
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, scaling={self.scaling}"
@@ -120,13 +120,13 @@ def _target_modules(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Li
             continue
         if isinstance(module, LoRALinear):
             raise ConfigError(f"{name} already has a LoRA adapter; call merge_lora(model) before applying another")
-        if type(module) is not nn.Linear:
+        if not isinstance(module, nn.Linear):
             raise ConfigError(
                 f"LoRA target {name!r} is a {type(module).__name__}, not an nn.Linear; name Linear layers in targets"
             )
         found[name] = module
     if not found:
-        linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m) is nn.Linear})
+        linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(
             f"LoRA targets {list(targets)} match no module of this {type(model).__name__}; "
             f"its nn.Linear layers are named {linears}"
@@ -158,8 +158,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Wrap each nn.Linear that `config.targets` selects in a LoRALinear, in place; return their paths."""
     found = _target_modules(model, config.targets)
-    for name, linear in found.items():
-        _replace(model, name, LoRALinear(linear, config))
+    for name, module in found.items():
+        _replace(model, name, LoRALinear(module, config))
     return list(found)
 
 
@@ -180,7 +180,7 @@ def without_adapters(model: nn.Module) -> Iterator[nn.Module]:
     the base model beside its adapter); the adapters are put back on exit."""
     swapped = {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
     for name, module in swapped.items():
-        plain = nn.Linear(module.weight.shape[1], module.weight.shape[0], bias=module.bias is not None,
+        plain = Linear(module.weight.shape[1], module.weight.shape[0], bias=module.bias is not None,
                           device="meta")
         plain.weight, plain.bias = module.weight, module.bias
         _replace(model, name, plain)
@@ -398,9 +398,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> LoRACon
     except ConfigError as exc:
         raise CheckpointError(f"{Path(directory) / ADAPTER_CONFIG_FILE}: {exc}") from exc
     expected: dict[str, tuple[int, ...]] = {}
-    for name, linear in linears.items():
-        expected[f"{name}.lora_A.weight"] = (config.r, linear.in_features)
-        expected[f"{name}.lora_B.weight"] = (linear.out_features, config.r)
+    for name, target in linears.items():
+        expected[f"{name}.lora_A.weight"] = (config.r, target.in_features)
+        expected[f"{name}.lora_B.weight"] = (target.out_features, config.r)
     heads = _modules_to_save(model, saved)
     for name, module in heads.items():
         expected.update({f"{name}.{k}": tuple(v.shape) for k, v in module.state_dict().items()})
