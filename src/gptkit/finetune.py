@@ -78,12 +78,9 @@ class EpochSampler:
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int) -> Tensor:
-    """(N, longest) int64, right-padded with `value`."""
+    """(N, longest) int64, right-padded with `value` (one tensor built from one list: no per-row copies)."""
     longest = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), longest), value, dtype=torch.long)
-    for i, s in enumerate(sequences):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+    return torch.tensor([[*s, *([value] * (longest - len(s)))] for s in sequences], dtype=torch.long)
 
 
 def collate(rows: Sequence[Row], pad_id: int) -> Batch:

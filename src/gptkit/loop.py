@@ -32,6 +32,7 @@ from gptkit.checkpoint import latest_training_checkpoint, load_trainer_state, sa
 from gptkit.config import TrainConfig
 from gptkit.errors import ConfigError, GptkitError
 from gptkit.io import atomic_write_text
+from gptkit.kernels import keep_freed_memory
 from gptkit.optim import make_adamw
 from gptkit.runlog import append_metrics, plot_curves, truncate_metrics
 
@@ -101,6 +102,8 @@ def fit(config: TrainConfig, build: Build, *, on_log: Callable[[dict[str, Any]],
     # Tiny gradients and Adam moments become subnormal floats, which x86 CPUs process ~100x slower:
     # measured 6x slower steps on the Shakespeare recipe. Flushing them to zero changes nothing visible.
     flushing = device.type == "cpu" and torch.set_flush_denormal(True)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on each step's large tensors (see kernels.py)
     try:
         return _fit(config, build, info, device, on_log)
     finally:

@@ -1,0 +1,92 @@
+"""kernels.linear against F.linear (the oracle): values and gradients, every path it takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptkit import kernels
+from gptkit.config import GPTConfig
+from gptkit.model import GPT
+
+needs_onednn = pytest.mark.skipif(kernels._OP is None, reason="this torch build has no oneDNN linear")
+
+
+def _grads(fn, x, weight, bias, grad):
+    for t in (x, weight, bias):
+        if t is not None:
+            t.grad = None
+    fn(x, weight, bias).backward(grad)
+    return [t.grad.clone() if t is not None else None for t in (x, weight, bias)]
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "lead, n_in, n_out, has_bias",
+    [((3,), 768, 3072, True), ((2, 5), 64, 1, True), ((4, 7), 16, 24, False), ((1, 1), 768, 50257, False)],
+)
+def test_values_and_gradients_equal_f_linear(lead, n_in, n_out, has_bias) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*lead, n_in, generator=gen, requires_grad=True)
+    weight = (torch.randn(n_out, n_in, generator=gen) * 0.02).requires_grad_()
+    bias = torch.randn(n_out, generator=gen, requires_grad=True) if has_bias else None
+    ours, ref = kernels.linear(x, weight, bias), F.linear(x, weight, bias)
+    assert ours.grad_fn is not None and "OneDNN" in type(ours.grad_fn).__name__  # the oneDNN path ran
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(ref.shape, generator=gen)
+    for got, want in zip(_grads(kernels.linear, x, weight, bias, grad), _grads(F.linear, x, weight, bias, grad),
+                         strict=True):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_strided_input_and_only_some_gradients() -> None:
+    x = torch.randn(8, 32).t()  # (32, 8), not contiguous
+    weight = torch.randn(5, 8, requires_grad=True)
+    torch.testing.assert_close(kernels.linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    kernels.linear(x, weight).sum().backward()  # x needs no gradient: only the weight's is computed
+    torch.testing.assert_close(weight.grad, torch.ones(32, 5).t() @ x)
+
+
+def test_other_dtypes_autocast_and_the_switch_use_f_linear_exactly(monkeypatch) -> None:
+    x, weight = torch.randn(4, 16), torch.randn(8, 16)
+    bf16 = kernels.linear(x.bfloat16(), weight.bfloat16())
+    assert torch.equal(bf16, F.linear(x.bfloat16(), weight.bfloat16()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = kernels.linear(x, weight)
+        assert auto.dtype == torch.bfloat16 and torch.equal(auto, F.linear(x, weight))
+    monkeypatch.setattr(kernels, "_OP", None)  # what GPTKIT_ONEDNN=0 or a build without oneDNN gives
+    assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
+
+
+def test_linear_module_is_an_nn_linear_with_the_same_state_dict() -> None:
+    torch.manual_seed(0)
+    ours = kernels.Linear(16, 8)
+    plain = nn.Linear(16, 8)
+    plain.load_state_dict(ours.state_dict())
+    assert isinstance(ours, nn.Linear) and ours.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(ours(x), plain(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_training_step_matches_the_f_linear_model(monkeypatch) -> None:
+    """The whole GPT's loss and gradients, oneDNN against F.linear, with a tied head and dropout off."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=512)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss, grads = step()
+    monkeypatch.setattr(kernels, "_OP", None)
+    ref_loss, ref_grads = step()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
