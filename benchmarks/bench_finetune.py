@@ -40,11 +40,13 @@ What each timed span contains (all wall-clock, time.perf_counter):
   finetune()'s own TrainResult.seconds (steps + evaluation + save).
 
 Targets per task: metric within 1 point of transformers' (|gap| <= 1, accuracy or entity F1, in points) and
-time_ratio <= 0.8. Each engine runs in its own subprocess with --threads torch threads, started after
+time_ratio <= 0.8. With --seeds A,B,C every seed is a full comparison (both engines train with that seed from
+the same start model); the targets are judged on the mean metric over the seeds and the summed times, and the
+per-seed spread (std) says how far one run can be trusted. Each engine runs in its own subprocess with --threads torch threads, started after
 waiting for idle CPUs; the load average and each run's CPU share are in the output. On a shared machine,
 distrust runs whose cpu_share is well below 1 or whose load average exceeds the thread count.
 
-    python benchmarks/bench_finetune.py [--tasks sst2,conll] [--conll-steps 300] [--threads N] [--quick]
+    python benchmarks/bench_finetune.py [--tasks sst2,conll] [--conll-steps 300] [--seeds 1337,1,2] [--quick]
                                         [--group-by-length on|off] [--engines gptkit,transformers]
 
 Each worker records the git HEAD and any uncommitted src/ files it imported (gptkit_source).
@@ -184,7 +186,7 @@ def make_initial_model(folder: Path) -> None:
 
 
 def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir: str, steps: int | None,
-               grouped: bool) -> dict[str, Any]:
+               grouped: bool, seed: int) -> dict[str, Any]:
     """`gptkit.finetune.finetune`; its spans come from the times its metrics records arrive."""
     import torch
 
@@ -210,10 +212,10 @@ def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir
         data="", out_dir=run_dir, init_from="pretrained", model=init, batch_size=BATCH, max_steps=steps or 1,
         lr=bench.lr, min_lr=0.0, warmup_steps=bench.warmup_steps, schedule="linear", weight_decay=bench.weight_decay,
         beta1=BETAS[0], beta2=BETAS[1], eps=EPS, grad_clip=GRAD_CLIP, eval_interval=0, log_interval=LOG_EVERY,
-        sample_tokens=0, keep_last=1, progress=False, device="cpu", seed=SEED,
+        sample_tokens=0, keep_last=1, progress=False, device="cpu", seed=seed,
         dtype=os.environ.get("BENCH_GPTKIT_DTYPE", "float32"),  # --gptkit-dtype, passed to this worker
     )
-    torch.manual_seed(SEED)  # the head's initialisation and the dropout masks
+    torch.manual_seed(seed)  # the head's initialisation and the dropout masks
     t0 = time.perf_counter()
     result = finetune(task, train, on_log=on_log)
     t_end = time.perf_counter()
@@ -275,7 +277,7 @@ def _hf_score(bench: Bench, predictions: Any, label_ids: Any, examples: Any, lab
 
 
 def run_transformers(bench: Bench, init: str, train_file: str, eval_file: str, run_dir: str, steps: int | None,
-                     grouped: bool) -> dict[str, Any]:
+                     grouped: bool, seed: int) -> dict[str, Any]:
     """transformers' Trainer with its standard collators, from the same folder and examples."""
     import torch
     from transformers import (
@@ -305,7 +307,7 @@ def run_transformers(bench: Bench, init: str, train_file: str, eval_file: str, r
         collator = DataCollatorWithPadding(tokenizer)
     train_rows, _ = make_rows(bench, tokenizer, train_file, labels)
     eval_rows, eval_examples = make_rows(bench, tokenizer, eval_file, labels)
-    torch.manual_seed(SEED)  # the head's initialisation
+    torch.manual_seed(seed)  # the head's initialisation
     model = model_class.from_pretrained(init, num_labels=len(labels), pad_token_id=tokenizer.eos_token_id,
                                         id2label=labels.id2label, label2id=labels.label2id)
     args = TrainingArguments(
@@ -313,7 +315,7 @@ def run_transformers(bench: Bench, init: str, train_file: str, eval_file: str, r
         learning_rate=bench.lr, weight_decay=bench.weight_decay, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
         adam_epsilon=EPS, max_grad_norm=GRAD_CLIP, lr_scheduler_type="linear", warmup_steps=bench.warmup_steps,
         num_train_epochs=bench.epochs or 1.0, max_steps=steps or -1, eval_strategy="no", save_strategy="no",
-        logging_steps=LOG_EVERY, report_to="none", use_cpu=True, seed=SEED, disable_tqdm=True,
+        logging_steps=LOG_EVERY, report_to="none", use_cpu=True, seed=seed, disable_tqdm=True,
         train_sampling_strategy="group_by_length" if grouped else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator)
@@ -342,7 +344,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     run = run_gptkit if args.worker == "gptkit" else run_transformers
     result = run(BENCHES[args.task], args.init, args.train_file, args.eval_file, args.run_dir, args.steps,
-                 args.group_by_length == "on")
+                 args.group_by_length == "on", args.seed)
     result["gptkit_source"] = source_state()  # src/ may change while a long run goes on: say what each run saw
     result["cpu_share"] /= torch.get_num_threads()  # of all the threads it was given
     result["threads"] = torch.get_num_threads()
@@ -353,17 +355,17 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_case(engine: str, bench: Bench, files: tuple[Path, Path], init: Path, root: Path, steps: int | None,
-             threads: int, idle_wait: float, group_by_length: str) -> dict[str, Any]:
-    result_file = root / f"{bench.name}-{engine}.json"
+             threads: int, idle_wait: float, group_by_length: str, seed: int) -> dict[str, Any]:
+    result_file = root / f"{bench.name}-{engine}-{seed}.json"
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--task", bench.name, "--init", str(init),
            "--train-file", str(files[0]), "--eval-file", str(files[1]), "--run-dir",
-           str(root / f"run-{bench.name}-{engine}"), "--result", str(result_file), "--threads", str(threads),
-           "--group-by-length", group_by_length]
+           str(root / f"run-{bench.name}-{engine}-{seed}"), "--result", str(result_file), "--threads", str(threads),
+           "--group-by-length", group_by_length, "--seed", str(seed)]
     if steps is not None:
         cmd += ["--steps", str(steps)]
     waited = wait_for_idle(idle_wait)
     load = os.getloadavg()[0]
-    log(f"{bench.name} / {engine} (waited {waited:.0f} s for idle CPUs, load {load:.2f})")
+    log(f"{bench.name} / {engine} / seed {seed} (waited {waited:.0f} s for idle CPUs, load {load:.2f})")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=sys.stderr, check=False)  # the child's chatter stays off our stdout
     if proc.returncode != 0:
@@ -391,6 +393,29 @@ def compare(bench: Bench, gptkit: dict[str, Any], hf: dict[str, Any], steps: int
     }
 
 
+def over_seeds(bench: Bench, seeds: list[int], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-seed comparisons and what the targets are judged on: mean metrics, summed times."""
+    import statistics
+
+    def metric(engine: str) -> list[float]:
+        return [run[engine][bench.metric] for run in per_seed]
+
+    def spread(values: list[float]) -> float:
+        return round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+
+    ratio = sum(r["gptkit"]["seconds"] for r in per_seed) / sum(r["transformers"]["seconds"] for r in per_seed)
+    gap = 100 * (statistics.fmean(metric("gptkit")) - statistics.fmean(metric("transformers")))
+    return {
+        "budget": per_seed[0]["budget"], "seeds": seeds, "metric": bench.metric,
+        "gptkit_mean": round(statistics.fmean(metric("gptkit")), 4), "gptkit_std": spread(metric("gptkit")),
+        "transformers_mean": round(statistics.fmean(metric("transformers")), 4),
+        "transformers_std": spread(metric("transformers")),
+        "time_ratio": round(ratio, 3), "metric_gap_points": round(gap, 2), "targets": TARGETS,
+        "met": {"time": ratio <= TARGETS["time_ratio_max"], "metric": abs(gap) <= TARGETS["metric_gap_points_max"]},
+        "per_seed": per_seed,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="sst2,conll", help="comma-separated: sst2, conll")
@@ -405,6 +430,9 @@ def main() -> None:
                              "train_sampling_strategy=\"group_by_length\") or draw batches at random")
     parser.add_argument("--gptkit-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="gptkit's autocast dtype (transformers' Trainer stays at its float32 default)")
+    parser.add_argument("--seeds", default=str(SEED),
+                        help="comma-separated training seeds (head initialisation, dropout, batch order), each run by "
+                             "both engines from the same start; targets apply to the means over seeds")
     parser.add_argument("--idle-wait", type=float, default=None,
                         help="before each run, wait up to this many seconds for idle CPUs (default 60; 0 with --quick)")
     # internal: one (task, engine) run in this process
@@ -412,6 +440,7 @@ def main() -> None:
     for name in ("--task", "--init", "--train-file", "--eval-file", "--run-dir", "--result"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -427,6 +456,12 @@ def main() -> None:
     idle_wait = args.idle_wait if args.idle_wait is not None else (0.0 if args.quick else 60.0)
     os.environ["BENCH_GPTKIT_DTYPE"] = args.gptkit_dtype  # inherited by the gptkit worker process
     conll_steps = min(args.conll_steps, 16) if args.quick else args.conll_steps
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    if not seeds:
+        parser.error("--seeds: give at least one seed")
 
     import torch
     import transformers
@@ -437,7 +472,8 @@ def main() -> None:
         "setup": {"model": {**SHAPE, "dropout": 0.1, "init": "random GPT2LMHeadModel, save_pretrained"},
                   "batch": BATCH, "optimizer": {"name": "AdamW (fused)", "betas": BETAS, "eps": EPS,
                                                 "grad_clip": GRAD_CLIP, "schedule": "linear warmup, linear decay to 0"},
-                  "tasks": {name: asdict(BENCHES[name]) for name in tasks}, "seed": SEED, "threads": args.threads,
+                  "tasks": {name: asdict(BENCHES[name]) for name in tasks}, "model_seed": SEED, "seeds": seeds,
+                  "threads": args.threads,
                   "group_by_length": args.group_by_length, "quick": args.quick,
                   "gptkit_dtype": args.gptkit_dtype},
         "tasks": {},
@@ -454,12 +490,15 @@ def main() -> None:
                 report["tasks"][name] = {"skipped": files}
                 continue
             steps = conll_steps if bench.epochs is None else None
-            runs = {engine: run_case(engine, bench, files, init, root, steps, args.threads, idle_wait,
-                                     args.group_by_length) for engine in engines}
-            report["tasks"][name] = compare(bench, runs["gptkit"], runs["transformers"], steps) \
-                if len(runs) == 2 else runs
-    shared = [f"{name}/{engine}" for name, entry in report["tasks"].items()
-              for engine in engines if engine in entry and entry[engine]["cpu_share"] < 0.8]
+            per_seed = []
+            for seed in seeds:
+                runs = {engine: run_case(engine, bench, files, init, root, steps, args.threads, idle_wait,
+                                         args.group_by_length, seed) for engine in engines}
+                per_seed.append(compare(bench, runs["gptkit"], runs["transformers"], steps) if len(runs) == 2 else runs)
+            report["tasks"][name] = over_seeds(bench, seeds, per_seed) if len(engines) == 2 else per_seed
+    shared = [f"{name}/{engine}/seed {seed}" for name, entry in report["tasks"].items() if "skipped" not in entry
+              for seed, run in zip(seeds, entry["per_seed"] if isinstance(entry, dict) else entry, strict=True)
+              for engine in engines if run[engine]["cpu_share"] < 0.8]
     if shared:
         report["warning"] = (f"other processes took CPU during {', '.join(shared)} (cpu_share < 0.8): "
                              "their times are high; rerun on an idle machine")
