@@ -23,7 +23,7 @@ a single 300-step CoNLL run from random weights moves by a few F1 points with th
 * transformers: GPT2ForSequenceClassification / GPT2ForTokenClassification `.from_pretrained(folder)`, the
   standard recipes (DataCollatorWithPadding; for tagging, a tokenizer with add_prefix_space=True called with
   is_split_into_words=True, the label on each word's first sub-token, DataCollatorForTokenClassification;
-  unlike gptkit, which joins the words by single spaces, this puts a space before the sentence's first word)
+  gptkit's encoding gives the same ids: words joined by spaces, with a space before the first word too)
   and `Trainer` with use_cpu=True, report_to="none", no evaluation or saving during training.
 
 What each timed span contains (all wall-clock, time.perf_counter):

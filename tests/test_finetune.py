@@ -317,3 +317,75 @@ def test_each_task_runs_on_the_shared_data(tmp_path: Path, task: str, name: str,
                       small_train(tmp_path, task, max_steps=2, batch_size=4))
     assert result.train.step == 2 and result.metrics["val_loss"] > 0
     assert (result.run_dir / "task.json").is_file() and (result.run_dir / "config.json").is_file()
+
+
+def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The oracle for the whole recipe: with the same start (head included), the same batches and no dropout,
+    gptkit's loop and a plain loop over transformers' GPT2ForSequenceClassification (Trainer's weight-decay
+    groups, fused AdamW, the same schedule, clipping) give the same loss at every step."""
+    transformers = pytest.importorskip("transformers")
+    from gptkit import heads
+    from gptkit.optim import lr_at
+    from gptkit.task_data import LabelledSet, LabelMap, encode_labelled, read_labelled
+    from gptkit.tokenizer import Tokenizer
+
+    steps, batch, lr, warmup = 12, 8, 2e-3, 4
+    init = tmp_path / "init"
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, resid_pdrop=0.0,
+                                     embd_pdrop=0.0, attn_pdrop=0.0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(init)
+    tokenizer = Tokenizer.from_pretrained("gpt2")
+    tokenizer.save_pretrained(init)
+    train_file = write_sentiment(tmp_path / "train.tsv", steps * batch, 0)
+    theirs = transformers.GPT2ForSequenceClassification.from_pretrained(init, num_labels=2, pad_token_id=50256)
+    score = theirs.score.weight.detach().clone()
+
+    made = heads.TaskModel.__init__
+
+    def same_head(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        with torch.no_grad():
+            self.score.weight.copy_(score)
+
+    monkeypatch.setattr(heads.TaskModel, "__init__", same_head)
+    monkeypatch.setattr(EpochSampler, "_shuffle", lambda self: torch.arange(self.n))  # file order, both sides
+    ours: list[float] = []
+    dev_file = write_sentiment(tmp_path / "dev.tsv", 16, 1)  # (without one, a seeded tenth of train is held out)
+    task = TaskConfig(task="classify", train_file=str(train_file), eval_file=str(dev_file), max_length=16,
+                      epochs=None, group_by_length=False)
+    train = TrainConfig(data="", out_dir=str(tmp_path / "run"), init_from="pretrained", model=str(init),
+                        batch_size=batch, max_steps=steps, lr=lr, min_lr=0.0, warmup_steps=warmup, schedule="linear",
+                        weight_decay=0.01, grad_clip=1.0, eval_interval=0, log_interval=1, progress=False,
+                        device="cpu", seed=0)
+    run = finetune(task, train, on_log=lambda r: ours.append(r["loss"]) if "loss" in r else None).run_dir
+
+    data = read_labelled(train_file)
+    features = encode_labelled(tokenizer, data, LabelMap.from_data(LabelledSet("t", data.examples)), max_length=16)
+    decay = set(transformers.Trainer(model=theirs, args=transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), report_to="none", use_cpu=True)).get_decay_parameter_names(theirs))
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in theirs.named_parameters() if n in decay], "weight_decay": 0.01},
+         {"params": [p for n, p in theirs.named_parameters() if n not in decay], "weight_decay": 0.0}],
+        lr=lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=True)
+    theirs.train()
+    reference = []
+    for step in range(steps):
+        rows = slice(step * batch, (step + 1) * batch)
+        b = collate([{"input_ids": ids} for ids in features.input_ids[rows]], 50256)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr=lr, min_lr=0.0, warmup_steps=warmup, decay_steps=steps, schedule="linear")
+        loss = theirs(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                      labels=torch.tensor(features.labels[rows])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        reference.append(loss.item())
+    assert len(ours) == steps
+    assert ours == pytest.approx(reference, rel=1e-4, abs=1e-5)
+    trained = heads.load_task_model(run).state_dict()
+    for name, weight in theirs.state_dict().items():  # and the weights they end with (Conv1D is [in, out])
+        ours_weight = trained[name].t() if name.endswith(("attn.weight", "proj.weight", "fc.weight")) else trained[name]
+        torch.testing.assert_close(ours_weight, weight, rtol=1e-3, atol=1e-5, msg=name)
+    assert (theirs.score.weight - score).abs().max() > 1e-3  # it trained: not a comparison of two frozen models
