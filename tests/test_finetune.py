@@ -319,13 +319,17 @@ def test_each_task_runs_on_the_shared_data(tmp_path: Path, task: str, name: str,
     assert (result.run_dir / "task.json").is_file() and (result.run_dir / "config.json").is_file()
 
 
-def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("task_name", ["classify", "tag"])
+def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           task_name: str):
     """The oracle for the whole recipe: with the same start (head included), the same batches and no dropout,
-    gptkit's loop and a plain loop over transformers' GPT2ForSequenceClassification (Trainer's weight-decay
-    groups, fused AdamW, the same schedule, clipping) give the same loss at every step."""
+    gptkit's loop and a plain loop over transformers' GPT2ForSequenceClassification / GPT2ForTokenClassification
+    (Trainer's weight-decay groups, fused AdamW, the same schedule, clipping) give the same loss at every step
+    and end with the same weights."""
     transformers = pytest.importorskip("transformers")
     from gptkit import heads
     from gptkit.optim import lr_at
+    from gptkit.tagging import encode_tagging, read_conll
     from gptkit.task_data import LabelledSet, LabelMap, encode_labelled, read_labelled
     from gptkit.tokenizer import Tokenizer
 
@@ -337,22 +341,37 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
     transformers.GPT2LMHeadModel(config).save_pretrained(init)
     tokenizer = Tokenizer.from_pretrained("gpt2")
     tokenizer.save_pretrained(init)
-    train_file = write_sentiment(tmp_path / "train.tsv", steps * batch, 0)
-    theirs = transformers.GPT2ForSequenceClassification.from_pretrained(init, num_labels=2, pad_token_id=50256)
-    score = theirs.score.weight.detach().clone()
+    tagging = task_name == "tag"
+    # (a separate dev file: without one, a seeded tenth of the training file would be held out)
+    if tagging:
+        train_file, dev_file = write_conll(tmp_path / "train.txt", steps * batch, 0), write_conll(tmp_path / "d", 8, 1)
+        data = read_conll(train_file)
+        features = encode_tagging(tokenizer, data, LabelMap.from_data(data), max_length=16)
+        cls, head = transformers.GPT2ForTokenClassification, "classifier"
+    else:
+        train_file, dev_file = write_sentiment(tmp_path / "train.tsv", steps * batch, 0), write_sentiment(
+            tmp_path / "dev.tsv", 16, 1)
+        data = read_labelled(train_file)
+        features = encode_labelled(tokenizer, data, LabelMap.from_data(LabelledSet("t", data.examples)),
+                                   max_length=16)
+        cls, head = transformers.GPT2ForSequenceClassification, "score"
+    theirs = cls.from_pretrained(init, num_labels=3 if tagging else 2, pad_token_id=50256)
+    if tagging:
+        theirs.dropout.p = 0.0  # the dropout before the classifier
+    start = {k: v.detach().clone() for k, v in getattr(theirs, head).state_dict().items()}
 
     made = heads.TaskModel.__init__
 
     def same_head(self, *args, **kwargs):
         made(self, *args, **kwargs)
-        with torch.no_grad():
-            self.score.weight.copy_(score)
+        getattr(self, head).load_state_dict(start)
+        if tagging:
+            self.dropout.p = 0.0  # the dropout before a tagger's classifier
 
     monkeypatch.setattr(heads.TaskModel, "__init__", same_head)
     monkeypatch.setattr(EpochSampler, "_shuffle", lambda self: torch.arange(self.n))  # file order, both sides
     ours: list[float] = []
-    dev_file = write_sentiment(tmp_path / "dev.tsv", 16, 1)  # (without one, a seeded tenth of train is held out)
-    task = TaskConfig(task="classify", train_file=str(train_file), eval_file=str(dev_file), max_length=16,
+    task = TaskConfig(task=task_name, train_file=str(train_file), eval_file=str(dev_file), max_length=16,
                       epochs=None, group_by_length=False)
     train = TrainConfig(data="", out_dir=str(tmp_path / "run"), init_from="pretrained", model=str(init),
                         batch_size=batch, max_steps=steps, lr=lr, min_lr=0.0, warmup_steps=warmup, schedule="linear",
@@ -360,8 +379,6 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
                         device="cpu", seed=0)
     run = finetune(task, train, on_log=lambda r: ours.append(r["loss"]) if "loss" in r else None).run_dir
 
-    data = read_labelled(train_file)
-    features = encode_labelled(tokenizer, data, LabelMap.from_data(LabelledSet("t", data.examples)), max_length=16)
     decay = set(transformers.Trainer(model=theirs, args=transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), report_to="none", use_cpu=True)).get_decay_parameter_names(theirs))
     optimizer = torch.optim.AdamW(
@@ -372,11 +389,11 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
     reference = []
     for step in range(steps):
         rows = slice(step * batch, (step + 1) * batch)
-        b = collate([{"input_ids": ids} for ids in features.input_ids[rows]], 50256)
+        b = collate([{"input_ids": ids, "labels": y} for ids, y in
+                     zip(features.input_ids[rows], features.labels[rows], strict=True)], 50256)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr=lr, min_lr=0.0, warmup_steps=warmup, decay_steps=steps, schedule="linear")
-        loss = theirs(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                      labels=torch.tensor(features.labels[rows])).loss
+        loss = theirs(**b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
         optimizer.step()
@@ -388,4 +405,5 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
     for name, weight in theirs.state_dict().items():  # and the weights they end with (Conv1D is [in, out])
         ours_weight = trained[name].t() if name.endswith(("attn.weight", "proj.weight", "fc.weight")) else trained[name]
         torch.testing.assert_close(ours_weight, weight, rtol=1e-3, atol=1e-5, msg=name)
-    assert (theirs.score.weight - score).abs().max() > 1e-3  # it trained: not a comparison of two frozen models
+    moved = max((getattr(theirs, head).state_dict()[k] - v).abs().max() for k, v in start.items())
+    assert moved > 1e-3  # it trained: not a comparison of two frozen models
