@@ -4,7 +4,7 @@ Tasks (data from ../shared/data; a task whose files are absent is skipped with a
 
 * sst2: sentence classification, SST-2 train.tsv (67,349 rows) -> dev.tsv (872), one epoch; dev accuracy.
 * conll: token tagging, CoNLL-2003 NER train.txt -> valid.txt, a fixed budget of --conll-steps steps (a
-  fraction of the 439-step epoch); entity F1 as conlleval counts it (gptkit.metrics.entity_scores for both).
+  fraction of the 439-step epoch); entity F1 as conlleval counts it (gptkit.tasks.metrics.entity_scores for both).
 
 Same start, same recipe. One random GPT-2-shaped model (4 layers, 4 heads, 256 wide, 128 positions, GPT-2
 vocabulary, default dropouts 0.1) is built by transformers with a fixed seed and saved with `save_pretrained`
@@ -175,7 +175,7 @@ def make_initial_model(folder: Path) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.text.tokenizer import Tokenizer
 
     torch.manual_seed(SEED)
     GPT2LMHeadModel(GPT2Config(**SHAPE)).save_pretrained(folder)
@@ -190,8 +190,9 @@ def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir
     """`gptkit.finetune.finetune`; its spans come from the times its metrics records arrive."""
     import torch
 
-    from gptkit.config import TaskConfig, TrainConfig
-    from gptkit.finetune import finetune
+    from gptkit.tasks.config import TaskConfig
+    from gptkit.tasks.finetune import finetune
+    from gptkit.training.config import TrainConfig
 
     marks: dict[str, tuple[float, float]] = {}  # name -> (wall, cpu)
     step_elapsed: dict[str, float] = {}
@@ -233,7 +234,7 @@ def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir
 
 
 def _hf_classify_rows(bench: Bench, tokenizer: Any, path: str, labels: Any) -> tuple[list[dict[str, Any]], Any]:
-    from gptkit.task_data import read_labelled
+    from gptkit.tasks.data import read_labelled
 
     examples = read_labelled(path, label_map=labels).examples
     enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=bench.max_length)
@@ -244,7 +245,7 @@ def _hf_classify_rows(bench: Bench, tokenizer: Any, path: str, labels: Any) -> t
 
 def _hf_tag_rows(bench: Bench, tokenizer: Any, path: str, labels: Any) -> tuple[list[dict[str, Any]], Any]:
     """transformers' token-classification recipe: the label on each word's first sub-token, -100 elsewhere."""
-    from gptkit.tagging import read_conll
+    from gptkit.tasks.tagging import read_conll
 
     examples = read_conll(path, label_map=labels).examples
     enc = tokenizer([s.tokens for s in examples], is_split_into_words=True, truncation=True,
@@ -261,7 +262,7 @@ def _hf_tag_rows(bench: Bench, tokenizer: Any, path: str, labels: Any) -> tuple[
 
 def _hf_score(bench: Bench, predictions: Any, label_ids: Any, examples: Any, labels: Any) -> dict[str, float]:
     """The same scores gptkit computes: accuracy (classify), entity P/R/F1 and token accuracy (tag)."""
-    from gptkit import metrics
+    from gptkit.tasks import metrics
 
     predicted = predictions.argmax(-1)
     if bench.task == "classify":
@@ -290,8 +291,8 @@ def run_transformers(bench: Bench, init: str, train_file: str, eval_file: str, r
         TrainingArguments,
     )
 
-    from gptkit.tagging import TaggedSet, read_conll
-    from gptkit.task_data import LabelledSet, LabelMap, read_labelled
+    from gptkit.tasks.data import LabelledSet, LabelMap, read_labelled
+    from gptkit.tasks.tagging import TaggedSet, read_conll
 
     t0 = time.perf_counter()
     tagging = bench.task == "tag"
@@ -468,7 +469,7 @@ def main() -> None:
 
     t_start, load_start, source_start = time.perf_counter(), os.getloadavg(), source_state()
     report: dict[str, Any] = {
-        "benchmark": "task fine-tuning on CPU, gptkit.finetune vs transformers Trainer",
+        "benchmark": "task fine-tuning on CPU, gptkit.tasks.finetune vs transformers Trainer",
         "setup": {"model": {**SHAPE, "dropout": 0.1, "init": "random GPT2LMHeadModel, save_pretrained"},
                   "batch": BATCH, "optimizer": {"name": "AdamW (fused)", "betas": BETAS, "eps": EPS,
                                                 "grad_clip": GRAD_CLIP, "schedule": "linear warmup, linear decay to 0"},

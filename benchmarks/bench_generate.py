@@ -73,10 +73,10 @@ def _weight_bytes(model: torch.nn.Module, wpe: torch.Tensor) -> int:
 
 
 def _gptkit_runner(model_dir: str, dtype: torch.dtype, new_tokens: int) -> tuple[Any, Any, int]:
-    from gptkit.checkpoint import load_model
-    from gptkit.config import GPTConfig
-    from gptkit.generate import generate
-    from gptkit.sampling import SamplingParams
+    from gptkit.generation.generate import generate
+    from gptkit.generation.sampling import SamplingParams
+    from gptkit.models.config import GPTConfig
+    from gptkit.models.gpt import load_model
 
     model = load_model(model_dir, dtype=dtype)
     assert model.config == GPTConfig.from_name("gpt2"), model.config
@@ -260,7 +260,7 @@ def run_case(name: str, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def memory_check(base: dict[str, Any], quick: bool) -> dict[str, Any]:
-    from gptkit.config import GPTConfig
+    from gptkit.models.config import GPTConfig
 
     config = GPTConfig.from_name("gpt2")
     batch = 8

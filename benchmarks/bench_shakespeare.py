@@ -32,10 +32,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
 
-    from gptkit.config import TrainConfig
-    from gptkit.data import PrepareConfig, prepare
-    from gptkit.quickstart import RECIPE, shakespeare_path
-    from gptkit.train import train
+    from gptkit.training.config import TrainConfig
+    from gptkit.training.data import PrepareConfig, prepare
+    from gptkit.training.quickstart import RECIPE, shakespeare_path
+    from gptkit.training.train import train
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:

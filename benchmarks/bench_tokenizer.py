@@ -58,8 +58,8 @@ def main() -> None:
     import tiktoken
     import tiktoken.load
 
-    import gptkit.tokenizer
-    from gptkit.tokenizer import Tokenizer
+    import gptkit.text.tokenizer
+    from gptkit.text.tokenizer import Tokenizer
 
     text = corpus.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
@@ -82,14 +82,14 @@ def main() -> None:
         n_bytes,
         args.repeat,
     )
-    chunk_chars = gptkit.tokenizer.CHUNK_CHARS
-    gptkit.tokenizer.CHUNK_CHARS = len(text)  # one backend call on the whole text: the speed before chunking
+    chunk_chars = gptkit.text.tokenizer.CHUNK_CHARS
+    gptkit.text.tokenizer.CHUNK_CHARS = len(text)  # one backend call on the whole text: the speed before chunking
     try:
         gptkit_unchunked = measure(
             "gptkit encode (whole text, unchunked)", lambda: ours.encode(text), n_bytes, args.repeat
         )
     finally:
-        gptkit.tokenizer.CHUNK_CHARS = chunk_chars
+        gptkit.text.tokenizer.CHUNK_CHARS = chunk_chars
     identical = ours.encode(text) == theirs.encode_ordinary(text) == gptkit_unchunked_ids(ours, text)
     print(
         json.dumps(

@@ -3,10 +3,10 @@
 Both engines train GPT-2 124M (GPT2Config() defaults: dropout 0.1, tied head, 1024 positions) on
 batches of 4 x 256 tokens with AdamW (lr 6e-4 constant, betas 0.9/0.95, weight decay 0.1), gradients
 clipped to norm 1.0, all cores. The data is a seeded, generated text (a bigram chain over made-up words,
-so the loss has something to learn) tokenized by `gptkit.data.prepare` with the GPT-2 tokenizer; both
+so the loss has something to learn) tokenized by `gptkit.training.data.prepare` with the GPT-2 tokenizer; both
 engines draw the same windows from it with gptkit's WindowSampler.
 
-* gptkit runs its real training code: `gptkit.train.train(TrainConfig(...))` with log_interval=1; the
+* gptkit runs its real training code: `gptkit.training.train.train(TrainConfig(...))` with log_interval=1; the
   per-step `elapsed` in its metrics records gives the time of the steps after the warm-up.
 * transformers runs the loop people write by hand: `GPT2LMHeadModel(GPT2Config())` in train mode with
   its default attention implementation, `model(input_ids=x, labels=x).loss.backward()`, clip,
@@ -101,7 +101,7 @@ def generated_text(n_chars: int, seed: int) -> str:
 
 
 def make_data(root: Path, n_chars: int) -> Path:
-    from gptkit.data import PrepareConfig, prepare
+    from gptkit.training.data import PrepareConfig, prepare
 
     text_file = root / "corpus.txt"
     text_file.write_text(generated_text(n_chars, SEED), encoding="utf-8")
@@ -115,9 +115,9 @@ def make_data(root: Path, n_chars: int) -> Path:
 
 
 def run_gptkit(data_dir: str, out_dir: str, dtype: str, warmup: int, total: int) -> dict[str, Any]:
-    """gptkit's own loop, `gptkit.train.train`; timing from its per-step metrics records."""
-    from gptkit.config import TrainConfig
-    from gptkit.train import train
+    """gptkit's own loop, `gptkit.training.train.train`; timing from its per-step metrics records."""
+    from gptkit.training.config import TrainConfig
+    from gptkit.training.train import train
 
     records: list[dict[str, Any]] = []
     rss: dict[str, float] = {}
@@ -146,7 +146,7 @@ def run_gptkit(data_dir: str, out_dir: str, dtype: str, warmup: int, total: int)
     losses = [by_step[s]["loss"] for s in range(1, total + 1)]
     return {"step_seconds": times, "timed_seconds": seconds, "losses": losses,
             "timed_cpu_seconds": cpu[total] - cpu[warmup], "peak_rss_mb": rss["peak"],
-            "path": "gptkit.train.train (the real loop; on_log elapsed per step)"}
+            "path": "gptkit.training.train.train (the real loop; on_log elapsed per step)"}
 
 
 def run_transformers(data_dir: str, dtype: str, warmup: int, total: int) -> dict[str, Any]:
@@ -154,8 +154,8 @@ def run_transformers(data_dir: str, dtype: str, warmup: int, total: int) -> dict
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gptkit.data import TokenData
-    from gptkit.train import WindowSampler
+    from gptkit.training.data import TokenData
+    from gptkit.training.train import WindowSampler
 
     torch.manual_seed(SEED)
     model = GPT2LMHeadModel(GPT2Config()).train()
@@ -288,7 +288,7 @@ def main() -> None:
         "setup": {"batch": BATCH, "block": BLOCK, "tokens_per_step": BATCH * BLOCK, "lr": LR, "betas": BETAS,
                   "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP, "dropout": 0.1, "seed": SEED,
                   "data": f"generated bigram text, {args.data_chars:,} chars, gpt2 BPE",
-                  "gptkit_path": "gptkit.train.train(TrainConfig) - the real loop, not a replica"},
+                  "gptkit_path": "gptkit.training.train.train(TrainConfig) - the real loop, not a replica"},
         "cases": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results.values()],
         "ratios": ratios,
         "ratios_from_median_step": ratios_median,  # less sensitive to other processes on a shared machine

@@ -58,7 +58,7 @@ EOS = "<|endoftext|>"
 @pytest.fixture(scope="session")
 def tok():
     """OpenAI's GPT-2 tokenizer (offline: the vocabulary ships with gptkit)."""
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.text.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained("gpt2")
 

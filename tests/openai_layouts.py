@@ -1,6 +1,6 @@
 """Test helpers: write a gptkit model in OpenAI's original layouts, and build seeded random gptkit models.
 
-The name/order/layout tables here are written out independently of gptkit.openai_formats on purpose,
+The name/order/layout tables here are written out independently of gptkit.models.openai_release on purpose,
 so that a mistake in the reader's table is not mirrored by the writer.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptkit.config import GPTConfig
-from gptkit.model import GPT
+from gptkit.models.config import GPTConfig
+from gptkit.models.gpt import GPT
 
 # (gptkit key in block i, OpenAI name in block i), in GPT-1's storage order: openai/finetune-transformer-lm
 # creates a block's variables as attention, ln_1, MLP, ln_2.

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from gptkit import GPT, CheckpointError, GPTConfig, ModelNotFoundError
-from gptkit.checkpoint import describe, load_model, save_model
 from gptkit.cli import main as cli
+from gptkit.models.bundle import describe
+from gptkit.models.gpt import load_model, save_model
 
 from conftest import SHAPES, hf_model, random_ids
 

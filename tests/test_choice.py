@@ -1,4 +1,4 @@
-"""Multiple-choice reading and encoding (gptkit.choice) on tiny files the tests write.
+"""Multiple-choice reading and encoding (gptkit.tasks.choice) on tiny files the tests write.
 
 Oracles: hand-written expectations (contexts, endings, lines) and the GPT-2 tokenizer's encode of the pieces.
 """
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gptkit.choice import ChoiceExample, encode_choice, read_choice
 from gptkit.errors import DataError
-from gptkit.tokenizer import Tokenizer
+from gptkit.tasks.choice import ChoiceExample, encode_choice, read_choice
+from gptkit.text.tokenizer import Tokenizer
 
 from conftest import EOS, jsonl, write
 

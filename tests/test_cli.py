@@ -12,9 +12,9 @@ import torch
 
 from gptkit import GPT, GPTConfig
 from gptkit.cli import main as cli
-from gptkit.generate import generate
-from gptkit.sampling import SamplingParams
-from gptkit.tokenizer import Tokenizer
+from gptkit.generation.generate import generate
+from gptkit.generation.sampling import SamplingParams
+from gptkit.text.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

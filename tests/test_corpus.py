@@ -1,4 +1,4 @@
-"""gptkit.corpus: inputs -> documents and records, with file:line for every row that makes none."""
+"""gptkit.training.corpus: inputs -> documents and records, with file:line for every row that makes none."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gptkit import corpus
-from gptkit.corpus import BadRow, Document, Meter, MissingColumnsError, iter_documents, iter_records
 from gptkit.errors import ConfigError, DataError
+from gptkit.training import corpus
+from gptkit.training.corpus import BadRow, Document, Meter, MissingColumnsError, iter_documents, iter_records
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
 JOKES = [("Why did the chicken cross the road?", "To get to the other side."),

@@ -1,4 +1,4 @@
-"""gptkit.data: corpora -> train.bin / val.bin / meta.json / tokenizer, and TokenData reading them back."""
+"""gptkit.training.data: corpora -> train.bin / val.bin / meta.json / tokenizer, and TokenData reading them back."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptkit import corpus, data
 from gptkit.cli import main as cli
-from gptkit.data import PrepareConfig, TokenData, prepare, split_point, token_dtype, tokenizer_fingerprint
 from gptkit.errors import ConfigError, DataError
-from gptkit.tokenizer import Tokenizer
+from gptkit.text.tokenizer import Tokenizer
+from gptkit.training import corpus, data
+from gptkit.training.data import PrepareConfig, TokenData, prepare, split_point, token_dtype, tokenizer_fingerprint
 from test_corpus import JOKES, TEXT, write_csv, write_jsonl
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -1,4 +1,4 @@
-"""Embeddings (gptkit.embeddings): batched vectors equal those of each text alone; normalisation; errors.
+"""Embeddings (gptkit.generation.embeddings): batched vectors equal those of each text alone; normalisation; errors.
 
 Oracle: the same model run on one text at a time (no padding), and torch's normalize.
 """
@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from gptkit import GPT, ConfigError, DataError, GPTConfig
-from gptkit.embeddings import embed
+from gptkit.generation.embeddings import embed
 
 from conftest import randomized
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.text.tokenizer import Tokenizer
 
     return Tokenizer.char_level("abcdefghijklmnopqrstuvwxyz .,", special_tokens=["<|endoftext|>"])
 

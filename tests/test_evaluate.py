@@ -14,7 +14,8 @@ import torch
 from gptkit import GPT, ConfigError, ContextLengthError, GPTConfig
 from gptkit.cli import main as cli
 from gptkit.errors import DataError
-from gptkit.evaluate import (
+from gptkit.text.tokenizer import Tokenizer
+from gptkit.training.evaluate import (
     Window,
     lambada_accuracy,
     lambada_example,
@@ -22,7 +23,6 @@ from gptkit.evaluate import (
     read_lambada,
     sliding_windows,
 )
-from gptkit.tokenizer import Tokenizer
 
 from conftest import hf_model, random_ids
 

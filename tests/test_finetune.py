@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.config import TaskConfig, TrainConfig
-from gptkit.finetune import EpochSampler, _base_model, collate, finetune
-from gptkit.model import IGNORE_INDEX
-from gptkit.predict import load_finetuned
+from gptkit.models.gpt import IGNORE_INDEX
+from gptkit.tasks.config import TaskConfig
+from gptkit.tasks.finetune import EpochSampler, _base_model, collate, finetune
+from gptkit.tasks.predict import load_finetuned
+from gptkit.training.config import TrainConfig
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "dull"]
@@ -97,8 +98,8 @@ def test_classifier_learns_a_synthetic_task_far_above_chance(sentiment_run):
 
 def test_classifier_checkpoint_loads_in_transformers_with_equal_logits(sentiment_run):
     transformers = pytest.importorskip("transformers")
-    from gptkit.heads import load_task_model
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.tasks.heads import load_task_model
+    from gptkit.text.tokenizer import Tokenizer
 
     run = sentiment_run.run_dir
     ours = load_task_model(run)
@@ -139,7 +140,7 @@ def test_lora_classifier_saves_a_peft_adapter_that_peft_loads(tmp_path: Path):
     ids = torch.tensor([[11, 42, 7, 300, 9]])
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
-    from gptkit.predict import save_merged
+    from gptkit.tasks.predict import save_merged
 
     merged = transformers.AutoModelForSequenceClassification.from_pretrained(save_merged(load_finetuned(run),
                                                                                          tmp_path / "merged"))
@@ -187,7 +188,7 @@ def test_tagger_learns_names_and_loads_in_transformers(tmp_path: Path):
     with torch.no_grad():
         assert torch.allclose(ours.model(ids).logits, theirs(ids).logits, atol=1e-5)
     assert theirs.config.id2label == {0: "B-PER", 1: "I-PER", 2: "O"}
-    from gptkit.predict import predict
+    from gptkit.tasks.predict import predict
 
     (tmp_path / "input.txt").write_text("Carl\nwent\nhome\n\nthe\nsea\n")  # one token per line
     rows = list(predict(ours, tmp_path / "input.txt"))
@@ -223,13 +224,13 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     result = finetune(TaskConfig(task="instruct", train_file=str(tmp_path / "pc.jsonl"), max_length=16, epochs=1),
                       small_train(tmp_path, "instruct", lora_r=2))
     assert "val_perplexity" in result.metrics
-    from gptkit.chat import load_chat_template
+    from gptkit.text.chat_template import load_chat_template
 
     assert load_chat_template(result.run_dir) is not None  # the template goes with the model
     assert json.loads((result.run_dir / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     # generation loads the run with its adapter merged: the same logits as the adapter applied unmerged
-    from gptkit.checkpoint import load_pretrained
     from gptkit.cli import main
+    from gptkit.models.bundle import load_pretrained
 
     merged, _ = load_pretrained(result.run_dir)
     ids = torch.tensor([[16, 25, 17, 10]])
@@ -257,8 +258,8 @@ def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: 
     assert one.train.train_loss == pytest.approx(two.train.train_loss, rel=1e-5)
 
     # the loss is the mean over completion tokens only: recompute it by hand at the initial weights
-    from gptkit.chat import encode_instruct, read_prompt_completion
-    from gptkit.finetune import _tokenizer
+    from gptkit.tasks.finetune import _tokenizer
+    from gptkit.tasks.instruct import encode_instruct, read_prompt_completion
 
     train = small_train(tmp_path, "check")
     model, tok = _base_model(train, 16)[0].eval(), _tokenizer(train)
@@ -271,8 +272,8 @@ def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: 
         for i in answer:  # position i - 1 predicts token i
             total += -torch.log_softmax(logits[i - 1], -1)[ids[i]].item()
             count += 1
-    from gptkit.finetune import _predict_outputs
-    from gptkit.tasks import RECIPES
+    from gptkit.tasks.finetune import _predict_outputs
+    from gptkit.tasks.recipes import RECIPES
 
     enc = RECIPES["instruct"].encode(task, read_prompt_completion(tmp_path / "pc.jsonl").examples, tok, None)
     loss, _ = _predict_outputs(model, enc.rows, enc.targets, tok.eos_token_id, (), 2, torch.autocast("cpu",
@@ -327,11 +328,11 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
     (Trainer's weight-decay groups, fused AdamW, the same schedule, clipping) give the same loss at every step
     and end with the same weights."""
     transformers = pytest.importorskip("transformers")
-    from gptkit import heads
-    from gptkit.optim import lr_at
-    from gptkit.tagging import encode_tagging, read_conll
-    from gptkit.task_data import LabelledSet, LabelMap, encode_labelled, read_labelled
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.tasks import heads
+    from gptkit.tasks.data import LabelledSet, LabelMap, encode_labelled, read_labelled
+    from gptkit.tasks.tagging import encode_tagging, read_conll
+    from gptkit.text.tokenizer import Tokenizer
+    from gptkit.training.optim import lr_at
 
     steps, batch, lr, warmup = 12, 8, 2e-3, 4
     init = tmp_path / "init"

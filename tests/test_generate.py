@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gptkit import GPT, ContextLengthError, GPTConfig
-from gptkit.checkpoint import load_model
-from gptkit.generate import generate, score_tokens, stream
-from gptkit.sampling import SamplingParams
+from gptkit.generation.generate import generate, score_tokens, stream
+from gptkit.generation.sampling import SamplingParams
+from gptkit.models.gpt import load_model
 
 from conftest import hf_model
 

@@ -9,20 +9,18 @@ import pytest
 import torch
 
 from gptkit import GPT, CheckpointError, ConfigError, GPTConfig
-from gptkit.checkpoint import save_model
-from gptkit.convert import hf_name, is_transposed
-from gptkit.heads import (
+from gptkit.models.gpt import IGNORE_INDEX, save_model
+from gptkit.models.hf_names import hf_name, is_transposed
+from gptkit.models.pooling import last_token, mean_pool
+from gptkit.tasks.heads import (
     HF_CLASSES,
     TaskModel,
     TaskSpec,
     classification_loss,
-    last_token,
     lm_targets,
     load_task_model,
-    mean_pool,
     save_task_model,
 )
-from gptkit.model import IGNORE_INDEX
 
 from conftest import SHAPES, random_ids, randomized
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptkit import kernels
-from gptkit.config import GPTConfig
-from gptkit.model import GPT
+from gptkit.models import kernels
+from gptkit.models.config import GPTConfig
+from gptkit.models.gpt import GPT
 
 needs_onednn = pytest.mark.skipif(kernels._OP is None, reason="this torch build has no oneDNN linear")
 

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gptkit.checkpoint import load_model, save_model
-from gptkit.config import GPTConfig
 from gptkit.errors import CheckpointError, ConfigError
-from gptkit.lora import (
+from gptkit.models.config import GPTConfig
+from gptkit.models.gpt import GPT, load_model, save_model
+from gptkit.models.lora import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     LoRAConfig,
@@ -26,7 +26,6 @@ from gptkit.lora import (
     merge_lora,
     save_adapter,
 )
-from gptkit.model import GPT
 
 from conftest import SHAPES, hf_model, random_ids
 

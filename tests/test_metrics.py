@@ -1,4 +1,4 @@
-"""gptkit.metrics against hand-worked values (the oracle); scikit-learn and scipy only where importable."""
+"""gptkit.tasks.metrics against hand-worked values (the oracle); scikit-learn and scipy only where importable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gptkit.errors import DataError
-from gptkit.metrics import (
+from gptkit.tasks.metrics import (
     accuracy,
     classification_scores,
     entities,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gptkit import GPT, ContextLengthError, GPTConfig, KVCache
-from gptkit.model import IGNORE_INDEX
+from gptkit.models.gpt import IGNORE_INDEX
 
 from conftest import SHAPES, hf_model, random_ids
 

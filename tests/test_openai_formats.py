@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from gptkit.config import GPTConfig
 from gptkit.errors import CheckpointError
-from gptkit.model import GPT
-from gptkit.openai_formats import gpt1_config_from_shapes, read_gpt1_shards, read_openai_tf
+from gptkit.models.config import GPTConfig
+from gptkit.models.gpt import GPT
+from gptkit.models.openai_release import gpt1_config_from_shapes, read_gpt1_shards, read_openai_tf
 from openai_layouts import gpt2_tf_variables, random_gpt, write_gpt1_shards, write_gpt2_tf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner, before it is imported

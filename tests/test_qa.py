@@ -1,4 +1,4 @@
-"""gptkit.qa: reading SQuAD files, windowed features on the GPT-2 tokenizer, and spans back to answer text."""
+"""gptkit.tasks.qa: reading SQuAD files, windowed features on the GPT-2 tokenizer, and spans back to answer text."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gptkit.errors import ConfigError, DataError
-from gptkit.qa import BadQuestion, QAExample, QAFeature, best_spans, encode_qa, iter_squad, read_squad
-from gptkit.tokenizer import Tokenizer
+from gptkit.tasks.qa import BadQuestion, QAExample, QAFeature, best_spans, encode_qa, iter_squad, read_squad
+from gptkit.text.tokenizer import Tokenizer
 
 SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_sample.json"
 CONTEXT = "The Normans gave their name to Normandy, a region in France. Their leader was Rollo."
@@ -255,7 +255,7 @@ def test_best_spans_returns_the_gold_text(gpt2: Tokenizer) -> None:
             e[f.start_position - 1] = 8.0
     predictions = best_spans(features, starts, ends, allow_impossible=False)
     assert predictions == {"a": "Normandy, a region in France", "b": "Rollo", "long": "the old oak tree"}
-    torch = pytest.importorskip("torch")  # tensor rows work too; gptkit.qa itself never imports torch
+    torch = pytest.importorskip("torch")  # tensor rows work too; gptkit.tasks.qa itself never imports torch
     tensors = [torch.tensor(s) for s in starts], [torch.tensor(e) for e in ends]
     assert best_spans(features, *tensors, allow_impossible=False) == predictions
 
@@ -294,5 +294,5 @@ def test_best_spans_rejects_short_logits(gpt2: Tokenizer) -> None:
 
 
 def test_qa_does_not_import_torch() -> None:
-    code = "import sys, gptkit.qa, gptkit.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, gptkit.tasks.qa, gptkit.tasks.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

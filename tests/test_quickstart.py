@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptkit import GPT
-from gptkit.data import TokenData
-from gptkit.quickstart import quickstart, shakespeare_path
+from gptkit.training.data import TokenData
+from gptkit.training.quickstart import quickstart, shakespeare_path
 
 
 def test_quickstart_prepares_trains_saves_and_samples(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gptkit.errors import ContextLengthError
-from gptkit.model import GPT
-from gptkit.reference_numpy import forward
+from gptkit.models.gpt import GPT
+from gptkit.models.reference_numpy import forward
 from openai_layouts import random_gpt
 
 TOLERANCE = 1e-4

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gptkit import ConfigError
-from gptkit.sampling import (
+from gptkit.generation.sampling import (
     SamplingParams,
     apply_logit_bias,
     apply_min_p,

@@ -1,4 +1,4 @@
-"""CoNLL reading and first-sub-token tag encoding (gptkit.tagging) on tiny files the tests write.
+"""CoNLL reading and first-sub-token tag encoding (gptkit.tasks.tagging) on tiny files the tests write.
 
 Oracles: hand-written expectations (sentences, lines, labels) and the GPT-2 tokenizer's own pieces.
 """
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from gptkit.errors import DataError
-from gptkit.tagging import Sentence, encode_tagging, read_conll, words_from_tokens
-from gptkit.task_data import IGNORE_INDEX, LabelMap
-from gptkit.tokenizer import Tokenizer
+from gptkit.tasks.data import IGNORE_INDEX, LabelMap
+from gptkit.tasks.tagging import Sentence, encode_tagging, read_conll, words_from_tokens
+from gptkit.text.tokenizer import Tokenizer
 
 from conftest import write
 

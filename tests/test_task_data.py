@@ -1,4 +1,4 @@
-"""Classification and instruction data readers and encoders (gptkit.task_data, gptkit.chat) on tiny files.
+"""Classification and instruction data readers and encoders (gptkit.tasks.data, gptkit.text.chat_template) on tiny files.
 
 Oracles: hand-written expectations (lines, labels, masks), the GPT-2 tokenizer's own encode of the same
 pieces, and transformers' apply_chat_template for the chat template.
@@ -11,23 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gptkit.chat import (
-    DEFAULT_CHAT_TEMPLATE,
-    ChatExample,
-    PromptCompletion,
-    chat_segments,
-    encode_instruct,
-    load_chat_template,
-    pack,
-    read_chat,
-    read_prompt_completion,
-    render_chat,
-    save_chat_template,
-)
-from gptkit.choice import encode_choice, read_choice
 from gptkit.errors import ConfigError, DataError
-from gptkit.tagging import Sentence, TaggedSet, read_conll
-from gptkit.task_data import (
+from gptkit.tasks.choice import encode_choice, read_choice
+from gptkit.tasks.data import (
     IGNORE_INDEX,
     LabelledExample,
     LabelledSet,
@@ -36,7 +22,23 @@ from gptkit.task_data import (
     encode_labelled,
     read_labelled,
 )
-from gptkit.tokenizer import Tokenizer
+from gptkit.tasks.instruct import (
+    ChatExample,
+    PromptCompletion,
+    encode_instruct,
+    pack,
+    read_chat,
+    read_prompt_completion,
+)
+from gptkit.tasks.tagging import Sentence, TaggedSet, read_conll
+from gptkit.text.chat_template import (
+    DEFAULT_CHAT_TEMPLATE,
+    chat_segments,
+    load_chat_template,
+    render_chat,
+    save_chat_template,
+)
+from gptkit.text.tokenizer import Tokenizer
 
 from conftest import EOS, jsonl, write
 
@@ -278,7 +280,7 @@ def test_shared_sst2_imdb_conll_swag(tok: Tokenizer) -> None:
 
 
 def test_sets_built_by_hand_and_each_name_served_from_one_module() -> None:
-    from gptkit import task_data
+    from gptkit.tasks import data as task_data
 
     examples = [LabelledExample("a", None, "x", 1)]
     assert LabelledSet("train", examples, task="multi").task == "multi"

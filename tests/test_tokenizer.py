@@ -1,4 +1,4 @@
-"""gptkit.tokenizer against its oracles: tiktoken (GPT-2), transformers (GPT-1, saved directories), golden ids."""
+"""gptkit.text.tokenizer against its oracles: tiktoken (GPT-2), transformers (GPT-1, saved directories), golden ids."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gptkit.tokenizer as tokmod
+import gptkit.text.tokenizer as tokmod
 from gptkit.errors import ModelNotFoundError, SpecialTokenError, TokenizerError
-from gptkit.tokenizer import Encoding, Tokenizer
+from gptkit.text.tokenizer import Encoding, Tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
-ASSETS = Path(tokmod.__file__).parent / "assets"
+ASSETS = Path(tokmod.__file__).parents[1] / "assets"
 GPT2_FILES = (ASSETS / "gpt2" / "encoder.json", ASSETS / "gpt2" / "vocab.bpe")
 GPT1_FILES = (ASSETS / "openai-gpt" / "encoder_bpe_40000.json", ASSETS / "openai-gpt" / "vocab_40000.bpe")
 # GPT-2's pre-tokenizer regex, as OpenAI published it (encoder.py)
@@ -487,5 +487,5 @@ def test_missing_and_malformed_files(gpt2: Tokenizer, tmp_path: Path) -> None:
 
 
 def test_import_does_not_pull_in_torch() -> None:
-    code = "import gptkit.tokenizer, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import gptkit.text.tokenizer, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from gptkit import GPT
-from gptkit.config import TrainConfig
-from gptkit.data import PrepareConfig, prepare
-from gptkit.train import TrainingError, train
+from gptkit.training.config import TrainConfig
+from gptkit.training.data import PrepareConfig, prepare
+from gptkit.training.train import TrainingError, train
 
 TEXT = "".join(f"{w} the {c} sat on the {m}.\n" for w in ("and", "then", "so", "but") for c in ("cat", "dog", "bird")
                for m in ("mat", "rug", "log", "hat")) * 12
@@ -157,7 +157,7 @@ def test_bad_inputs_are_reported(char_data: Path, tmp_path: Path) -> None:
         train(_config(char_data, tmp_path / "r2", init_from="resume", model_overrides={"n_layer": 3}))
     pretrained = tmp_path / "gpt2tok"
     from gptkit import GPTConfig
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.text.tokenizer import Tokenizer
 
     GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(pretrained, tokenizer=Tokenizer.from_pretrained("gpt2"))
     with pytest.raises(TrainingError, match="tokenized with another tokenizer"):

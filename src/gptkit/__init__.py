@@ -23,13 +23,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; resolved lazily by __getattr__ below
 _LAZY = {
-    "GPTConfig": "gptkit.config",
-    "GPT": "gptkit.model",
-    "ModelOutput": "gptkit.model",
-    "KVCache": "gptkit.model",
-    "Tokenizer": "gptkit.tokenizer",
-    "load_model": "gptkit.checkpoint",
-    "save_model": "gptkit.checkpoint",
+    "GPTConfig": "gptkit.models.config",
+    "GPT": "gptkit.models.gpt",
+    "ModelOutput": "gptkit.models.gpt",
+    "KVCache": "gptkit.models.gpt",
+    "Tokenizer": "gptkit.text.tokenizer",
+    "load_model": "gptkit.models.gpt",
+    "save_model": "gptkit.models.gpt",
 }
 
 __all__ = [
@@ -56,7 +56,6 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from gptkit.checkpoint import load_model, save_model  # noqa: F401
-    from gptkit.config import GPTConfig  # noqa: F401
-    from gptkit.model import GPT, KVCache, ModelOutput  # noqa: F401
-    from gptkit.tokenizer import Tokenizer  # noqa: F401
+    from gptkit.models.config import GPTConfig  # noqa: F401
+    from gptkit.models.gpt import GPT, KVCache, ModelOutput, load_model, save_model  # noqa: F401  # noqa: F401
+    from gptkit.text.tokenizer import Tokenizer  # noqa: F401

@@ -26,7 +26,7 @@ def _load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, tokenizer) from --model/--tokenizer/--device/--dtype; an error if no tokenizer can be found."""
     import torch
 
-    from gptkit.checkpoint import load_pretrained
+    from gptkit.models.bundle import load_pretrained
 
     model, tokenizer = load_pretrained(
         args.model, device=_device(args.device), dtype=getattr(torch, args.dtype), tokenizer=args.tokenizer

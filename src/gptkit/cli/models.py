@@ -12,7 +12,8 @@ from gptkit.cli.common import DTYPES, _load_for_inference
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
-    from gptkit.checkpoint import load_model, load_tokenizer, resolve, save_model
+    from gptkit.models.checkpoint import load_tokenizer, resolve
+    from gptkit.models.gpt import load_model, save_model
 
     source = resolve(args.source)
     model = load_model(source.path, dtype=getattr(torch, args.dtype))
@@ -24,7 +25,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from gptkit.checkpoint import describe
+    from gptkit.models.bundle import describe
 
     info = describe(args.model)
     if args.json:
@@ -41,7 +42,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.text.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     text = " ".join(args.text) if args.text else sys.stdin.read()
@@ -67,7 +68,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _sampling_params(args: argparse.Namespace):
-    from gptkit.sampling import SamplingParams
+    from gptkit.generation.sampling import SamplingParams
 
     return SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -92,8 +93,8 @@ def _sampling_params(args: argparse.Namespace):
 
 def _chat_prompts(model: str, prompts: list[str], tokenizer) -> list[str]:
     """Each prompt as a user message, rendered with the model's chat template (or gptkit's default)."""
-    from gptkit.chat import DEFAULT_CHAT_TEMPLATE, load_chat_template, render_chat
-    from gptkit.checkpoint import resolve
+    from gptkit.models.checkpoint import resolve
+    from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE, load_chat_template, render_chat
 
     template = load_chat_template(resolve(model).path) or DEFAULT_CHAT_TEMPLATE
     return [render_chat([{"role": "user", "content": p}], template, add_generation_prompt=True,
@@ -101,7 +102,7 @@ def _chat_prompts(model: str, prompts: list[str], tokenizer) -> list[str]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from gptkit.generate import stream
+    from gptkit.generation.generate import stream
 
     params = _sampling_params(args)
     prompts = _read_prompts(args)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device
 from gptkit.cli.training import _MODEL_FLAGS, _TRAIN_HELP
-from gptkit.config import TaskConfig, TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
 from gptkit.errors import GptkitError
+from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.training.config import TrainConfig
 
 TASKS = ("classify", "tag", "qa", "choice", "instruct")
 _TASK_HELP = {
@@ -41,7 +42,7 @@ _LORA_HELP = {
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from gptkit.finetune import finetune
+    from gptkit.tasks.finetune import finetune
 
     task_fields = {f.name for f in dataclasses.fields(TaskConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"data"}
@@ -66,7 +67,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from gptkit.predict import load_finetuned, predict, write_jsonl
+    from gptkit.tasks.predict import load_finetuned, predict, write_jsonl
 
     finetuned = load_finetuned(args.model, device=_device(args.device))
     source = args.input if args.input != "-" else "/dev/stdin"
@@ -83,7 +84,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
-    from gptkit.predict import load_finetuned, save_merged
+    from gptkit.tasks.predict import load_finetuned, save_merged
 
     finetuned = load_finetuned(args.run)
     print(f"merged model written to {save_merged(finetuned, args.out)}")
@@ -93,8 +94,8 @@ def _merge_lora(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     import torch
 
-    from gptkit.checkpoint import load_pretrained
-    from gptkit.embeddings import embed
+    from gptkit.generation.embeddings import embed
+    from gptkit.models.bundle import load_pretrained
 
     texts = list(args.text)
     if args.file:

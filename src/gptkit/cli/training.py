@@ -6,8 +6,8 @@ import argparse
 import json
 
 from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, _load_for_inference
-from gptkit.config import TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
 from gptkit.errors import GptkitError
+from gptkit.training.config import TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
 
 _TRAIN_HELP = {
     "data": "data directory written by `gptkit prepare`",
@@ -38,7 +38,7 @@ _MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "n_inner", "activation", "bias")
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from gptkit.quickstart import quickstart
+    from gptkit.training.quickstart import quickstart
 
     result = quickstart(args.out_dir, max_steps=args.max_steps)
     for i, sample in enumerate(result.samples):
@@ -51,7 +51,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gptkit.data import PrepareConfig, prepare
+    from gptkit.training.data import PrepareConfig, prepare
 
     config = PrepareConfig(
         inputs=args.inputs, out_dir=args.out, tokenizer=args.tokenizer, format=args.format, jsonl_field=args.field,
@@ -78,7 +78,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gptkit.train import train
+    from gptkit.training.train import train
 
     result = train(_train_config(args))
     if not result.is_main:
@@ -93,10 +93,10 @@ def _eval(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from gptkit.evaluate import lambada_accuracy, perplexity, read_lambada
+    from gptkit.training.evaluate import lambada_accuracy, perplexity, read_lambada
 
     if args.labelled:
-        from gptkit.predict import evaluate_file, load_finetuned
+        from gptkit.tasks.predict import evaluate_file, load_finetuned
 
         scores = evaluate_file(load_finetuned(args.model, device=_device(args.device)), args.labelled,
                                batch_size=args.batch_size)

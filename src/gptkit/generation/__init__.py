@@ -1,0 +1,5 @@
+"""Generation: SamplingParams and the logit processors, decoding over the KV cache, stream/generate,
+beam search, scoring, and text embeddings.
+
+May import `gptkit.models`, `gptkit.text` and the ground floor, nothing higher.
+"""

@@ -1,0 +1,68 @@
+"""Text embeddings from a GPT: final hidden states pooled over each text's tokens (mean or last token).
+
+Pooling is gptkit.models.pooling's mean_pool / last_token over `attention_mask`, so a text's vector does not depend on
+the batch it is computed in or on the id its padding holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gptkit.errors import ConfigError, DataError
+from gptkit.models.gpt import GPT
+from gptkit.models.pooling import last_token, mean_pool
+
+__all__ = ["embed"]
+
+_POOLING = {"mean": mean_pool, "last": last_token}
+
+
+def embed(
+    model: GPT,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pooling: Literal["mean", "last"] = "mean",
+    batch_size: int = 32,
+    normalize: bool = True,
+    max_length: int | None = None,
+) -> Tensor:
+    """One vector per text (N, C), float32 on the CPU: final hidden states pooled over each text's tokens.
+
+    Texts are encoded (special-token strings as plain text), cut to max_length tokens (default and at most
+    the context), and run in right-padded batches of similar length; each vector equals the one computed
+    for its text alone. normalize: unit L2 norm, for cosine similarity by dot product.
+    """
+    if pooling not in _POOLING:
+        raise ConfigError(f"pooling must be one of {', '.join(_POOLING)}, got {pooling!r}")
+    if isinstance(texts, str):
+        raise TypeError("embed takes a sequence of texts; wrap a single text as [text]")
+    if batch_size < 1 or (max_length is not None and max_length < 1):
+        raise ConfigError(f"batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
+    limit = min(max_length or model.config.n_positions, model.config.n_positions)
+    ids = [seq[:limit] for seq in tokenizer.encode_batch(list(texts), disallowed_special=())]
+    if empty := [i for i, seq in enumerate(ids) if not seq]:
+        raise DataError(f"text {empty[0]} encodes to no tokens and has no embedding; drop empty texts first")
+    pad_id = tokenizer.eos_token_id or 0  # any id: padding is masked out of attention and pooling
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
+    device = model.transformer.wte.weight.device
+    out = torch.empty(len(ids), model.config.n_embd)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                width = max(len(ids[i]) for i in rows)
+                batch = torch.tensor([ids[i] + [pad_id] * (width - len(ids[i])) for i in rows], device=device)
+                mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in rows], device=device)
+                hidden = model(batch, attention_mask=mask, return_logits=False).last_hidden_state  # (b, T, C)
+                out[rows] = _POOLING[pooling](hidden, mask).float().cpu()
+    finally:
+        model.train(was_training)
+    return F.normalize(out, dim=-1) if normalize else out

@@ -1,0 +1,308 @@
+"""Checkpoint files: find, read and write model directories. Used by training, generation, the CLI and the server.
+
+A gptkit checkpoint *is* a Hugging Face directory (`config.json` with HF keys and `model_type`,
+`model.safetensors`, tokenizer files) plus a `gptkit` block in config.json holding the exact GPTConfig.
+Reading also accepts Hugging Face directories and hub names, OpenAI's original GPT-2 TensorFlow folder
+and GPT-1's `params_*.npy` shards. Weights are read with safetensors or `torch.load(weights_only=True)`,
+never by unpickling code.
+
+This module knows files and names, not modules: reading returns a GPTConfig and a state dict checked
+against the parameter shapes its caller expects, and `save_checkpoint` is the one writer for language
+models and task models alike. `gptkit.models.gpt` builds the GPT from what is read here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from gptkit.errors import CheckpointError, ConfigError, ModelNotFoundError
+from gptkit.io import atomic_write, atomic_write_text, read_json
+from gptkit.models.config import CONFIG_FILE, PRESETS, GPTConfig
+from gptkit.models.hf_names import TIED_KEY, config_from_hf, config_to_hf, from_hf_state_dict, to_hf_state_dict
+
+Format = Literal["hf", "openai-tf", "openai-gpt1"]
+# Task -> the module name of its head (heads.py), as in transformers' GPT2For* and *DoubleHeadsModel classes;
+# a task checkpoint loads as its GPT by leaving these weights out.
+HEAD_NAMES = {"classify": "score", "tag": "classifier", "qa": "qa_outputs", "choice": "multiple_choice_head"}
+TASK_HEAD_PREFIXES = tuple(name + "." for name in HEAD_NAMES.values())
+WEIGHTS_FILE = "model.safetensors"
+_HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# What to fetch from the hub: weights (safetensors preferred), config and tokenizer files.
+_HUB_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer*",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+]
+# gptkit preset names that are OpenAI releases on the hub.
+HUB_NAMES = {name: f"openai-community/{name}" for name in PRESETS if not name.endswith(("-tiny", "-mini"))}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved checkpoint: a local folder and the format its files say it is in."""
+
+    path: Path
+    format: Format
+
+
+def resolve(name_or_path: str | os.PathLike[str]) -> Source:
+    """A local folder as it is; otherwise a hub repo id (or gptkit preset name) downloaded to the HF cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return Source(path, detect_format(path))
+    if path.exists():
+        raise ModelNotFoundError(f"{path}: expected a checkpoint directory, got a file")
+    name = str(name_or_path)
+    return Source(_download(HUB_NAMES.get(name, name)), "hf")
+
+
+def detect_format(folder: Path) -> Format:
+    """The format a folder's files name: config.json (HF/gptkit), hparams.json + model.ckpt (GPT-2 TF),
+    params_shapes.json (GPT-1 shards)."""
+    if (folder / CONFIG_FILE).is_file():
+        return "hf"
+    if (folder / "hparams.json").is_file():
+        return "openai-tf"
+    if (folder / "params_shapes.json").is_file():
+        return "openai-gpt1"
+    raise CheckpointError(
+        f"{folder}: not a checkpoint folder; expected config.json (Hugging Face / gptkit), "
+        "hparams.json + model.ckpt.* (OpenAI GPT-2 TensorFlow) or params_shapes.json + params_*.npy (GPT-1)"
+    )
+
+
+def _download(repo_id: str) -> Path:
+    if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"{repo_id}: no such directory, and not a hub repo id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            f"{repo_id!r} is not a local directory; loading by hub name needs `pip install 'gptkit[hf]'`"
+        ) from exc
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+    except Exception as online_error:  # offline, unknown repo, gated: fall back to the local cache
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
+        except Exception:
+            raise ModelNotFoundError(
+                f"{repo_id!r} is neither a local directory nor available from the Hugging Face hub "
+                f"({type(online_error).__name__}: {online_error}). Check the name, go online once to cache "
+                f"it, or pass a checkpoint directory. Presets with hub weights: {', '.join(sorted(HUB_NAMES))}"
+            ) from online_error
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def read_config(folder: Path) -> GPTConfig:
+    """The GPTConfig of a Hugging Face / gptkit folder (the exact gptkit block when present)."""
+    return _read_config(folder)[0]
+
+
+def _read_config(folder: Path) -> tuple[GPTConfig, str]:
+    """The config and the weight naming of a folder: "hf", or "gptkit" for shapes HF cannot express."""
+    path = folder / CONFIG_FILE
+    data = _read_json(path)
+    if "gptkit" not in data:
+        return config_from_hf(data, source=str(path)), "hf"
+    try:
+        block = data["gptkit"]
+        config = GPTConfig.from_dict(block["config"], source=f"{path} (gptkit.models.config)")
+        return config, block.get("weights", "hf")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: malformed 'gptkit' block ({exc!r})") from exc
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def read_hf_weights(folder: Path) -> tuple[dict[str, Tensor], Path]:
+    """All tensors of a Hugging Face folder (single file or sharded), and the file they came from."""
+    for name in _HF_WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            weight_map = _read_json(path).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{path}: no 'weight_map' object")
+            state: dict[str, Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                state.update(_read_weight_file(folder / shard))
+            return state, path
+        return _read_weight_file(path), path
+    raise CheckpointError(f"{folder}: no weights found; expected one of {', '.join(_HF_WEIGHT_FILES)}")
+
+
+def _read_weight_file(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file is missing")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    # Own every tensor: a view into the memory-mapped file would keep each page it touched resident
+    # beside the model (the model would cost ~1.8x its size in RAM).
+    return {k: v.clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+Shapes = Callable[[GPTConfig], dict[str, tuple[int, ...]]]
+
+
+def read_checkpoint(
+    source: Source, shapes: Shapes, *, n_head: int | None = None
+) -> tuple[GPTConfig, dict[str, Tensor]]:
+    """Config and gptkit-named state dict of any supported source; `shapes(config)` is what the model expects.
+
+    n_head: GPT-1's original shards do not record the head count; give it when it is not 12.
+    """
+    if n_head is not None and source.format != "openai-gpt1":
+        raise ConfigError(f"{source.path}: n_head is read from the checkpoint's config; pass it only for GPT-1 shards")
+    if source.format == "openai-tf":
+        from gptkit.models.openai_release import read_openai_tf
+
+        return read_openai_tf(source.path)
+    if source.format == "openai-gpt1":
+        from gptkit.models.openai_release import read_gpt1_shards
+
+        return read_gpt1_shards(source.path, n_head=n_head or 12)
+    config, naming = _read_config(source.path)
+    hf_state, weights_path = read_hf_weights(source.path)
+    # A task model (GPT2ForSequenceClassification, ...) loads as its GPT: the head's weights are left out.
+    hf_state = {k: v for k, v in hf_state.items() if not k.startswith(TASK_HEAD_PREFIXES)}
+    expected = shapes(config)
+    if naming == "gptkit":  # a shape transformers cannot express was saved under gptkit's own names
+        return config, _checked_native(hf_state, expected, config, weights_path)
+    return config, from_hf_state_dict(hf_state, config, expected, source=str(weights_path))
+
+
+def _checked_native(
+    state: dict[str, Tensor], expected: dict[str, tuple[int, ...]], config: GPTConfig, path: Path
+) -> dict[str, Tensor]:
+    if config.tie_word_embeddings and "transformer.wte.weight" in state:
+        state = {**state, TIED_KEY: state["transformer.wte.weight"]}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise CheckpointError(f"{path}: {key!r} has shape {tuple(state[key].shape)}, expected {shape}")
+    return state
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state: dict[str, Tensor],
+    config: GPTConfig,
+    *,
+    tokenizer: Any = None,
+    task_fields: Callable[[], dict[str, Any]] | None = None,
+    block: dict[str, Any] | None = None,
+) -> Path:
+    """Write a state dict (gptkit names) as a directory gptkit and `transformers` both load.
+
+    task_fields: the transformers config fields of a task model (architectures, labels, ...); it raises
+        CheckpointError where transformers has no class for it. block: more of config.json's "gptkit" block.
+    Where transformers cannot express the shape or the task, weights keep gptkit's names and the gptkit
+    block says so. Each file is written atomically, config.json last: an interrupted save never leaves a
+    folder that loads a mix of old and new weights silently.
+    """
+    from safetensors.torch import save_file
+
+    from gptkit import __version__
+
+    path = Path(path)
+    state = {k: v.detach().to("cpu") for k, v in state.items()}
+    dtype = next(iter(state.values())).dtype
+    meta: dict[str, Any] = {"version": __version__, "weights": "hf", "config": config.to_dict(), **(block or {})}
+    try:
+        hf_config: dict[str, Any] = config_to_hf(config)
+        if task_fields is not None:
+            hf_config.update(task_fields())
+        tensors = to_hf_state_dict(state, config)
+    except CheckpointError as exc:  # a shape or task transformers cannot express: keep gptkit's names
+        hf_config = {}
+        meta["weights"] = "gptkit"
+        if task_fields is not None:
+            meta["note"] = f"{exc}: weights keep gptkit's names; load with gptkit.tasks.heads.load_task_model"
+        tensors = {k: v.contiguous() for k, v in state.items() if not (k == TIED_KEY and config.tie_word_embeddings)}
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    hf_config.update(dtype=str(dtype).removeprefix("torch."), gptkit=meta)
+    atomic_write_text(path / CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")  # last: marks the save done
+    return path
+
+
+# -- inspection -----------------------------------------------------------------------------------
+
+
+def describe_source(source: Source, shapes: Shapes) -> dict[str, Any]:
+    """Config, parameter count (from the model's `shapes(config)`), dtype and files of a checkpoint."""
+    if source.format == "hf":
+        config = read_config(source.path)
+        dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in read_hf_weights(source.path)[0].values()})
+    else:
+        config, state = read_checkpoint(source, shapes)
+        dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
+    n_params = sum(math.prod(s) for k, s in shapes(config).items() if not (k == TIED_KEY and config.tie_word_embeddings))
+    files = {p.name: p.stat().st_size for p in sorted(source.path.iterdir()) if p.is_file()}
+    return {
+        "path": str(source.path),
+        "format": source.format,
+        "family": config.family,
+        "parameters": n_params,
+        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+        "config": config.to_dict(),
+        "files": files,
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = read_json(path, CheckpointError)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "encoder.json", "encoder_bpe_40000.json")
+
+
+def load_tokenizer(source: Source) -> Any:
+    """The tokenizer stored beside a checkpoint's weights, or None when the folder has none."""
+    if not any((source.path / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    from gptkit.text.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(source.path)

@@ -1,0 +1,235 @@
+"""The five fine-tuning tasks as `Recipe`s: how each reads and encodes its files and scores predictions.
+
+Reading and encoding live in task_data.py, tagging.py, qa.py, choice.py and chat.py, metrics in metrics.py,
+heads in heads.py; a recipe only connects them for finetune.py, so adding a task is one more entry in RECIPES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gptkit.models.gpt import IGNORE_INDEX
+from gptkit.tasks import choice, metrics, tagging
+from gptkit.tasks import data as task_data
+from gptkit.tasks import instruct as chat_data
+from gptkit.tasks.config import TaskConfig
+from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE
+
+Row = dict[str, Any]
+
+
+@dataclass
+class Encoded:
+    """Examples encoded for one task: model inputs per row, targets per row, and what scoring needs."""
+
+    rows: list[Row]
+    targets: list[int]  # per row: the loss's number of targets (1 per example, or labelled tokens)
+    examples: Any  # the examples read (gold answers, words, ids)
+    extra: Any = None  # per-task bookkeeping (QA windows, word ids)
+    truncated: int = 0
+
+
+@dataclass
+class Recipe:
+    """What differs between tasks; every callable is small and pure."""
+
+    read: Callable[[TaskConfig, str, Any], tuple[list[Any], int]]  # (config, path, labels) -> (examples, skipped)
+    labels: Callable[[TaskConfig, list[Any]], Any]  # the label vocabulary of the training examples (or None)
+    encode: Callable[[TaskConfig, list[Any], Any, Any], Encoded]  # (config, examples, tokenizer, labels)
+    head: Callable[[TaskConfig, Any], Any]  # a heads.TaskSpec, or None for a language model (instruct)
+    outputs: tuple[str, ...]  # the output fields scoring needs (logits, start_logits, ...)
+    score: Callable[[dict[str, list[Tensor]], Encoded, Any], dict[str, float]]
+    peft_task: str | None  # peft's task_type for saved adapters
+
+
+_PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification",
+             "regression": "regression"}
+
+
+def _rows(columns: dict[str, list[Any]]) -> list[Row]:
+    keys = list(columns)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _labelled_tokens(labels: list[int], shift: int = 0) -> int:
+    return sum(1 for label in labels[shift:] if label != IGNORE_INDEX)
+
+
+def _spec(task: str, **fields: Any) -> Any:
+    from gptkit.tasks.heads import TaskSpec
+
+    return TaskSpec(task, **fields)
+
+
+# -- classify -------------------------------------------------------------------------------------
+
+
+def _read_classify(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
+    data = task_data.read_labelled(path, text_column=config.text_column, label_column=config.label_column,
+                                   text_pair_column=config.text_pair_column, task=config.problem_type,
+                                   fmt=config.format, on_error=config.on_error, label_map=labels)
+    return data.examples, len(data.skipped)
+
+
+def _labels_classify(config: TaskConfig, examples: list[Any]) -> Any:
+    if config.problem_type == "regression":
+        return None
+    return task_data.LabelMap.from_data(task_data.LabelledSet("train", examples, task=config.problem_type))
+
+
+def _encode_classify(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
+    data = task_data.LabelledSet("examples", examples, task=config.problem_type)
+    features = task_data.encode_labelled(tokenizer, data, labels, max_length=config.max_length)
+    rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
+    return Encoded(rows, [1] * len(rows), examples, truncated=features.truncated)
+
+
+def _head_classify(config: TaskConfig, labels: Any) -> Any:
+    names = None if labels is None else tuple(labels.labels)
+    return _spec("classify", num_labels=1 if names is None else len(names),
+                 problem_type=_PROBLEMS[config.problem_type], labels=names)
+
+
+def _score_classify(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
+    logits = torch.stack(outputs["logits"]).float()
+    gold = [row["labels"] for row in encoded.rows]
+    if logits.shape[-1] == 1 and labels is None:  # regression
+        return metrics.regression_scores(logits[:, 0].tolist(), gold)
+    if isinstance(gold[0], list):  # multi-label: a label is on where its sigmoid passes 0.5
+        return metrics.multilabel_scores((logits > 0).int().tolist(), [[int(v) for v in g] for g in gold])
+    return metrics.classification_scores(logits.argmax(-1).tolist(), gold)
+
+
+# -- tag ------------------------------------------------------------------------------------------
+
+
+def _read_tag(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
+    data = tagging.read_conll(path, token_column=config.token_column, tag_column=config.tag_column,
+                              on_error=config.on_error, label_map=labels)
+    return data.examples, len(data.skipped)
+
+
+def _labels_tag(config: TaskConfig, examples: list[Any]) -> Any:
+    return task_data.LabelMap.from_data(tagging.TaggedSet("train", examples))
+
+
+def _encode_tag(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
+    features = tagging.encode_tagging(tokenizer, examples, labels, max_length=config.max_length)
+    rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
+    return Encoded(rows, [max(_labelled_tokens(r["labels"]), 1) for r in rows], examples,
+                   extra=features.word_ids, truncated=features.truncated)
+
+
+def _score_tag(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
+    predicted, gold = [], []
+    for logits, word_ids, sentence in zip(outputs["logits"], encoded.extra, encoded.examples, strict=True):
+        ids = logits[:len(word_ids)].argmax(-1).tolist()
+        words = tagging.words_from_tokens(word_ids, ids, len(sentence.tokens))
+        predicted.append([labels.labels[i] if i is not None else "O" for i in words])
+        gold.append(sentence.tags)
+    scores = metrics.entity_scores(predicted, gold)
+    flat = [(p, g) for ps, gs in zip(predicted, gold, strict=True) for p, g in zip(ps, gs, strict=True)]
+    return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
+            "accuracy": metrics.accuracy([p for p, _ in flat], [g for _, g in flat])}
+
+
+# -- qa -------------------------------------------------------------------------------------------
+
+
+def _read_qa(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
+    from gptkit.tasks.qa import read_squad
+
+    skipped: list[Any] = []
+    fmt = "auto" if config.format == "auto" else "jsonl" if config.format == "jsonl" else "json"
+    return read_squad(path, fmt=fmt, on_error=config.on_error, skipped=skipped), len(skipped)
+
+
+def _encode_qa(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
+    from gptkit.tasks.qa import encode_qa
+
+    features = encode_qa(tokenizer, examples, max_length=config.max_length, stride=config.stride)
+    rows = [{"input_ids": f.input_ids, "start_positions": f.start_position, "end_positions": f.end_position}
+            for f in features]
+    return Encoded(rows, [1] * len(rows), examples, extra=features)
+
+
+def _score_qa(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
+    from gptkit.tasks.qa import best_spans
+
+    impossible = any(ex.is_impossible for ex in encoded.examples)
+    predictions = best_spans(encoded.extra, [t.tolist() for t in outputs["start_logits"]],
+                             [t.tolist() for t in outputs["end_logits"]], allow_impossible=impossible)
+    references = {ex.id: [text for text, _ in ex.answers] for ex in encoded.examples}
+    scores = metrics.squad_scores(predictions, references)
+    return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+
+# -- choice ---------------------------------------------------------------------------------------
+
+
+def _read_choice(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
+    data = choice.read_choice(path, on_error=config.on_error)
+    return data.examples, len(data.skipped)
+
+
+def _encode_choice(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
+    features = choice.encode_choice(tokenizer, examples, max_length=config.max_length)
+    rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
+    return Encoded(rows, [1] * len(rows), examples, truncated=features.truncated)
+
+
+def _score_choice(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
+    predicted = [int(t.argmax()) for t in outputs["logits"]]
+    return {"accuracy": metrics.accuracy(predicted, [row["labels"] for row in encoded.rows])}
+
+
+# -- instruct -------------------------------------------------------------------------------------
+
+
+def _read_instruct(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
+    import json
+
+    with open(path, encoding="utf-8") as fh:  # the format goes by the first record's keys
+        first = next((line for line in fh if line.strip()), "{}")
+    try:
+        chat = "messages" in json.loads(first)
+    except json.JSONDecodeError:
+        chat = False  # the reader reports the line
+    reader = chat_data.read_chat if chat else chat_data.read_prompt_completion
+    data = reader(path, on_error=config.on_error)
+    return data.examples, len(data.skipped)
+
+
+def _encode_instruct(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
+    features = chat_data.encode_instruct(tokenizer, examples, max_length=config.max_length,
+                                         template=config.chat_template or DEFAULT_CHAT_TEMPLATE)
+    if config.pack:
+        features = chat_data.pack(features, config.max_length)
+    rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
+    # the model shifts labels: position t predicts t + 1, so the first label is never a target
+    return Encoded(rows, [max(_labelled_tokens(r["labels"], 1), 1) for r in rows], examples,
+                   truncated=features.truncated)
+
+
+def _score_instruct(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
+    return {}  # the completion loss (and its perplexity) is the measure
+
+
+RECIPES: dict[str, Recipe] = {
+    "classify": Recipe(_read_classify, _labels_classify, _encode_classify, _head_classify, ("logits",),
+                       _score_classify, "SEQ_CLS"),
+    "tag": Recipe(_read_tag, _labels_tag, _encode_tag,
+                  lambda config, labels: _spec("tag", num_labels=len(labels), labels=tuple(labels.labels)),
+                  ("logits",), _score_tag, "TOKEN_CLS"),
+    "qa": Recipe(_read_qa, lambda config, examples: None, _encode_qa, lambda config, labels: _spec("qa"),
+                 ("start_logits", "end_logits"), _score_qa, "QUESTION_ANS"),
+    "choice": Recipe(_read_choice, lambda config, examples: None, _encode_choice,
+                     lambda config, labels: _spec("choice"), ("logits",), _score_choice, None),
+    "instruct": Recipe(_read_instruct, lambda config, examples: None, _encode_instruct, lambda config, labels: None,
+                       (), _score_instruct, "CAUSAL_LM"),
+}

@@ -1,0 +1,118 @@
+"""`TrainConfig`: every setting of a training run, built from flags or a JSON/YAML file (no torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gptkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `gptkit train` does, in one place. Build it from flags, or from a JSON/YAML file.
+
+    It lives here, beside GPTConfig, so that building the CLI does not import torch.
+    """
+
+    data: str  # a directory written by `gptkit prepare`
+    out_dir: str = "runs/gptkit"
+    init_from: Literal["scratch", "pretrained", "resume"] = "scratch"
+    model: str = "gpt2-tiny"  # scratch: a GPTConfig preset; pretrained: a hub name or checkpoint folder
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # scratch: GPTConfig fields
+    block_size: int = 256
+    batch_size: int = 12  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 2000
+    lr: float = 6e-4
+    min_lr: float | None = None  # None: lr / 10
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    decay_steps: int | None = None  # None: max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: off
+    decay_embeddings: bool = True
+    dropout: float | None = None  # overrides the model's three dropout rates
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype; weights stay float32
+    compile: bool = False
+    fsdp: bool = False  # shard parameters, gradients and optimizer state across processes (torchrun)
+    device: str = "auto"
+    eval_interval: int = 250  # 0: only at the end
+    eval_batches: int = 20
+    log_interval: int = 10
+    sample_tokens: int = 200  # generated at each evaluation (0: none)
+    sample_prompt: str = "\n"
+    save_interval: int | None = None  # None: at each evaluation
+    keep_last: int = 2
+    seed: int = 1337
+    progress: bool = True
+    trainable: str = "auto"  # all, lora, head, last:N (the last N blocks and the head); auto: lora if lora_r else all
+    lora_r: int = 0  # > 0: add LoRA adapters of this rank to lora_targets (saved in peft's format)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "c_attn"  # comma-separated module names, as peft's target_modules (c_attn,c_proj,c_fc)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|all|lora|head|last:[1-9][0-9]*", self.trainable):
+            raise ConfigError(f"TrainConfig.trainable must be auto, all, lora, head or last:N, got {self.trainable!r}")
+        if self.lora_r < 0 or (self.lora_r == 0 and self.trainable == "lora"):
+            raise ConfigError(f"TrainConfig.lora_r must be > 0 to train LoRA adapters, got {self.lora_r!r}")
+        positive = ("block_size", "batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lr <= 0 or (self.min_lr is not None and self.min_lr < 0):
+            raise ConfigError(f"TrainConfig.lr must be > 0 and min_lr >= 0, got {self.lr!r}, {self.min_lr!r}")
+        if self.init_from not in ("scratch", "pretrained", "resume"):
+            raise ConfigError(f"TrainConfig.init_from must be scratch, pretrained or resume, got {self.init_from!r}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"TrainConfig.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    @property
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def lr_at(self, step: int) -> float:
+        from gptkit.training.optim import lr_at
+
+        return lr_at(step, lr=self.lr, min_lr=self.final_lr, warmup_steps=self.warmup_steps,
+                     decay_steps=self.decay_steps or self.max_steps, schedule=self.schedule)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a JSON or YAML file of TrainConfig fields; keyword overrides win (the CLI's flags)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such training config file") from exc
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except ImportError as exc:
+            raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON") from exc
+        except Exception as exc:  # json.JSONDecodeError / yaml.YAMLError both carry the position
+            raise ConfigError(f"{path}: cannot parse ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}")
+        return cls(**{**data, **overrides})
