@@ -42,9 +42,10 @@ What each timed span contains (all wall-clock, time.perf_counter):
 Targets per task: metric within 1 point of transformers' (|gap| <= 1, accuracy or entity F1, in points) and
 time_ratio <= 0.8. With --seeds A,B,C every seed is a full comparison (both engines train with that seed from
 the same start model); the targets are judged on the mean metric over the seeds and the summed times, and the
-per-seed spread (std) says how far one run can be trusted. Each engine runs in its own subprocess with --threads torch threads, started after
-waiting for idle CPUs; the load average and each run's CPU share are in the output. On a shared machine,
-distrust runs whose cpu_share is well below 1 or whose load average exceeds the thread count.
+per-seed spread (std) says how far one run can be trusted. Each engine runs in its own subprocess with
+--threads torch threads, started after waiting for idle CPUs; the load average and each run's CPU share
+are in the output. On a shared machine, distrust runs whose cpu_share is well below 1 or whose load average
+exceeds the thread count.
 
     python benchmarks/bench_finetune.py [--tasks sst2,conll] [--conll-steps 300] [--seeds 1337,1,2] [--quick]
                                         [--group-by-length on|off] [--engines gptkit,transformers]
@@ -92,8 +93,9 @@ class Bench:
 
 BENCHES = {
     "sst2": Bench("sst2", "classify", "sst2/train.tsv", "sst2/dev.tsv", "accuracy", lr=5e-4, warmup_steps=100),
-    "conll": Bench("conll", "tag", "conll2003/train.txt", "conll2003/valid.txt", "f1", lr=1e-3, warmup_steps=30,
-                   epochs=None),
+    "conll": Bench(
+        "conll", "tag", "conll2003/train.txt", "conll2003/valid.txt", "f1", lr=1e-3, warmup_steps=30, epochs=None
+    ),
 }
 
 
@@ -111,6 +113,7 @@ def wait_for_idle(limit: float) -> float:
 
     On a shared machine a neighbour's burst would otherwise be measured as the engine's slowness.
     """
+
     def ticks() -> tuple[int, int]:
         with open("/proc/stat", encoding="ascii") as fh:
             fields = [int(v) for v in fh.readline().split()[1:]]
@@ -130,9 +133,11 @@ def wait_for_idle(limit: float) -> float:
 
 def source_state() -> dict[str, Any]:
     """The git HEAD of this checkout and the gptkit source files that differ from it (uncommitted edits)."""
+
     def git(*cmd: str) -> list[str]:
-        return subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), *cmd], capture_output=True,
-                              text=True, check=False).stdout.split()
+        return subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parents[1]), *cmd], capture_output=True, text=True, check=False
+        ).stdout.split()
 
     dirty = git("diff", "--name-only", "HEAD", "--", "src") + git("ls-files", "--others", "--exclude-standard", "src")
     return {"git_head": next(iter(git("rev-parse", "--short", "HEAD")), None), "uncommitted_src": dirty}
@@ -166,8 +171,10 @@ def task_files(bench: Bench, root: Path, quick: bool) -> tuple[Path, Path] | str
         return train, dev
     cut = subset_tsv if bench.task == "classify" else subset_conll
     n_train, n_dev = QUICK[bench.name]
-    return (cut(train, root / f"{bench.name}-train{train.suffix}", n_train),
-            cut(dev, root / f"{bench.name}-dev{dev.suffix}", n_dev))
+    return (
+        cut(train, root / f"{bench.name}-train{train.suffix}", n_train),
+        cut(dev, root / f"{bench.name}-dev{dev.suffix}", n_dev),
+    )
 
 
 def make_initial_model(folder: Path) -> None:
@@ -185,8 +192,9 @@ def make_initial_model(folder: Path) -> None:
 # -- workers (one engine and task per subprocess) ----------------------------------------------------
 
 
-def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir: str, steps: int | None,
-               grouped: bool, seed: int) -> dict[str, Any]:
+def run_gptkit(
+    bench: Bench, init: str, train_file: str, eval_file: str, run_dir: str, steps: int | None, grouped: bool, seed: int
+) -> dict[str, Any]:
     """`gptkit.finetune.finetune`; its spans come from the times its metrics records arrive."""
     import torch
 
@@ -207,13 +215,37 @@ def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir
             step_elapsed["loss"] = record["loss"]
             log(f"gptkit {bench.name} step {record['step']} loss {record['loss']:.4f} ({record['elapsed']:.1f} s)")
 
-    task = TaskConfig(task=bench.task, train_file=train_file, eval_file=eval_file, max_length=bench.max_length,
-                      epochs=bench.epochs if steps is None else None, group_by_length=grouped)
+    task = TaskConfig(
+        task=bench.task,
+        train_file=train_file,
+        eval_file=eval_file,
+        max_length=bench.max_length,
+        epochs=bench.epochs if steps is None else None,
+        group_by_length=grouped,
+    )
     train = TrainConfig(
-        data="", out_dir=run_dir, init_from="pretrained", model=init, batch_size=BATCH, max_steps=steps or 1,
-        lr=bench.lr, min_lr=0.0, warmup_steps=bench.warmup_steps, schedule="linear", weight_decay=bench.weight_decay,
-        beta1=BETAS[0], beta2=BETAS[1], eps=EPS, grad_clip=GRAD_CLIP, eval_interval=0, log_interval=LOG_EVERY,
-        sample_tokens=0, keep_last=1, progress=False, device="cpu", seed=seed,
+        data="",
+        out_dir=run_dir,
+        init_from="pretrained",
+        model=init,
+        batch_size=BATCH,
+        max_steps=steps or 1,
+        lr=bench.lr,
+        min_lr=0.0,
+        warmup_steps=bench.warmup_steps,
+        schedule="linear",
+        weight_decay=bench.weight_decay,
+        beta1=BETAS[0],
+        beta2=BETAS[1],
+        eps=EPS,
+        grad_clip=GRAD_CLIP,
+        eval_interval=0,
+        log_interval=LOG_EVERY,
+        sample_tokens=0,
+        keep_last=1,
+        progress=False,
+        device="cpu",
+        seed=seed,
         dtype=os.environ.get("BENCH_GPTKIT_DTYPE", "float32"),  # --gptkit-dtype, passed to this worker
     )
     torch.manual_seed(seed)  # the head's initialisation and the dropout masks
@@ -224,11 +256,15 @@ def run_gptkit(bench: Bench, init: str, train_file: str, eval_file: str, run_dir
     loop_start = marks["last_step"][0] - train_seconds
     (first_wall, first_cpu), (eval_wall, eval_cpu) = marks["first_log"], marks["eval_end"]
     return {
-        "prep_seconds": loop_start - t0, "train_seconds": train_seconds,
+        "prep_seconds": loop_start - t0,
+        "train_seconds": train_seconds,
         "eval_seconds": eval_wall - marks["last_step"][0],
-        "save_seconds": t_end - eval_wall, "end_to_end_seconds": t_end - t0,
-        "finetune_reported_seconds": result.train.seconds, "steps": result.train.step,
-        "final_train_loss": step_elapsed["loss"], "metrics": result.metrics,
+        "save_seconds": t_end - eval_wall,
+        "end_to_end_seconds": t_end - t0,
+        "finetune_reported_seconds": result.train.seconds,
+        "steps": result.train.step,
+        "final_train_loss": step_elapsed["loss"],
+        "metrics": result.metrics,
         "cpu_share": (eval_cpu - first_cpu) / max(eval_wall - first_wall, 1e-9),
     }
 
@@ -238,8 +274,10 @@ def _hf_classify_rows(bench: Bench, tokenizer: Any, path: str, labels: Any) -> t
 
     examples = read_labelled(path, label_map=labels).examples
     enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=bench.max_length)
-    rows = [{"input_ids": ids, "attention_mask": mask, "labels": labels.encode(ex.label)}
-            for ids, mask, ex in zip(enc["input_ids"], enc["attention_mask"], examples, strict=True)]
+    rows = [
+        {"input_ids": ids, "attention_mask": mask, "labels": labels.encode(ex.label)}
+        for ids, mask, ex in zip(enc["input_ids"], enc["attention_mask"], examples, strict=True)
+    ]
     return rows, examples
 
 
@@ -248,8 +286,9 @@ def _hf_tag_rows(bench: Bench, tokenizer: Any, path: str, labels: Any) -> tuple[
     from gptkit.tasks.tagging import read_conll
 
     examples = read_conll(path, label_map=labels).examples
-    enc = tokenizer([s.tokens for s in examples], is_split_into_words=True, truncation=True,
-                    max_length=bench.max_length)
+    enc = tokenizer(
+        [s.tokens for s in examples], is_split_into_words=True, truncation=True, max_length=bench.max_length
+    )
     rows = []
     for i, sentence in enumerate(examples):
         tags, previous = [], None
@@ -273,12 +312,17 @@ def _hf_score(bench: Bench, predictions: Any, label_ids: Any, examples: Any, lab
         tagged.append(firsts + ["O"] * (len(sentence.tokens) - len(firsts)))  # words cut by truncation
     scores = metrics.entity_scores(tagged, [s.tags for s in examples])
     flat = [(p, g) for ps, s in zip(tagged, examples, strict=True) for p, g in zip(ps, s.tags, strict=True)]
-    return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
-            "accuracy": metrics.accuracy([p for p, _ in flat], [g for _, g in flat])}
+    return {
+        "precision": scores["precision"],
+        "recall": scores["recall"],
+        "f1": scores["f1"],
+        "accuracy": metrics.accuracy([p for p, _ in flat], [g for _, g in flat]),
+    }
 
 
-def run_transformers(bench: Bench, init: str, train_file: str, eval_file: str, run_dir: str, steps: int | None,
-                     grouped: bool, seed: int) -> dict[str, Any]:
+def run_transformers(
+    bench: Bench, init: str, train_file: str, eval_file: str, run_dir: str, steps: int | None, grouped: bool, seed: int
+) -> dict[str, Any]:
     """transformers' Trainer with its standard collators, from the same folder and examples."""
     import torch
     from transformers import (
@@ -309,14 +353,34 @@ def run_transformers(bench: Bench, init: str, train_file: str, eval_file: str, r
     train_rows, _ = make_rows(bench, tokenizer, train_file, labels)
     eval_rows, eval_examples = make_rows(bench, tokenizer, eval_file, labels)
     torch.manual_seed(seed)  # the head's initialisation
-    model = model_class.from_pretrained(init, num_labels=len(labels), pad_token_id=tokenizer.eos_token_id,
-                                        id2label=labels.id2label, label2id=labels.label2id)
+    model = model_class.from_pretrained(
+        init,
+        num_labels=len(labels),
+        pad_token_id=tokenizer.eos_token_id,
+        id2label=labels.id2label,
+        label2id=labels.label2id,
+    )
     args = TrainingArguments(
-        output_dir=run_dir, per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH,
-        learning_rate=bench.lr, weight_decay=bench.weight_decay, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
-        adam_epsilon=EPS, max_grad_norm=GRAD_CLIP, lr_scheduler_type="linear", warmup_steps=bench.warmup_steps,
-        num_train_epochs=bench.epochs or 1.0, max_steps=steps or -1, eval_strategy="no", save_strategy="no",
-        logging_steps=LOG_EVERY, report_to="none", use_cpu=True, seed=seed, disable_tqdm=True,
+        output_dir=run_dir,
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=BATCH,
+        learning_rate=bench.lr,
+        weight_decay=bench.weight_decay,
+        adam_beta1=BETAS[0],
+        adam_beta2=BETAS[1],
+        adam_epsilon=EPS,
+        max_grad_norm=GRAD_CLIP,
+        lr_scheduler_type="linear",
+        warmup_steps=bench.warmup_steps,
+        num_train_epochs=bench.epochs or 1.0,
+        max_steps=steps or -1,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=LOG_EVERY,
+        report_to="none",
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=True,
         train_sampling_strategy="group_by_length" if grouped else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator)
@@ -330,12 +394,18 @@ def run_transformers(bench: Bench, init: str, train_file: str, eval_file: str, r
     scores = _hf_score(bench, out.predictions, out.label_ids, eval_examples, labels)
     t3, c3 = time.perf_counter(), cpu_seconds()
     return {
-        "prep_seconds": t1 - t0, "train_seconds": t2 - t1, "eval_seconds": t3 - t2, "end_to_end_seconds": t3 - t0,
-        "trainer_reported_train_seconds": trained.metrics.get("train_runtime"), "steps": trainer.state.global_step,
+        "prep_seconds": t1 - t0,
+        "train_seconds": t2 - t1,
+        "eval_seconds": t3 - t2,
+        "end_to_end_seconds": t3 - t0,
+        "trainer_reported_train_seconds": trained.metrics.get("train_runtime"),
+        "steps": trainer.state.global_step,
         "final_train_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
         "mean_train_loss": trained.training_loss,
-        "metrics": scores, "cpu_share": (c3 - c1) / max(t3 - t1, 1e-9),
-        "optimizer": str(args.optim), "attn_implementation": model.config._attn_implementation,
+        "metrics": scores,
+        "cpu_share": (c3 - c1) / max(t3 - t1, 1e-9),
+        "optimizer": str(args.optim),
+        "attn_implementation": model.config._attn_implementation,
     }
 
 
@@ -344,8 +414,16 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     run = run_gptkit if args.worker == "gptkit" else run_transformers
-    result = run(BENCHES[args.task], args.init, args.train_file, args.eval_file, args.run_dir, args.steps,
-                 args.group_by_length == "on", args.seed)
+    result = run(
+        BENCHES[args.task],
+        args.init,
+        args.train_file,
+        args.eval_file,
+        args.run_dir,
+        args.steps,
+        args.group_by_length == "on",
+        args.seed,
+    )
     result["gptkit_source"] = source_state()  # src/ may change while a long run goes on: say what each run saw
     result["cpu_share"] /= torch.get_num_threads()  # of all the threads it was given
     result["threads"] = torch.get_num_threads()
@@ -355,13 +433,43 @@ def worker(args: argparse.Namespace) -> None:
 # -- the parent: one subprocess per (task, engine) --------------------------------------------------
 
 
-def run_case(engine: str, bench: Bench, files: tuple[Path, Path], init: Path, root: Path, steps: int | None,
-             threads: int, idle_wait: float, group_by_length: str, seed: int) -> dict[str, Any]:
+def run_case(
+    engine: str,
+    bench: Bench,
+    files: tuple[Path, Path],
+    init: Path,
+    root: Path,
+    steps: int | None,
+    threads: int,
+    idle_wait: float,
+    group_by_length: str,
+    seed: int,
+) -> dict[str, Any]:
     result_file = root / f"{bench.name}-{engine}-{seed}.json"
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--task", bench.name, "--init", str(init),
-           "--train-file", str(files[0]), "--eval-file", str(files[1]), "--run-dir",
-           str(root / f"run-{bench.name}-{engine}-{seed}"), "--result", str(result_file), "--threads", str(threads),
-           "--group-by-length", group_by_length, "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        engine,
+        "--task",
+        bench.name,
+        "--init",
+        str(init),
+        "--train-file",
+        str(files[0]),
+        "--eval-file",
+        str(files[1]),
+        "--run-dir",
+        str(root / f"run-{bench.name}-{engine}-{seed}"),
+        "--result",
+        str(result_file),
+        "--threads",
+        str(threads),
+        "--group-by-length",
+        group_by_length,
+        "--seed",
+        str(seed),
+    ]
     if steps is not None:
         cmd += ["--steps", str(steps)]
     waited = wait_for_idle(idle_wait)
@@ -374,11 +482,15 @@ def run_case(engine: str, bench: Bench, files: tuple[Path, Path], init: Path, ro
     result = json.loads(result_file.read_text(encoding="utf-8"))
     scores = result.pop("metrics")
     rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
-    return {"seconds": round(result["train_seconds"] + result["eval_seconds"], 2),
-            bench.metric: round(scores[bench.metric], 4), **rounded,
-            "scores": {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)},
-            "load_average_before": round(load, 2), "waited_for_idle_seconds": round(waited, 1),
-            "subprocess_wall_seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "seconds": round(result["train_seconds"] + result["eval_seconds"], 2),
+        bench.metric: round(scores[bench.metric], 4),
+        **rounded,
+        "scores": {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)},
+        "load_average_before": round(load, 2),
+        "waited_for_idle_seconds": round(waited, 1),
+        "subprocess_wall_seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def compare(bench: Bench, gptkit: dict[str, Any], hf: dict[str, Any], steps: int | None) -> dict[str, Any]:
@@ -386,10 +498,14 @@ def compare(bench: Bench, gptkit: dict[str, Any], hf: dict[str, Any], steps: int
     gap = 100 * (gptkit[bench.metric] - hf[bench.metric])
     return {
         "budget": f"{bench.epochs} epoch" if steps is None else f"{steps} steps",
-        "gptkit": gptkit, "transformers": hf, "time_ratio": round(ratio, 3),
+        "gptkit": gptkit,
+        "transformers": hf,
+        "time_ratio": round(ratio, 3),
         "train_time_ratio": round(gptkit["train_seconds"] / hf["train_seconds"], 3),
         "end_to_end_ratio": round(gptkit["end_to_end_seconds"] / hf["end_to_end_seconds"], 3),
-        "metric": bench.metric, "metric_gap_points": round(gap, 2), "targets": TARGETS,
+        "metric": bench.metric,
+        "metric_gap_points": round(gap, 2),
+        "targets": TARGETS,
         "met": {"time": ratio <= TARGETS["time_ratio_max"], "metric": abs(gap) <= TARGETS["metric_gap_points_max"]},
     }
 
@@ -407,11 +523,16 @@ def over_seeds(bench: Bench, seeds: list[int], per_seed: list[dict[str, Any]]) -
     ratio = sum(r["gptkit"]["seconds"] for r in per_seed) / sum(r["transformers"]["seconds"] for r in per_seed)
     gap = 100 * (statistics.fmean(metric("gptkit")) - statistics.fmean(metric("transformers")))
     return {
-        "budget": per_seed[0]["budget"], "seeds": seeds, "metric": bench.metric,
-        "gptkit_mean": round(statistics.fmean(metric("gptkit")), 4), "gptkit_std": spread(metric("gptkit")),
+        "budget": per_seed[0]["budget"],
+        "seeds": seeds,
+        "metric": bench.metric,
+        "gptkit_mean": round(statistics.fmean(metric("gptkit")), 4),
+        "gptkit_std": spread(metric("gptkit")),
         "transformers_mean": round(statistics.fmean(metric("transformers")), 4),
         "transformers_std": spread(metric("transformers")),
-        "time_ratio": round(ratio, 3), "metric_gap_points": round(gap, 2), "targets": TARGETS,
+        "time_ratio": round(ratio, 3),
+        "metric_gap_points": round(gap, 2),
+        "targets": TARGETS,
         "met": {"time": ratio <= TARGETS["time_ratio_max"], "metric": abs(gap) <= TARGETS["metric_gap_points_max"]},
         "per_seed": per_seed,
     }
@@ -422,20 +543,41 @@ def main() -> None:
     parser.add_argument("--tasks", default="sst2,conll", help="comma-separated: sst2, conll")
     parser.add_argument("--conll-steps", type=int, default=300, help="CoNLL training steps (the epoch is 439)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per engine")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 2,000 SST-2 / 500 CoNLL training rows, 200 dev rows, <= 16 CoNLL steps")
-    parser.add_argument("--engines", default="gptkit,transformers",
-                        help="which to run (one alone: its figures without the comparison, e.g. to profile)")
-    parser.add_argument("--group-by-length", choices=["on", "off"], default="on",
-                        help="both engines batch examples of similar length (gptkit's default; Trainer's "
-                             "train_sampling_strategy=\"group_by_length\") or draw batches at random")
-    parser.add_argument("--gptkit-dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="gptkit's autocast dtype (transformers' Trainer stays at its float32 default)")
-    parser.add_argument("--seeds", default=str(SEED),
-                        help="comma-separated training seeds (head initialisation, dropout, batch order), each run by "
-                             "both engines from the same start; targets apply to the means over seeds")
-    parser.add_argument("--idle-wait", type=float, default=None,
-                        help="before each run, wait up to this many seconds for idle CPUs (default 60; 0 with --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2,000 SST-2 / 500 CoNLL training rows, 200 dev rows, <= 16 CoNLL steps",
+    )
+    parser.add_argument(
+        "--engines",
+        default="gptkit,transformers",
+        help="which to run (one alone: its figures without the comparison, e.g. to profile)",
+    )
+    parser.add_argument(
+        "--group-by-length",
+        choices=["on", "off"],
+        default="on",
+        help="both engines batch examples of similar length (gptkit's default; Trainer's "
+        'train_sampling_strategy="group_by_length") or draw batches at random',
+    )
+    parser.add_argument(
+        "--gptkit-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="gptkit's autocast dtype (transformers' Trainer stays at its float32 default)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=str(SEED),
+        help="comma-separated training seeds (head initialisation, dropout, batch order), each run by "
+        "both engines from the same start; targets apply to the means over seeds",
+    )
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=None,
+        help="before each run, wait up to this many seconds for idle CPUs (default 60; 0 with --quick)",
+    )
     # internal: one (task, engine) run in this process
     parser.add_argument("--worker", choices=["gptkit", "transformers"], help=argparse.SUPPRESS)
     for name in ("--task", "--init", "--train-file", "--eval-file", "--run-dir", "--result"):
@@ -470,13 +612,24 @@ def main() -> None:
     t_start, load_start, source_start = time.perf_counter(), os.getloadavg(), source_state()
     report: dict[str, Any] = {
         "benchmark": "task fine-tuning on CPU, gptkit.tasks.finetune vs transformers Trainer",
-        "setup": {"model": {**SHAPE, "dropout": 0.1, "init": "random GPT2LMHeadModel, save_pretrained"},
-                  "batch": BATCH, "optimizer": {"name": "AdamW (fused)", "betas": BETAS, "eps": EPS,
-                                                "grad_clip": GRAD_CLIP, "schedule": "linear warmup, linear decay to 0"},
-                  "tasks": {name: asdict(BENCHES[name]) for name in tasks}, "model_seed": SEED, "seeds": seeds,
-                  "threads": args.threads,
-                  "group_by_length": args.group_by_length, "quick": args.quick,
-                  "gptkit_dtype": args.gptkit_dtype},
+        "setup": {
+            "model": {**SHAPE, "dropout": 0.1, "init": "random GPT2LMHeadModel, save_pretrained"},
+            "batch": BATCH,
+            "optimizer": {
+                "name": "AdamW (fused)",
+                "betas": BETAS,
+                "eps": EPS,
+                "grad_clip": GRAD_CLIP,
+                "schedule": "linear warmup, linear decay to 0",
+            },
+            "tasks": {name: asdict(BENCHES[name]) for name in tasks},
+            "model_seed": SEED,
+            "seeds": seeds,
+            "threads": args.threads,
+            "group_by_length": args.group_by_length,
+            "quick": args.quick,
+            "gptkit_dtype": args.gptkit_dtype,
+        },
         "tasks": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench_finetune-") as tmp:
@@ -493,23 +646,42 @@ def main() -> None:
             steps = conll_steps if bench.epochs is None else None
             per_seed = []
             for seed in seeds:
-                runs = {engine: run_case(engine, bench, files, init, root, steps, args.threads, idle_wait,
-                                         args.group_by_length, seed) for engine in engines}
+                runs = {
+                    engine: run_case(
+                        engine, bench, files, init, root, steps, args.threads, idle_wait, args.group_by_length, seed
+                    )
+                    for engine in engines
+                }
                 per_seed.append(compare(bench, runs["gptkit"], runs["transformers"], steps) if len(runs) == 2 else runs)
             report["tasks"][name] = over_seeds(bench, seeds, per_seed) if len(engines) == 2 else per_seed
-    shared = [f"{name}/{engine}/seed {seed}" for name, entry in report["tasks"].items() if "skipped" not in entry
-              for seed, run in zip(seeds, entry["per_seed"] if isinstance(entry, dict) else entry, strict=True)
-              for engine in engines if run[engine]["cpu_share"] < 0.8]
+    shared = [
+        f"{name}/{engine}/seed {seed}"
+        for name, entry in report["tasks"].items()
+        if "skipped" not in entry
+        for seed, run in zip(seeds, entry["per_seed"] if isinstance(entry, dict) else entry, strict=True)
+        for engine in engines
+        if run[engine]["cpu_share"] < 0.8
+    ]
     if shared:
-        report["warning"] = (f"other processes took CPU during {', '.join(shared)} (cpu_share < 0.8): "
-                             "their times are high; rerun on an idle machine")
+        report["warning"] = (
+            f"other processes took CPU during {', '.join(shared)} (cpu_share < 0.8): "
+            "their times are high; rerun on an idle machine"
+        )
     import gptkit
 
-    report["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                          "python": sys.version.split()[0], "gptkit_from": str(Path(gptkit.__file__).parent),
-                          "source_at_start": source_start, "source_at_end": source_state()}
-    report["machine"] = {"cpus": os.cpu_count(), "load_average_start": [round(x, 2) for x in load_start],
-                         "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+    report["versions"] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "gptkit_from": str(Path(gptkit.__file__).parent),
+        "source_at_start": source_start,
+        "source_at_end": source_state(),
+    }
+    report["machine"] = {
+        "cpus": os.cpu_count(),
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+    }
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report, indent=2))
 

@@ -41,12 +41,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         t0 = time.perf_counter()
-        prepare(PrepareConfig(inputs=(str(shakespeare_path()),), out_dir=str(data_dir), tokenizer="char"),
-                progress=False)
+        prepare(
+            PrepareConfig(inputs=(str(shakespeare_path()),), out_dir=str(data_dir), tokenizer="char"), progress=False
+        )
         prepare_seconds = time.perf_counter() - t0
         recipe = {**RECIPE, "max_steps": args.max_steps, "decay_steps": args.max_steps, "sample_tokens": 0}
-        config = TrainConfig(data=str(data_dir), out_dir=str(Path(tmp) / "run"), progress=False, dtype=args.dtype,
-                             compile=args.compile, **recipe)
+        config = TrainConfig(
+            data=str(data_dir),
+            out_dir=str(Path(tmp) / "run"),
+            progress=False,
+            dtype=args.dtype,
+            compile=args.compile,
+            **recipe,
+        )
         print(f"training {args.max_steps} steps ({args.dtype}) ...", file=sys.stderr)
         t0 = time.perf_counter()
         result = train(config)

@@ -61,6 +61,7 @@ def wait_for_idle(limit: float) -> float:
     On a shared 2-core machine another process halves a run's speed (and OpenMP threads spin while they
     wait for a descheduled peer), so a case that starts on a busy machine measures the neighbour.
     """
+
     def busy_idle() -> tuple[int, int]:
         with open("/proc/stat", encoding="ascii") as fh:
             fields = [int(v) for v in fh.readline().split()[1:]]
@@ -105,8 +106,9 @@ def make_data(root: Path, n_chars: int) -> Path:
 
     text_file = root / "corpus.txt"
     text_file.write_text(generated_text(n_chars, SEED), encoding="utf-8")
-    info = prepare(PrepareConfig(inputs=(str(text_file),), out_dir=str(root / "data"), tokenizer="gpt2"),
-                   progress=False)
+    info = prepare(
+        PrepareConfig(inputs=(str(text_file),), out_dir=str(root / "data"), tokenizer="gpt2"), progress=False
+    )
     log(f"data: {info.train_tokens:,} train / {info.val_tokens:,} val tokens (gpt2 BPE)")
     return root / "data"
 
@@ -126,27 +128,49 @@ def run_gptkit(data_dir: str, out_dir: str, dtype: str, warmup: int, total: int)
     def on_log(record: dict[str, Any]) -> None:
         if "tokens_per_second" in record:
             records.append(record)
-            log(f"gptkit {dtype} step {record['step']}/{total} loss {record['loss']:.4f} "
-                f"({record['elapsed']:.1f} s)")
+            log(f"gptkit {dtype} step {record['step']}/{total} loss {record['loss']:.4f} ({record['elapsed']:.1f} s)")
             if record["step"] in (warmup, total):
                 cpu[record["step"]] = cpu_seconds()
             if record["step"] == total:
                 rss["peak"] = peak_rss_mb()  # before the end-of-run evaluation and checkpoint
 
     config = TrainConfig(
-        data=data_dir, out_dir=out_dir, model="gpt2", model_overrides={"n_positions": 1024},
-        block_size=BLOCK, batch_size=BATCH, max_steps=total, lr=LR, warmup_steps=0, schedule="constant",
-        weight_decay=WEIGHT_DECAY, beta1=BETAS[0], beta2=BETAS[1], grad_clip=GRAD_CLIP, dtype=dtype,
-        device="cpu", eval_interval=0, eval_batches=1, log_interval=1, sample_tokens=0, progress=False, seed=SEED,
+        data=data_dir,
+        out_dir=out_dir,
+        model="gpt2",
+        model_overrides={"n_positions": 1024},
+        block_size=BLOCK,
+        batch_size=BATCH,
+        max_steps=total,
+        lr=LR,
+        warmup_steps=0,
+        schedule="constant",
+        weight_decay=WEIGHT_DECAY,
+        beta1=BETAS[0],
+        beta2=BETAS[1],
+        grad_clip=GRAD_CLIP,
+        dtype=dtype,
+        device="cpu",
+        eval_interval=0,
+        eval_batches=1,
+        log_interval=1,
+        sample_tokens=0,
+        progress=False,
+        seed=SEED,
     )
     train(config, on_log=on_log)
     by_step = {r["step"]: r for r in records}
     times = [by_step[s]["elapsed"] - (by_step[s - 1]["elapsed"] if s > 1 else 0.0) for s in range(1, total + 1)]
     seconds = by_step[total]["elapsed"] - by_step[warmup]["elapsed"]
     losses = [by_step[s]["loss"] for s in range(1, total + 1)]
-    return {"step_seconds": times, "timed_seconds": seconds, "losses": losses,
-            "timed_cpu_seconds": cpu[total] - cpu[warmup], "peak_rss_mb": rss["peak"],
-            "path": "gptkit.training.train.train (the real loop; on_log elapsed per step)"}
+    return {
+        "step_seconds": times,
+        "timed_seconds": seconds,
+        "losses": losses,
+        "timed_cpu_seconds": cpu[total] - cpu[warmup],
+        "peak_rss_mb": rss["peak"],
+        "path": "gptkit.training.train.train (the real loop; on_log elapsed per step)",
+    }
 
 
 def run_transformers(data_dir: str, dtype: str, warmup: int, total: int) -> dict[str, Any]:
@@ -178,12 +202,21 @@ def run_transformers(data_dir: str, dtype: str, warmup: int, total: int) -> dict
         times.append(time.perf_counter() - t0)
         log(f"transformers {dtype} step {step}/{total} loss {losses[-1]:.4f} ({times[-1]:.2f} s)")
     rss, cpu["end"] = peak_rss_mb(), cpu_seconds()
-    optimizer_kind = "fused" if optimizer.defaults.get("fused") else (
-        "foreach" if optimizer.defaults.get("foreach") else "torch default (single-tensor for-loop on CPU)")
-    return {"step_seconds": times, "timed_seconds": sum(times[warmup:]), "losses": losses,
-            "timed_cpu_seconds": cpu["end"] - cpu["start"], "peak_rss_mb": rss,
-            "path": "hand-written loop", "attn_implementation": model.config._attn_implementation,
-            "optimizer": optimizer_kind}
+    optimizer_kind = (
+        "fused"
+        if optimizer.defaults.get("fused")
+        else ("foreach" if optimizer.defaults.get("foreach") else "torch default (single-tensor for-loop on CPU)")
+    )
+    return {
+        "step_seconds": times,
+        "timed_seconds": sum(times[warmup:]),
+        "losses": losses,
+        "timed_cpu_seconds": cpu["end"] - cpu["start"],
+        "peak_rss_mb": rss,
+        "path": "hand-written loop",
+        "attn_implementation": model.config._attn_implementation,
+        "optimizer": optimizer_kind,
+    }
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -201,12 +234,28 @@ def worker(args: argparse.Namespace) -> None:
 # -- the parent: one subprocess per case ----------------------------------------------------------
 
 
-def run_case(engine: str, dtype: str, data_dir: Path, root: Path, warmup: int, total: int,
-             idle_wait: float) -> dict[str, Any]:
+def run_case(
+    engine: str, dtype: str, data_dir: Path, root: Path, warmup: int, total: int, idle_wait: float
+) -> dict[str, Any]:
     result_file = root / f"{engine}-{dtype}.json"
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--dtype", dtype, "--data", str(data_dir),
-           "--run-dir", str(root / f"run-{engine}-{dtype}"), "--warmup", str(warmup), "--total", str(total),
-           "--result", str(result_file)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        engine,
+        "--dtype",
+        dtype,
+        "--data",
+        str(data_dir),
+        "--run-dir",
+        str(root / f"run-{engine}-{dtype}"),
+        "--warmup",
+        str(warmup),
+        "--total",
+        str(total),
+        "--result",
+        str(result_file),
+    ]
     waited = wait_for_idle(idle_wait)
     log(f"{engine} {dtype}: {warmup} warm-up + {total - warmup} timed steps (waited {waited:.0f} s for idle CPUs)")
     load_before = os.getloadavg()[0]
@@ -221,7 +270,10 @@ def run_case(engine: str, dtype: str, data_dir: Path, root: Path, warmup: int, t
     # Below ~0.9 the machine was shared while timing: other processes took CPU from this one.
     cpu_share = result["timed_cpu_seconds"] / (result["timed_seconds"] * result["threads"])
     return {
-        "engine": engine, "dtype": dtype, "timed_steps": timed, "warmup_steps": warmup,
+        "engine": engine,
+        "dtype": dtype,
+        "timed_steps": timed,
+        "warmup_steps": warmup,
         "tokens_per_second": round(tokens_per_second, 1),
         "seconds_per_step": round(result["timed_seconds"] / timed, 3),
         "tokens_per_second_median_step": round(BATCH * BLOCK / median_step, 1),
@@ -242,11 +294,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--quick", action="store_true", help="2 timed steps after 1 warm-up (smoke test)")
-    parser.add_argument("--loss-check", action="store_true",
-                        help=f"run gptkit's cases for {LOSS_CHECK_STEPS} steps and compare the bf16 and fp32 losses")
+    parser.add_argument(
+        "--loss-check",
+        action="store_true",
+        help=f"run gptkit's cases for {LOSS_CHECK_STEPS} steps and compare the bf16 and fp32 losses",
+    )
     parser.add_argument("--data-chars", type=int, default=1_000_000, help="size of the generated corpus")
-    parser.add_argument("--idle-wait", type=float, default=60.0,
-                        help="before each case, wait up to this many seconds for idle CPUs (0: don't)")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=60.0,
+        help="before each case, wait up to this many seconds for idle CPUs (0: don't)",
+    )
     # internal: one (engine, dtype) measurement in this process
     parser.add_argument("--worker", choices=["gptkit", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -278,17 +337,30 @@ def main() -> None:
             results[engine, dtype] = run_case(engine, dtype, data_dir, root, args.warmup, total, args.idle_wait)
 
     base = results["transformers", "float32"]["tokens_per_second"]
-    ratios = {f"{e}_{'fp32' if d == 'float32' else 'bf16'}_vs_hf_fp32": round(r["tokens_per_second"] / base, 3)
-              for (e, d), r in results.items()}
+    ratios = {
+        f"{e}_{'fp32' if d == 'float32' else 'bf16'}_vs_hf_fp32": round(r["tokens_per_second"] / base, 3)
+        for (e, d), r in results.items()
+    }
     base_median = results["transformers", "float32"]["tokens_per_second_median_step"]
-    ratios_median = {k: round(results[e, d]["tokens_per_second_median_step"] / base_median, 3)
-                     for k, (e, d) in zip(ratios, results, strict=True)}
+    ratios_median = {
+        k: round(results[e, d]["tokens_per_second_median_step"] / base_median, 3)
+        for k, (e, d) in zip(ratios, results, strict=True)
+    }
     report: dict[str, Any] = {
         "benchmark": "training throughput, GPT-2 124M, CPU",
-        "setup": {"batch": BATCH, "block": BLOCK, "tokens_per_step": BATCH * BLOCK, "lr": LR, "betas": BETAS,
-                  "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP, "dropout": 0.1, "seed": SEED,
-                  "data": f"generated bigram text, {args.data_chars:,} chars, gpt2 BPE",
-                  "gptkit_path": "gptkit.training.train.train(TrainConfig) - the real loop, not a replica"},
+        "setup": {
+            "batch": BATCH,
+            "block": BLOCK,
+            "tokens_per_step": BATCH * BLOCK,
+            "lr": LR,
+            "betas": BETAS,
+            "weight_decay": WEIGHT_DECAY,
+            "grad_clip": GRAD_CLIP,
+            "dropout": 0.1,
+            "seed": SEED,
+            "data": f"generated bigram text, {args.data_chars:,} chars, gpt2 BPE",
+            "gptkit_path": "gptkit.training.train.train(TrainConfig) - the real loop, not a replica",
+        },
         "cases": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results.values()],
         "ratios": ratios,
         "ratios_from_median_step": ratios_median,  # less sensitive to other processes on a shared machine
@@ -302,23 +374,37 @@ def main() -> None:
         fp32 = results["gptkit", "float32"]["_losses"][LOSS_CHECK_STEPS - 1]
         bf16 = results["gptkit", "bfloat16"]["_losses"][LOSS_CHECK_STEPS - 1]
         gap = abs(bf16 - fp32) / fp32
-        report["loss_check"] = {"steps": LOSS_CHECK_STEPS, "gptkit_fp32_loss": round(fp32, 4),
-                                "gptkit_bf16_loss": round(bf16, 4), "relative_gap": round(gap, 5),
-                                "first_loss": round(results["gptkit", "float32"]["_losses"][0], 4)}
+        report["loss_check"] = {
+            "steps": LOSS_CHECK_STEPS,
+            "gptkit_fp32_loss": round(fp32, 4),
+            "gptkit_bf16_loss": round(bf16, 4),
+            "relative_gap": round(gap, 5),
+            "first_loss": round(results["gptkit", "float32"]["_losses"][0], 4),
+        }
         meets["bf16_loss_gap"] = gap <= TARGETS["bf16_loss_gap_max"]
     report["meets_targets"] = meets
     shared = [f"{r['engine']} {r['dtype']}" for r in results.values() if r["cpu_share_while_timed"] < 0.9]
     if shared:
-        report["warning"] = (f"other processes took CPU while timing {', '.join(shared)} "
-                             "(cpu_share_while_timed < 0.9): those figures are low; prefer "
-                             "ratios_from_median_step or rerun on an idle machine")
+        report["warning"] = (
+            f"other processes took CPU while timing {', '.join(shared)} "
+            "(cpu_share_while_timed < 0.9): those figures are low; prefer "
+            "ratios_from_median_step or rerun on an idle machine"
+        )
     import gptkit
 
-    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    report["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                          "python": sys.version.split()[0], "gptkit_from": str(Path(gptkit.__file__).parent),
-                          "git_head": commit or None}
+    commit = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    report["versions"] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "gptkit_from": str(Path(gptkit.__file__).parent),
+        "git_head": commit or None,
+    }
     report["machine"] = {"cpus": os.cpu_count()}
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report, indent=2))

@@ -82,4 +82,3 @@ def randomized(gpt: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if name.endswith("bias") or ".ln_" in name:
                 param.add_(0.1 * torch.randn_like(param))
     return gpt.eval()
-

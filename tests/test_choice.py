@@ -38,15 +38,19 @@ def test_read_swag_concatenated_json_with_lines(tmp_path: Path) -> None:
 
 
 def test_read_choice_generic_form_and_bad_rows(tmp_path: Path) -> None:
-    rows = [{"question": "2+2?", "choices": ["4", "5"], "label": 0}, {"context": "c", "choices": ["x"], "label": 0},
-            {"question": "q", "choices": ["a", "b"], "label": 2}, {"prompt": "p"}]
+    rows = [
+        {"question": "2+2?", "choices": ["4", "5"], "label": 0},
+        {"context": "c", "choices": ["x"], "label": 0},
+        {"question": "q", "choices": ["a", "b"], "label": 2},
+        {"prompt": "p"},
+    ]
     path = jsonl(tmp_path / "g.jsonl", rows)
     with pytest.raises(DataError, match=rf"{path}:2: expected at least 2"):
         read_choice(path)
     data = read_choice(path, on_error="skip")
     assert [(e.context, e.endings, e.label) for e in data.examples] == [("2+2?", ["4", "5"], 0)]
     assert [b.line for b in data.skipped] == [2, 3, 4] and "index of one of the 2" in data.skipped[1].reason
-    broken = write(tmp_path / "broken.json", json.dumps(SWAG[0], indent=2) + "\n{\n  \"sent1\": oops\n}")
+    broken = write(tmp_path / "broken.json", json.dumps(SWAG[0], indent=2) + '\n{\n  "sent1": oops\n}')
     with pytest.raises(DataError, match=rf"{broken}:9:12: not valid JSON"):  # 7 lines, "{", then the error
         read_choice(broken)
     unlabelled = jsonl(tmp_path / "u.jsonl", [{"question": "q", "choices": ["a", "b"]}])

@@ -37,12 +37,34 @@ def test_live_stream_prints_prompt_and_the_same_text_as_the_api(tiny_dir: Path, 
 def test_json_lines_for_a_batch_from_a_prompt_file(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("One\nTwo two\n\nThree\\nlines\n")
-    args = ["generate", "--model", str(tiny_dir), "--prompt-file", str(prompts), "--json", "--temperature", "0",
-            "--max-new-tokens", "5", "--logprobs", "2", "--num-return-sequences", "2", "--seed", "1"]
+    args = [
+        "generate",
+        "--model",
+        str(tiny_dir),
+        "--prompt-file",
+        str(prompts),
+        "--json",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "5",
+        "--logprobs",
+        "2",
+        "--num-return-sequences",
+        "2",
+        "--seed",
+        "1",
+    ]
     assert cli(args) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["prompt"], r["sample"]) for r in rows] == [
-        ("One", 0), ("One", 1), ("Two two", 0), ("Two two", 1), ("Three\nlines", 0), ("Three\nlines", 1)]
+        ("One", 0),
+        ("One", 1),
+        ("Two two", 0),
+        ("Two two", 1),
+        ("Three\nlines", 0),
+        ("Three\nlines", 1),
+    ]
     for row in rows:
         assert len(row["token_ids"]) == len(row["logprobs"]) == 5 and row["finish_reason"] == "length"
         assert [alt[0]["token_id"] for alt in row["top_logprobs"]] == row["token_ids"]  # greedy picks the top
@@ -66,4 +88,11 @@ def test_tokenize_shows_golden_ids(capsys) -> None:
     assert cli(["tokenize", "--tokenizer", "openai-gpt", "Hello, my dog is cute and"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("7 tokens") and [int(line.split()[0]) for line in lines[1:]] == [
-        3570, 240, 547, 2585, 544, 4957, 488]
+        3570,
+        240,
+        547,
+        2585,
+        544,
+        4957,
+        488,
+    ]

@@ -11,10 +11,17 @@ def test_presets_have_the_published_shapes() -> None:
     gpt1 = GPTConfig.from_name("openai-gpt")
     assert (gpt1.n_layer, gpt1.n_embd, gpt1.n_head, gpt1.n_positions, gpt1.vocab_size) == (12, 768, 12, 512, 40478)
     assert not gpt1.pre_norm and not gpt1.final_norm and gpt1.family == "openai-gpt"
-    shapes = {name: (c.n_layer, c.n_embd, c.n_head) for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-              for c in [GPTConfig.from_name(name)]}
-    assert shapes == {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
-                      "gpt2-xl": (48, 1600, 25)}
+    shapes = {
+        name: (c.n_layer, c.n_embd, c.n_head)
+        for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+        for c in [GPTConfig.from_name(name)]
+    }
+    assert shapes == {
+        "gpt2": (12, 768, 12),
+        "gpt2-medium": (24, 1024, 16),
+        "gpt2-large": (36, 1280, 20),
+        "gpt2-xl": (48, 1600, 25),
+    }
     gpt2 = GPTConfig.from_name("openai-community/gpt2")
     assert gpt2.pre_norm and gpt2.final_norm and gpt2.n_positions == 1024 and gpt2.vocab_size == 50257
     assert gpt2.eos_token_id == 50256 and gpt2.family == "gpt2"

@@ -14,11 +14,13 @@ from gptkit.training import corpus
 from gptkit.training.corpus import BadRow, Document, Meter, MissingColumnsError, iter_documents, iter_records
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
-JOKES = [("Why did the chicken cross the road?", "To get to the other side."),
-         ("What do you call a fish with no eyes?", "A fsh."),
-         ("Why don't eggs tell jokes?", "They'd crack each other up."),
-         ("What is brown and sticky?", "A stick."),
-         ("Why was six afraid of seven?", "Because seven eight nine.")]
+JOKES = [
+    ("Why did the chicken cross the road?", "To get to the other side."),
+    ("What do you call a fish with no eyes?", "A fsh."),
+    ("Why don't eggs tell jokes?", "They'd crack each other up."),
+    ("What is brown and sticky?", "A stick."),
+    ("Why was six afraid of seven?", "Because seven eight nine."),
+]
 
 
 def write_csv(path: Path, rows: list[tuple[str, ...]], delimiter: str = ",") -> Path:
@@ -28,8 +30,15 @@ def write_csv(path: Path, rows: list[tuple[str, ...]], delimiter: str = ",") -> 
 
 
 def write_jsonl(path: Path) -> Path:
-    lines = [json.dumps({"text": "Hello world."}), '{"text": "broken', json.dumps({"body": "no text field"}),
-             "", json.dumps({"text": 42}), json.dumps({"text": "  "}), json.dumps({"text": "Bye <3", "id": 7})]
+    lines = [
+        json.dumps({"text": "Hello world."}),
+        '{"text": "broken',
+        json.dumps({"body": "no text field"}),
+        "",
+        json.dumps({"text": 42}),
+        json.dumps({"text": "  "}),
+        json.dumps({"text": "Bye <3", "id": 7}),
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -47,10 +56,17 @@ def bad(items: list[Document | BadRow]) -> list[str]:
 
 def test_text_modes_give_documents_with_the_line_they_start_on(tmp_path) -> None:
     (src := tmp_path / "a.txt").write_text(body := "one line\n\n  \ntwo\nlines\n\n\nthree\n")
-    assert texts(list(iter_documents(src, text_mode="lines"))) == [("one line", 1), ("two", 4), ("lines", 5),
-                                                                   ("three", 8)]
-    assert texts(list(iter_documents(src, text_mode="blank-lines"))) == [("one line", 1), ("two\nlines", 4),
-                                                                         ("three", 8)]
+    assert texts(list(iter_documents(src, text_mode="lines"))) == [
+        ("one line", 1),
+        ("two", 4),
+        ("lines", 5),
+        ("three", 8),
+    ]
+    assert texts(list(iter_documents(src, text_mode="blank-lines"))) == [
+        ("one line", 1),
+        ("two\nlines", 4),
+        ("three", 8),
+    ]
     whole = list(iter_documents(src))  # one document, which may come in pieces (see the next test)
     assert "".join(d.text for d in whole) == body and whole[0].line == 1 and whole[-1].end
 
@@ -101,10 +117,15 @@ def test_csv_template_and_tsv(tmp_path) -> None:
     assert texts(items) == [(f"JOKE: {q} {a}", line) for (q, a), line in zip(JOKES[:4], [2, 3, 4, 7], strict=True)]
     assert bad(items) == [f"{src}:5: row has 2 fields, so template columns ['Answer'] are missing"]
     tsv = write_csv(tmp_path / "jokes.tsv", [("1", "Q\twith tab", "A"), ("2", "Why?", "Because.")], delimiter="\t")
-    assert texts(list(iter_documents(tsv, csv_template="{Question} -> {Answer}"))) == [("Q\twith tab -> A", 2),
-                                                                                      ("Why? -> Because.", 3)]
-    with pytest.raises(DataError, match=r"jokes.csv:1: the template '\{text\}' needs columns \['text'\], which the "
-                                        r"header \['ID', 'Question', 'Answer'\] lacks; set the template"):
+    assert texts(list(iter_documents(tsv, csv_template="{Question} -> {Answer}"))) == [
+        ("Q\twith tab -> A", 2),
+        ("Why? -> Because.", 3),
+    ]
+    with pytest.raises(
+        DataError,
+        match=r"jokes.csv:1: the template '\{text\}' needs columns \['text'\], which the "
+        r"header \['ID', 'Question', 'Answer'\] lacks; set the template",
+    ):
         list(iter_documents(src))
 
 
@@ -114,9 +135,14 @@ def test_input_errors_name_the_file(tmp_path) -> None:
     (odd := tmp_path / "notes.md").write_text("x")
     (latin := tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
     (huge := tmp_path / "huge.csv").write_text("text\n" + "x" * (csv.field_size_limit() + 1) + "\n")
-    cases = [(tmp_path / "missing.txt", "cannot read input .*missing.txt"), (empty, "empty.txt: no documents"),
-             (blank, "blank.jsonl: no documents"), (odd, r"notes.md: cannot tell the format from the suffix '.md'"),
-             (latin, "latin.txt: not valid UTF-8"), (huge, "huge.csv: malformed CSV: field larger than field limit")]
+    cases = [
+        (tmp_path / "missing.txt", "cannot read input .*missing.txt"),
+        (empty, "empty.txt: no documents"),
+        (blank, "blank.jsonl: no documents"),
+        (odd, r"notes.md: cannot tell the format from the suffix '.md'"),
+        (latin, "latin.txt: not valid UTF-8"),
+        (huge, "huge.csv: malformed CSV: field larger than field limit"),
+    ]
     for path, message in cases:
         with pytest.raises(DataError, match=message):
             list(iter_documents(path))
@@ -142,8 +168,9 @@ def test_csv_and_tsv_records_are_rows_with_the_line_they_start_on(tmp_path) -> N
         records = list(iter_records(src, columns=["Answer"]))
         assert records[2] == BadRow(str(src), 6, "row has 2 fields, so columns ['Answer'] are missing")
         assert [r[0] for r in records if not isinstance(r, BadRow)] == [2, 3, 7]
-        with pytest.raises(MissingColumnsError, match=rf"rows{suffix}:1: the header .* lacks the columns \['label'\]") \
-                as e:
+        with pytest.raises(
+            MissingColumnsError, match=rf"rows{suffix}:1: the header .* lacks the columns \['label'\]"
+        ) as e:
             list(iter_records(src, columns=["Question", "label"]))
         assert (e.value.missing, e.value.header) == (["label"], ["ID", "Question", "Answer"])
 
@@ -154,11 +181,16 @@ def test_jsonl_records_are_objects_and_bad_lines_are_bad_rows(tmp_path) -> None:
         f.write("[1, 2]\n")
     records = list(iter_records(src))
     assert [r for r in records if not isinstance(r, BadRow)] == [
-        (1, {"text": "Hello world."}), (3, {"body": "no text field"}), (5, {"text": 42}), (6, {"text": "  "}),
-        (7, {"text": "Bye <3", "id": 7})]
+        (1, {"text": "Hello world."}),
+        (3, {"body": "no text field"}),
+        (5, {"text": 42}),
+        (6, {"text": "  "}),
+        (7, {"text": "Bye <3", "id": 7}),
+    ]
     assert [str(r) for r in records if isinstance(r, BadRow)] == [
         f"{src}:2: not valid JSON (Unterminated string starting at: line 1 column 10 (char 9))",
-        f"{src}:8: expected a JSON object, got list"]
+        f"{src}:8: expected a JSON object, got list",
+    ]
     with_label = list(iter_records(src, "jsonl", columns=["text", "id"]))
     assert [r for r in with_label if not isinstance(r, BadRow)] == [(7, {"text": "Bye <3", "id": 7})]
     assert str(with_label[0]) == f"{src}:1: missing field 'id' (fields: text)"
@@ -169,8 +201,10 @@ def test_jsonl_records_are_objects_and_bad_lines_are_bad_rows(tmp_path) -> None:
 
 def test_a_meter_hashes_and_counts_the_bytes_read(tmp_path) -> None:
     src = write_csv(tmp_path / "jokes.csv", [(str(i), q, a) for i, (q, a) in enumerate(JOKES)])
-    for read in (lambda m: iter_documents(src, csv_template="{Question}", meter=m),
-                 lambda m: iter_records(src, meter=m)):
+    for read in (
+        lambda m: iter_documents(src, csv_template="{Question}", meter=m),
+        lambda m: iter_records(src, meter=m),
+    ):
         sizes: list[int] = []
         meter = Meter(sizes.append)
         assert len(list(read(meter))) == len(JOKES)

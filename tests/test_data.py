@@ -49,7 +49,7 @@ def test_txt_is_one_document_split_90_10_like_nanogpt(tmp_path, gpt2, monkeypatc
     info, d = run(tmp_path, [src])
     ids = gpt2.encode(TEXT) + [EOS]
     n = len(ids)
-    assert d.train.tolist() == ids[: int(n * 0.9)] and d.val.tolist() == ids[int(n * 0.9):]
+    assert d.train.tolist() == ids[: int(n * 0.9)] and d.val.tolist() == ids[int(n * 0.9) :]
     assert (info.train_tokens, info.val_tokens, info.documents, info.skipped) == (int(n * 0.9), n - int(n * 0.9), 1, 0)
     assert d.train.dtype == np.dtype("<u2") and not d.train.flags.writeable and isinstance(d.train, np.memmap)
     assert d.meta["tokens"] == {"train": len(d.train), "val": len(d.val)} and d.eos_token_id == EOS
@@ -75,7 +75,7 @@ def test_each_input_keeps_its_own_tail_for_validation(tmp_path, gpt2) -> None:
     per_input = [gpt2.encode(t) + [EOS] for t in texts]
     cuts = [split_point(len(ids), 0.25) for ids in per_input]
     assert d.train.tolist() == per_input[0][: cuts[0]] + per_input[1][: cuts[1]]
-    assert d.val.tolist() == per_input[0][cuts[0]:] + per_input[1][cuts[1]:]
+    assert d.val.tolist() == per_input[0][cuts[0] :] + per_input[1][cuts[1] :]
 
 
 def test_endoftext_inside_a_document_is_ordinary_text(tmp_path, gpt2) -> None:
@@ -143,10 +143,13 @@ def test_uint32_for_vocabularies_over_65536(tmp_path) -> None:
 def test_fingerprint_is_stable_across_save_and_load_and_differs_between_tokenizers(tmp_path, gpt2) -> None:
     char = Tokenizer.char_level("hello world")
     for tok in (gpt2, char):
-        assert tokenizer_fingerprint(Tokenizer.from_pretrained(tok.save_pretrained(tmp_path / tok.kind))) == \
-            tokenizer_fingerprint(tok)
-    prints = {tokenizer_fingerprint(t) for t in (gpt2, char, Tokenizer.char_level("hello worlds"),
-                                                 Tokenizer.from_pretrained("openai-gpt"))}
+        assert tokenizer_fingerprint(
+            Tokenizer.from_pretrained(tok.save_pretrained(tmp_path / tok.kind))
+        ) == tokenizer_fingerprint(tok)
+    prints = {
+        tokenizer_fingerprint(t)
+        for t in (gpt2, char, Tokenizer.char_level("hello worlds"), Tokenizer.from_pretrained("openai-gpt"))
+    }
     assert len(prints) == 4 and all(len(p) == 64 for p in prints)
 
 
@@ -206,8 +209,12 @@ def test_input_errors_name_the_file(tmp_path) -> None:
     (empty := tmp_path / "empty.txt").write_text("")
     (blank := tmp_path / "blank.jsonl").write_text("\n\n")
     (odd := tmp_path / "notes.md").write_text("x")
-    cases = [(tmp_path / "missing.txt", "missing.txt not found"), (empty, "empty.txt: no documents"),
-             (blank, "blank.jsonl: no documents"), (odd, r"notes.md: cannot tell the format from the suffix '.md'")]
+    cases = [
+        (tmp_path / "missing.txt", "missing.txt not found"),
+        (empty, "empty.txt: no documents"),
+        (blank, "blank.jsonl: no documents"),
+        (odd, r"notes.md: cannot tell the format from the suffix '.md'"),
+    ]
     for path, message in cases:
         with pytest.raises(DataError, match=message):
             prepare(PrepareConfig([path], tmp_path / "out"), progress=False)
@@ -237,9 +244,11 @@ def test_token_data_open_names_what_is_wrong(tmp_path) -> None:
         TokenData.open(out)
     prepare(PrepareConfig([src], out), progress=False)
     meta = json.loads((out / "meta.json").read_text())
-    for field, value, message in [("vocab_size", "big", "field 'vocab_size' must be a positive integer"),
-                                  ("dtype", "uint32", "field 'dtype' must be 'uint16' for vocab_size 50257"),
-                                  ("tokens", {"train": 1}, "field 'tokens' must be")]:
+    for field, value, message in [
+        ("vocab_size", "big", "field 'vocab_size' must be a positive integer"),
+        ("dtype", "uint32", "field 'dtype' must be 'uint16' for vocab_size 50257"),
+        ("tokens", {"train": 1}, "field 'tokens' must be"),
+    ]:
         (out / "meta.json").write_text(json.dumps({**meta, field: value}))
         with pytest.raises(DataError, match=message):
             TokenData.open(out)
@@ -265,8 +274,24 @@ def test_cli_prepare(tmp_path, capsys) -> None:
     assert f"skipped 4 bad rows; first: {src}:2: not valid JSON" in captured.err
     assert cli(["prepare", str(src), "--out", str(tmp_path / "o2"), "--on-error", "fail"]) == 2
     assert f"gptkit prepare: error: {src}:2: not valid JSON" in capsys.readouterr().err
-    assert cli(["prepare", str(src), "--out", str(tmp_path / "o3"), "--field", "body", "--no-eos",
-                "--tokenizer", "char", "--format", "jsonl"]) == 0
+    assert (
+        cli(
+            [
+                "prepare",
+                str(src),
+                "--out",
+                str(tmp_path / "o3"),
+                "--field",
+                "body",
+                "--no-eos",
+                "--tokenizer",
+                "char",
+                "--format",
+                "jsonl",
+            ]
+        )
+        == 0
+    )
     assert TokenData.open(tmp_path / "o3").tokenizer.decode(stream(TokenData.open(tmp_path / "o3"))) == "no text field"
 
 

@@ -35,8 +35,20 @@ def write_sentiment(path: Path, n: int, seed: int) -> Path:
 
 
 def small_train(tmp_path: Path, name: str, **changes) -> TrainConfig:
-    base = dict(data="", out_dir=str(tmp_path / name), model="gpt2-tiny", init_from="scratch", batch_size=8,
-                lr=2e-3, warmup_steps=5, eval_interval=0, log_interval=5, progress=False, seed=3, device="cpu")
+    base = dict(
+        data="",
+        out_dir=str(tmp_path / name),
+        model="gpt2-tiny",
+        init_from="scratch",
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=5,
+        eval_interval=0,
+        log_interval=5,
+        progress=False,
+        seed=3,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -85,8 +97,13 @@ def test_collate_pads_ids_masks_and_token_labels():
 @pytest.fixture(scope="module")
 def sentiment_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("sentiment")
-    task = TaskConfig(task="classify", train_file=str(write_sentiment(tmp / "train.tsv", 320, 0)),
-                      eval_file=str(write_sentiment(tmp / "dev.tsv", 100, 1)), max_length=16, epochs=4)
+    task = TaskConfig(
+        task="classify",
+        train_file=str(write_sentiment(tmp / "train.tsv", 320, 0)),
+        eval_file=str(write_sentiment(tmp / "dev.tsv", 100, 1)),
+        max_length=16,
+        epochs=4,
+    )
     return finetune(task, small_train(tmp, "run"))
 
 
@@ -142,8 +159,9 @@ def test_lora_classifier_saves_a_peft_adapter_that_peft_loads(tmp_path: Path):
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
     from gptkit.tasks.predict import save_merged
 
-    merged = transformers.AutoModelForSequenceClassification.from_pretrained(save_merged(load_finetuned(run),
-                                                                                         tmp_path / "merged"))
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(
+        save_merged(load_finetuned(run), tmp_path / "merged")
+    )
     with torch.no_grad():
         assert torch.allclose(merged.eval()(ids).logits, theirs(ids).logits, atol=1e-5)
     # only the adapters and the head were trained: the backbone still equals its initialisation
@@ -178,8 +196,13 @@ def write_conll(path: Path, n: int, seed: int) -> Path:
 
 def test_tagger_learns_names_and_loads_in_transformers(tmp_path: Path):
     transformers = pytest.importorskip("transformers")
-    task = TaskConfig(task="tag", train_file=str(write_conll(tmp_path / "train.txt", 200, 0)),
-                      eval_file=str(write_conll(tmp_path / "valid.txt", 40, 1)), max_length=24, epochs=4)
+    task = TaskConfig(
+        task="tag",
+        train_file=str(write_conll(tmp_path / "train.txt", 200, 0)),
+        eval_file=str(write_conll(tmp_path / "valid.txt", 40, 1)),
+        max_length=24,
+        epochs=4,
+    )
     result = finetune(task, small_train(tmp_path, "tag"))
     assert result.metrics["f1"] >= 0.8, result.metrics
     theirs = transformers.AutoModelForTokenClassification.from_pretrained(result.run_dir).eval()
@@ -198,31 +221,61 @@ def test_tagger_learns_names_and_loads_in_transformers(tmp_path: Path):
 
 def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     context = "The Normans gave their name to Normandy, a region in France, in the 10th century."
-    qa = [{"id": f"q{i}", "question": q, "context": context,
-           "answers": {"text": [a], "answer_start": [context.index(a)]}}
-          for i, (q, a) in enumerate([("Where is Normandy?", "France"), ("When?", "10th century"),
-                                      ("Who gave the name?", "The Normans")])]
-    qa.append({"id": "q9", "question": "What is the moon made of?", "context": context,
-               "answers": {"text": [], "answer_start": []}})
+    qa = [
+        {"id": f"q{i}", "question": q, "context": context, "answers": {"text": [a], "answer_start": [context.index(a)]}}
+        for i, (q, a) in enumerate(
+            [("Where is Normandy?", "France"), ("When?", "10th century"), ("Who gave the name?", "The Normans")]
+        )
+    ]
+    qa.append(
+        {
+            "id": "q9",
+            "question": "What is the moon made of?",
+            "context": context,
+            "answers": {"text": [], "answer_start": []},
+        }
+    )
     (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in qa) + "\n")
-    result = finetune(TaskConfig(task="qa", train_file=str(tmp_path / "qa.jsonl"), eval_file=str(tmp_path / "qa.jsonl"),
-                                 max_length=32, stride=8, epochs=None), small_train(tmp_path, "qa", max_steps=4))
+    result = finetune(
+        TaskConfig(
+            task="qa",
+            train_file=str(tmp_path / "qa.jsonl"),
+            eval_file=str(tmp_path / "qa.jsonl"),
+            max_length=32,
+            stride=8,
+            epochs=None,
+        ),
+        small_train(tmp_path, "qa", max_steps=4),
+    )
     assert {"exact_match", "f1", "val_loss"} <= set(result.metrics)
     transformers = pytest.importorskip("transformers")
-    assert type(transformers.AutoModelForQuestionAnswering.from_pretrained(result.run_dir)).__name__ \
+    assert (
+        type(transformers.AutoModelForQuestionAnswering.from_pretrained(result.run_dir)).__name__
         == "GPT2ForQuestionAnswering"
+    )
 
-    swag = [{"sent1": "She opened the door.", "sent2": "She", "ending0": "walked in.", "ending1": "ate the moon.",
-             "label": 0}] * 6
+    swag = [
+        {
+            "sent1": "She opened the door.",
+            "sent2": "She",
+            "ending0": "walked in.",
+            "ending1": "ate the moon.",
+            "label": 0,
+        }
+    ] * 6
     (tmp_path / "swag.json").write_text("\n".join(json.dumps(x, indent=2) for x in swag))
-    result = finetune(TaskConfig(task="choice", train_file=str(tmp_path / "swag.json"), max_length=24, epochs=2),
-                      small_train(tmp_path, "choice", batch_size=2))
+    result = finetune(
+        TaskConfig(task="choice", train_file=str(tmp_path / "swag.json"), max_length=24, epochs=2),
+        small_train(tmp_path, "choice", batch_size=2),
+    )
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
 
     pairs = [{"prompt": f"Q: {a}+{b}=", "completion": f" {a + b}"} for a in range(5) for b in range(5)]
     (tmp_path / "pc.jsonl").write_text("\n".join(json.dumps(x) for x in pairs) + "\n")
-    result = finetune(TaskConfig(task="instruct", train_file=str(tmp_path / "pc.jsonl"), max_length=16, epochs=1),
-                      small_train(tmp_path, "instruct", lora_r=2))
+    result = finetune(
+        TaskConfig(task="instruct", train_file=str(tmp_path / "pc.jsonl"), max_length=16, epochs=1),
+        small_train(tmp_path, "instruct", lora_r=2),
+    )
     assert "val_perplexity" in result.metrics
     from gptkit.text.chat_template import load_chat_template
 
@@ -236,16 +289,37 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     ids = torch.tensor([[16, 25, 17, 10]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, load_finetuned(result.run_dir).model(ids).logits, atol=1e-5)
-    assert main(["generate", "--model", str(result.run_dir), "--chat", "--temperature", "0", "--max-new-tokens", "2",
-                 "--device", "cpu", "Q: 1+2="]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(result.run_dir),
+                "--chat",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "2",
+                "--device",
+                "cpu",
+                "Q: 1+2=",
+            ]
+        )
+        == 0
+    )
 
 
 def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: Path):
     """Two micro-batches holding different numbers of completion tokens step exactly as one batch does."""
     pairs = [{"prompt": "say" + " yes" * k, "completion": " ok" * (k + 1)} for k in range(4)]
     (tmp_path / "pc.jsonl").write_text("\n".join(json.dumps(x) for x in pairs) + "\n")
-    task = TaskConfig(task="instruct", train_file=str(tmp_path / "pc.jsonl"), eval_file=str(tmp_path / "pc.jsonl"),
-                      max_length=16, epochs=None)
+    task = TaskConfig(
+        task="instruct",
+        train_file=str(tmp_path / "pc.jsonl"),
+        eval_file=str(tmp_path / "pc.jsonl"),
+        max_length=16,
+        epochs=None,
+    )
     # eps=1 makes Adam's first step ~ lr * gradient, so gradients that differ show, while the last-bit noise of
     # gradients that are zero in exact arithmetic (the key bias) is not blown up to lr as with eps=1e-8
     same = dict(max_steps=1, warmup_steps=0, grad_clip=0, dropout=0.0, eps=1.0, lr=0.1)
@@ -276,8 +350,9 @@ def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: 
     from gptkit.tasks.recipes import RECIPES
 
     enc = RECIPES["instruct"].encode(task, read_prompt_completion(tmp_path / "pc.jsonl").examples, tok, None)
-    loss, _ = _predict_outputs(model, enc.rows, enc.targets, tok.eos_token_id, (), 2, torch.autocast("cpu",
-                               enabled=False))
+    loss, _ = _predict_outputs(
+        model, enc.rows, enc.targets, tok.eos_token_id, (), 2, torch.autocast("cpu", enabled=False)
+    )
     assert loss == pytest.approx(total / count, rel=1e-5)
 
 
@@ -287,9 +362,36 @@ def test_cli_finetune_predict_eval_and_embed(tmp_path: Path, capsys: pytest.Capt
     train_file = write_sentiment(tmp_path / "train.tsv", 48, 0)
     dev_file = write_sentiment(tmp_path / "dev.tsv", 12, 1)
     run = tmp_path / "run"
-    assert main(["finetune", "classify", "--train", str(train_file), "--eval", str(dev_file), "--init-from",
-                 "scratch", "--model", "gpt2-tiny", "--max-steps", "4", "--batch-size", "8", "--max-length", "16",
-                 "--out-dir", str(run), "--no-progress", "--device", "cpu", "--lora-r", "2"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--train",
+                str(train_file),
+                "--eval",
+                str(dev_file),
+                "--init-from",
+                "scratch",
+                "--model",
+                "gpt2-tiny",
+                "--max-steps",
+                "4",
+                "--batch-size",
+                "8",
+                "--max-length",
+                "16",
+                "--out-dir",
+                str(run),
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--lora-r",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "fine-tuned classify for 4 steps" in capsys.readouterr().out
     assert main(["predict", str(dev_file), "--model", str(run), "--device", "cpu"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -301,28 +403,55 @@ def test_cli_finetune_predict_eval_and_embed(tmp_path: Path, capsys: pytest.Capt
     assert main(["embed", "--model", str(run), "one text", "another text", "--device", "cpu"]) == 0
     vectors = [json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()]
     assert len(vectors) == 2 and abs(sum(v * v for v in vectors[0]) - 1) < 1e-4
-    assert main(["finetune", "classify", "--train", str(train_file), "--label-column", "stars", "--init-from",
-                 "scratch", "--model", "gpt2-tiny", "--out-dir", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--train",
+                str(train_file),
+                "--label-column",
+                "stars",
+                "--init-from",
+                "scratch",
+                "--model",
+                "gpt2-tiny",
+                "--out-dir",
+                str(tmp_path / "bad"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "no column 'stars'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("task, name, max_length", [("qa", "squad_sample.json", 96), ("choice", "swag_sample.json", 48),
-                                                     ("classify", "imdb/imdb_sample_1000.csv", 64)])
+@pytest.mark.parametrize(
+    "task, name, max_length",
+    [
+        ("qa", "squad_sample.json", 96),
+        ("choice", "swag_sample.json", 48),
+        ("classify", "imdb/imdb_sample_1000.csv", 64),
+    ],
+)
 def test_each_task_runs_on_the_shared_data(tmp_path: Path, task: str, name: str, max_length: int):
     from conftest import SHARED
 
     path = SHARED / "data" / name
     if not path.is_file():
         pytest.skip(f"{path} is absent")
-    result = finetune(TaskConfig(task=task, train_file=str(path), max_length=max_length, epochs=None),
-                      small_train(tmp_path, task, max_steps=2, batch_size=4))
+    result = finetune(
+        TaskConfig(task=task, train_file=str(path), max_length=max_length, epochs=None),
+        small_train(tmp_path, task, max_steps=2, batch_size=4),
+    )
     assert result.train.step == 2 and result.metrics["val_loss"] > 0
     assert (result.run_dir / "task.json").is_file() and (result.run_dir / "config.json").is_file()
 
 
 @pytest.mark.parametrize("task_name", ["classify", "tag"])
-def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           task_name: str):
+def test_finetune_steps_equal_a_transformers_training_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task_name: str
+):
     """The oracle for the whole recipe: with the same start (head included), the same batches and no dropout,
     gptkit's loop and a plain loop over transformers' GPT2ForSequenceClassification / GPT2ForTokenClassification
     (Trainer's weight-decay groups, fused AdamW, the same schedule, clipping) give the same loss at every step
@@ -337,8 +466,9 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
     steps, batch, lr, warmup = 12, 8, 2e-3, 4
     init = tmp_path / "init"
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, resid_pdrop=0.0,
-                                     embd_pdrop=0.0, attn_pdrop=0.0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=64, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     transformers.GPT2LMHeadModel(config).save_pretrained(init)
     tokenizer = Tokenizer.from_pretrained("gpt2")
     tokenizer.save_pretrained(init)
@@ -350,11 +480,12 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
         features = encode_tagging(tokenizer, data, LabelMap.from_data(data), max_length=16)
         cls, head = transformers.GPT2ForTokenClassification, "classifier"
     else:
-        train_file, dev_file = write_sentiment(tmp_path / "train.tsv", steps * batch, 0), write_sentiment(
-            tmp_path / "dev.tsv", 16, 1)
+        train_file, dev_file = (
+            write_sentiment(tmp_path / "train.tsv", steps * batch, 0),
+            write_sentiment(tmp_path / "dev.tsv", 16, 1),
+        )
         data = read_labelled(train_file)
-        features = encode_labelled(tokenizer, data, LabelMap.from_data(LabelledSet("t", data.examples)),
-                                   max_length=16)
+        features = encode_labelled(tokenizer, data, LabelMap.from_data(LabelledSet("t", data.examples)), max_length=16)
         cls, head = transformers.GPT2ForSequenceClassification, "score"
     theirs = cls.from_pretrained(init, num_labels=3 if tagging else 2, pad_token_id=50256)
     if tagging:
@@ -372,26 +503,62 @@ def test_finetune_steps_equal_a_transformers_training_loop(tmp_path: Path, monke
     monkeypatch.setattr(heads.TaskModel, "__init__", same_head)
     monkeypatch.setattr(EpochSampler, "_shuffle", lambda self: torch.arange(self.n))  # file order, both sides
     ours: list[float] = []
-    task = TaskConfig(task=task_name, train_file=str(train_file), eval_file=str(dev_file), max_length=16,
-                      epochs=None, group_by_length=False)
-    train = TrainConfig(data="", out_dir=str(tmp_path / "run"), init_from="pretrained", model=str(init),
-                        batch_size=batch, max_steps=steps, lr=lr, min_lr=0.0, warmup_steps=warmup, schedule="linear",
-                        weight_decay=0.01, grad_clip=1.0, eval_interval=0, log_interval=1, progress=False,
-                        device="cpu", seed=0)
+    task = TaskConfig(
+        task=task_name,
+        train_file=str(train_file),
+        eval_file=str(dev_file),
+        max_length=16,
+        epochs=None,
+        group_by_length=False,
+    )
+    train = TrainConfig(
+        data="",
+        out_dir=str(tmp_path / "run"),
+        init_from="pretrained",
+        model=str(init),
+        batch_size=batch,
+        max_steps=steps,
+        lr=lr,
+        min_lr=0.0,
+        warmup_steps=warmup,
+        schedule="linear",
+        weight_decay=0.01,
+        grad_clip=1.0,
+        eval_interval=0,
+        log_interval=1,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
     run = finetune(task, train, on_log=lambda r: ours.append(r["loss"]) if "loss" in r else None).run_dir
 
-    decay = set(transformers.Trainer(model=theirs, args=transformers.TrainingArguments(
-        output_dir=str(tmp_path / "hf"), report_to="none", use_cpu=True)).get_decay_parameter_names(theirs))
+    decay = set(
+        transformers.Trainer(
+            model=theirs,
+            args=transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), report_to="none", use_cpu=True),
+        ).get_decay_parameter_names(theirs)
+    )
     optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in theirs.named_parameters() if n in decay], "weight_decay": 0.01},
-         {"params": [p for n, p in theirs.named_parameters() if n not in decay], "weight_decay": 0.0}],
-        lr=lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=True)
+        [
+            {"params": [p for n, p in theirs.named_parameters() if n in decay], "weight_decay": 0.01},
+            {"params": [p for n, p in theirs.named_parameters() if n not in decay], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(train.beta1, train.beta2),
+        eps=train.eps,
+        fused=True,
+    )
     theirs.train()
     reference = []
     for step in range(steps):
         rows = slice(step * batch, (step + 1) * batch)
-        b = collate([{"input_ids": ids, "labels": y} for ids, y in
-                     zip(features.input_ids[rows], features.labels[rows], strict=True)], 50256)
+        b = collate(
+            [
+                {"input_ids": ids, "labels": y}
+                for ids, y in zip(features.input_ids[rows], features.labels[rows], strict=True)
+            ],
+            50256,
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr=lr, min_lr=0.0, warmup_steps=warmup, decay_steps=steps, schedule="linear")
         loss = theirs(**b).loss

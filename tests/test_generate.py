@@ -34,9 +34,10 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def _hf_new_tokens(reference, prompt: list[int], **kwargs) -> list[list[int]]:
-    out = reference.generate(torch.tensor([prompt]), max_new_tokens=64, min_new_tokens=0, pad_token_id=0,
-                             eos_token_id=None, **kwargs)
-    return [row[len(prompt):].tolist() for row in out]
+    out = reference.generate(
+        torch.tensor([prompt]), max_new_tokens=64, min_new_tokens=0, pad_token_id=0, eos_token_id=None, **kwargs
+    )
+    return [row[len(prompt) :].tolist() for row in out]
 
 
 @pytest.mark.parametrize(
@@ -46,8 +47,10 @@ def _hf_new_tokens(reference, prompt: list[int], **kwargs) -> list[list[int]]:
         (dict(do_sample=False, repetition_penalty=1.3), dict(repetition_penalty=1.3)),
         (dict(do_sample=False, no_repeat_ngram_size=2), dict(no_repeat_ngram_size=2)),
         (dict(do_sample=False, num_beams=4), dict(num_beams=4)),
-        (dict(do_sample=False, num_beams=3, length_penalty=0.5, num_return_sequences=2, early_stopping=True),
-         dict(num_beams=3, length_penalty=0.5, num_return_sequences=2, early_stopping=True)),
+        (
+            dict(do_sample=False, num_beams=3, length_penalty=0.5, num_return_sequences=2, early_stopping=True),
+            dict(num_beams=3, length_penalty=0.5, num_return_sequences=2, early_stopping=True),
+        ),
     ],
     ids=["greedy", "repetition-penalty", "no-repeat-ngram", "beam-4", "beam-3-lp-0.5-n2"],
 )
@@ -64,11 +67,26 @@ def test_beam_search_with_eos_equals_transformers(pair) -> None:
     prompt = PROMPTS[0]
     greedy = generate(model, prompt, GREEDY.replace(max_new_tokens=12))[0].token_ids
     eos = greedy[5]  # a token the model does produce, so beams really finish early
-    out = reference.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, num_beams=4,
-                             num_return_sequences=4, eos_token_id=eos, pad_token_id=eos)
-    expected = [row[len(prompt):].tolist() for row in out]
-    got = [c.token_ids for c in generate(model, prompt, SamplingParams(
-        temperature=0, max_new_tokens=20, num_beams=4, num_return_sequences=4, stop_token_ids=(eos,)))]
+    out = reference.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=20,
+        do_sample=False,
+        num_beams=4,
+        num_return_sequences=4,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    expected = [row[len(prompt) :].tolist() for row in out]
+    got = [
+        c.token_ids
+        for c in generate(
+            model,
+            prompt,
+            SamplingParams(
+                temperature=0, max_new_tokens=20, num_beams=4, num_return_sequences=4, stop_token_ids=(eos,)
+            ),
+        )
+    ]
     assert [g + [eos] * (len(e) - len(g)) for g, e in zip(got, expected, strict=True)] == expected
 
 
@@ -94,15 +112,17 @@ def test_cached_decode_equals_full_recomputation(preset: str) -> None:
     with torch.no_grad():
         for _ in range(30):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    assert got.token_ids == ids[len(prompt):]
+    assert got.token_ids == ids[len(prompt) :]
     scored = score_tokens(model, ids)
-    assert got.logprobs == pytest.approx([lp for lp, _ in scored[len(prompt):]], abs=1e-5)
+    assert got.logprobs == pytest.approx([lp for lp, _ in scored[len(prompt) :]], abs=1e-5)
 
 
 def test_batched_equals_one_at_a_time_and_stream_equals_generate() -> None:
     model = _tiny_model()
-    for params in (GREEDY.replace(max_new_tokens=24), SamplingParams(max_new_tokens=24, seed=11, top_p=0.9,
-                                                                      ignore_eos=True, num_return_sequences=2)):
+    for params in (
+        GREEDY.replace(max_new_tokens=24),
+        SamplingParams(max_new_tokens=24, seed=11, top_p=0.9, ignore_eos=True, num_return_sequences=2),
+    ):
         batched = generate(model, PROMPTS, params)
         alone = [c for p in PROMPTS for c in generate(model, p, params)]
         assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
@@ -132,8 +152,10 @@ def test_rows_stop_independently_on_eos_and_logprobs_are_reported() -> None:
         cut = before.token_ids.index(eos) + 1 if eos in before.token_ids else 10
         assert after.token_ids == before.token_ids[:cut]
         assert after.finish_reason == ("stop" if eos in before.token_ids else "length")
-        assert all(len(top) == 3 and max(top, key=top.get) == t for top, t in zip(after.top_logprobs,
-                                                                                   after.token_ids, strict=True))
+        assert all(
+            len(top) == 3 and max(top, key=top.get) == t
+            for top, t in zip(after.top_logprobs, after.token_ids, strict=True)
+        )
 
 
 def test_prompt_longer_than_context_errors_or_slides_the_window() -> None:
@@ -148,5 +170,7 @@ def test_prompt_longer_than_context_errors_or_slides_the_window() -> None:
             ids.append(int(model(torch.tensor([ids[-128:]])).logits[0, -1].argmax()))
     assert slid.token_ids == ids[150:]
     batched = generate(model, [[5, 6, 7], long_prompt], GREEDY.replace(max_new_tokens=40, truncate=True))
-    assert batched[1].token_ids == generate(model, long_prompt, GREEDY.replace(max_new_tokens=40, truncate=True))[
-        0].token_ids
+    assert (
+        batched[1].token_ids
+        == generate(model, long_prompt, GREEDY.replace(max_new_tokens=40, truncate=True))[0].token_ids
+    )

@@ -28,8 +28,12 @@ transformers = pytest.importorskip("transformers")
 
 PAD = 0  # conftest's GPT-2 configs use id 0 as bos/eos; GPT-2 pads with eos
 LENGTHS = [7, 3, 5, 1]  # right padding to 7
-PARITY = [(task, shape) for task in ("classify", "tag", "qa", "choice") for shape in ("gpt2-odd", "gpt1-odd")
-          if (task, SHAPES[shape][0]) in HF_CLASSES]
+PARITY = [
+    (task, shape)
+    for task in ("classify", "tag", "qa", "choice")
+    for shape in ("gpt2-odd", "gpt1-odd")
+    if (task, SHAPES[shape][0]) in HF_CLASSES
+]
 
 
 def hf_task_model(task: str, shape_key: str, *, seed: int = 0, **fields) -> torch.nn.Module:
@@ -124,8 +128,9 @@ def _compare(task: str, ours: TaskModel, hf: torch.nn.Module, vocab: int) -> Non
         for row, n in enumerate(LENGTHS):
             left_ids[row] = ids[row].roll(len(ids[row]) - n)
             left_mask[row] = mask[row].roll(len(ids[row]) - n)
-        torch.testing.assert_close(ours(left_ids, left_mask).logits, hf(left_ids, attention_mask=left_mask).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours(left_ids, left_mask).logits, hf(left_ids, attention_mask=left_mask).logits, rtol=1e-5, atol=1e-5
+        )
     elif task == "tag":
         labels = (ids % 3).masked_fill(~real, IGNORE_INDEX)
         got, want = ours(ids, mask, labels=labels), hf(ids, attention_mask=mask, labels=labels)
@@ -155,8 +160,13 @@ def _compare(task: str, ours: TaskModel, hf: torch.nn.Module, vocab: int) -> Non
 @pytest.mark.parametrize(("task", "shape_key"), PARITY)
 def test_transformers_checkpoint_round_trip(task: str, shape_key: str, tmp_path: Path) -> None:
     family, shape = SHAPES[shape_key]
-    hf = hf_task_model(task, shape_key, num_labels=3, problem_type="single_label_classification",
-                       id2label={0: "neg", 1: "neutral", 2: "pos"})
+    hf = hf_task_model(
+        task,
+        shape_key,
+        num_labels=3,
+        problem_type="single_label_classification",
+        id2label={0: "neg", 1: "neutral", 2: "pos"},
+    )
     hf.save_pretrained(tmp_path / "hf")
     ours = load_task_model(tmp_path / "hf")
     _compare(task, ours, hf, shape["vocab_size"])
@@ -168,10 +178,12 @@ def test_transformers_checkpoint_round_trip(task: str, shape_key: str, tmp_path:
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["architectures"] == [HF_CLASSES[(task, family)]] and config["pad_token_id"] == PAD
     assert config["gptkit"]["task"]["task"] == task
-    auto = {"classify": transformers.AutoModelForSequenceClassification,
-            "tag": transformers.AutoModelForTokenClassification,
-            "qa": transformers.AutoModelForQuestionAnswering,
-            "choice": getattr(transformers, HF_CLASSES[(task, family)])}[task]
+    auto = {
+        "classify": transformers.AutoModelForSequenceClassification,
+        "tag": transformers.AutoModelForTokenClassification,
+        "qa": transformers.AutoModelForQuestionAnswering,
+        "choice": getattr(transformers, HF_CLASSES[(task, family)]),
+    }[task]
     reloaded = auto.from_pretrained(tmp_path / "ours").eval()
     assert type(reloaded).__name__ == HF_CLASSES[(task, family)]
     _compare(task, ours, reloaded, shape["vocab_size"])

@@ -36,8 +36,9 @@ def test_values_and_gradients_equal_f_linear(lead, n_in, n_out, has_bias) -> Non
     assert ours.grad_fn is not None and "OneDNN" in type(ours.grad_fn).__name__  # the oneDNN path ran
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn(ref.shape, generator=gen)
-    for got, want in zip(_grads(kernels.linear, x, weight, bias, grad), _grads(F.linear, x, weight, bias, grad),
-                         strict=True):
+    for got, want in zip(
+        _grads(kernels.linear, x, weight, bias, grad), _grads(F.linear, x, weight, bias, grad), strict=True
+    ):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 

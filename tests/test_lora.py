@@ -34,8 +34,9 @@ ALL = ("c_attn", "c_proj", "c_fc")
 
 def tiny_gpt(*, n_layer: int = 2, pre_norm: bool = True, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=97, n_positions=32, n_embd=16, n_layer=n_layer, n_head=2,
-                       pre_norm=pre_norm, final_norm=pre_norm)
+    config = GPTConfig(
+        vocab_size=97, n_positions=32, n_embd=16, n_layer=n_layer, n_head=2, pre_norm=pre_norm, final_norm=pre_norm
+    )
     return GPT(config).eval()
 
 
@@ -77,8 +78,15 @@ class Classifier(nn.Module):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [(dict(r=0), "r"), (dict(r=2.0), "r"), (dict(alpha=0), "alpha"), (dict(dropout=1.0), "dropout"),
-     (dict(dropout=-0.1), "dropout"), (dict(targets=()), "targets"), (dict(targets=("",)), "targets")],
+    [
+        (dict(r=0), "r"),
+        (dict(r=2.0), "r"),
+        (dict(alpha=0), "alpha"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(dropout=-0.1), "dropout"),
+        (dict(targets=()), "targets"),
+        (dict(targets=("",)), "targets"),
+    ],
 )
 def test_config_validation_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=rf"LoRAConfig\.{field}\b"):
@@ -106,8 +114,9 @@ def test_zero_b_is_exactly_the_base_model_and_keeps_base_keys() -> None:
 
     names = apply_lora(model, LoRAConfig(r=4, alpha=8, targets=ALL))
 
-    assert names == [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
-                                                                           "mlp.c_proj")]
+    assert names == [
+        f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ]
     layer = model.transformer.h[0].attn.c_attn
     assert isinstance(layer, LoRALinear) and layer.weight is base_weight
     assert layer.lora_A.weight.shape == (4, 16) and layer.lora_B.weight.shape == (48, 4)
@@ -165,7 +174,9 @@ def test_apply_lora_errors() -> None:
         apply_lora(model, LoRAConfig(targets=("c_attn",)))
     # A dotted target narrows the match, as in peft: only the attention projections.
     assert apply_lora(model, LoRAConfig(targets=("attn.c_proj",))) == [
-        "transformer.h.0.attn.c_proj", "transformer.h.1.attn.c_proj"]
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.1.attn.c_proj",
+    ]
 
 
 # -- which parameters train --------------------------------------------------------------------------
@@ -235,7 +246,8 @@ def test_adapter_saved_by_gptkit_loads_in_peft(tmp_path: Path, shape_name: str, 
     written = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG_FILE).read_text())
     assert written["peft_type"] == "LORA" and written["fan_in_fan_out"] is True
     assert set(load_file(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE)) == {
-        "base_model.model." + k for k in lora_state_dict(model)}
+        "base_model.model." + k for k in lora_state_dict(model)
+    }
     peft_model = peft.PeftModel.from_pretrained(type(hf).from_pretrained(base_dir), tmp_path / "adapter").eval()
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, peft_model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
@@ -248,8 +260,13 @@ def test_adapter_saved_by_peft_loads_in_gptkit(
 ) -> None:
     peft = pytest.importorskip("peft")
     base_dir, hf = hf_checkpoint(tmp_path, shape_name)
-    peft_config = peft.LoraConfig(r=4, lora_alpha=12, target_modules=list(targets) if isinstance(targets, tuple)
-                                  else targets, use_rslora=rslora, fan_in_fan_out=True)
+    peft_config = peft.LoraConfig(
+        r=4,
+        lora_alpha=12,
+        target_modules=list(targets) if isinstance(targets, tuple) else targets,
+        use_rslora=rslora,
+        fan_in_fan_out=True,
+    )
     peft_model = peft.get_peft_model(hf, peft_config).eval()
     randomise_lora(peft_model)
     peft_model.save_pretrained(tmp_path / "adapter")
@@ -271,8 +288,9 @@ def test_classification_head_round_trips_through_peft_modules_to_save(tmp_path: 
     base_dir, _ = hf_checkpoint(tmp_path, "gpt2-small")
     torch.manual_seed(5)
     hf = transformers.GPT2ForSequenceClassification.from_pretrained(base_dir, num_labels=3, pad_token_id=0)
-    peft_model = peft.get_peft_model(hf, peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["c_attn"],
-                                                            fan_in_fan_out=True)).eval()
+    peft_model = peft.get_peft_model(
+        hf, peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["c_attn"], fan_in_fan_out=True)
+    ).eval()
     randomise_lora(peft_model)
     peft_model.save_pretrained(tmp_path / "from_peft")
     ids = random_ids(hf.config.vocab_size - 1, 2, 9) + 1  # no pad token (0): HF pools the last position
@@ -283,8 +301,13 @@ def test_classification_head_round_trips_through_peft_modules_to_save(tmp_path: 
         expected = peft_model(input_ids=ids).logits
         torch.testing.assert_close(model(ids), expected, rtol=1e-5, atol=1e-5)
 
-    save_adapter(model, tmp_path / "from_gptkit", config=LoRAConfig(r=4, targets=("c_attn",)),
-                 base_model_name_or_path=str(base_dir), task_type="SEQ_CLS")
+    save_adapter(
+        model,
+        tmp_path / "from_gptkit",
+        config=LoRAConfig(r=4, targets=("c_attn",)),
+        base_model_name_or_path=str(base_dir),
+        task_type="SEQ_CLS",
+    )
     assert "base_model.model.score.weight" in load_file(tmp_path / "from_gptkit" / ADAPTER_WEIGHTS_FILE)
     hf2 = transformers.GPT2ForSequenceClassification.from_pretrained(base_dir, num_labels=3, pad_token_id=0)
     reloaded = peft.PeftModel.from_pretrained(hf2, tmp_path / "from_gptkit").eval()
@@ -325,8 +348,10 @@ KEY = "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"
         (lambda p: (p / ADAPTER_WEIGHTS_FILE).write_bytes(b"junk"), "cannot read adapter weights"),
         (lambda p: _edit_weights(p, lambda t: t.update(extra=t.pop(KEY))), "unexpected adapter weight 'extra'"),
         (lambda p: _edit_weights(p, lambda t: t.pop(KEY)), f"missing adapter weight.*{re.escape(KEY)}"),
-        (lambda p: _edit_weights(p, lambda t: t.update({KEY: torch.zeros(3, 16)})),
-         rf"{re.escape(KEY)}' has shape \(3, 16\), expected \(2, 16\)"),
+        (
+            lambda p: _edit_weights(p, lambda t: t.update({KEY: torch.zeros(3, 16)})),
+            rf"{re.escape(KEY)}' has shape \(3, 16\), expected \(2, 16\)",
+        ),
         (lambda p: _edit_config(p, r=4), r"has shape \(2, 16\), expected \(4, 16\)"),
         (lambda p: _edit_config(p, peft_type="IA3"), "peft_type is 'IA3'"),
         (lambda p: _edit_config(p, use_dora=True), "use_dora=True is not supported"),

@@ -38,15 +38,17 @@ def test_accuracy() -> None:
 
 @pytest.mark.parametrize("predictions, references", [([1, 0], [1]), ([], [])])
 def test_accuracy_rejects_mismatched_or_empty(predictions: list, references: list) -> None:
-    with pytest.raises(ValueError, match=f"{len(predictions)} predictions but {len(references)} references"
-                       if predictions else "empty"):
+    with pytest.raises(
+        ValueError, match=f"{len(predictions)} predictions but {len(references)} references" if predictions else "empty"
+    ):
         accuracy(predictions, references)
 
 
 def test_macro_and_micro_by_hand() -> None:
     macro = precision_recall_f1(MULTI_PRED, MULTI_REF, average="macro")
-    assert macro == approx({"precision": (1 + 0.5 + 1 / 3) / 3, "recall": (2 / 3 + 0.5 + 0.5) / 3,
-                            "f1": (0.8 + 0.5 + 0.4) / 3})  # the mean of per-label F1s, not F1 of the means
+    assert macro == approx(
+        {"precision": (1 + 0.5 + 1 / 3) / 3, "recall": (2 / 3 + 0.5 + 0.5) / 3, "f1": (0.8 + 0.5 + 0.4) / 3}
+    )  # the mean of per-label F1s, not F1 of the means
     assert macro["f1"] != approx(2 * macro["precision"] * macro["recall"] / (macro["precision"] + macro["recall"]))
     micro = precision_recall_f1(MULTI_PRED, MULTI_REF, average="micro")
     assert micro == approx({"precision": 4 / 7, "recall": 4 / 7, "f1": 4 / 7})  # single-label micro = accuracy
@@ -54,15 +56,18 @@ def test_macro_and_micro_by_hand() -> None:
 
 def test_binary_by_hand() -> None:
     # tp 2 (idx 0, 4), fp 1 (idx 1), fn 1 (idx 3)
-    assert precision_recall_f1([1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == approx({"precision": 2 / 3, "recall": 2 / 3,
-                                                                             "f1": 2 / 3})
+    assert precision_recall_f1([1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3}
+    )
     # positive=0: tp 1 (idx 2), fp 1 (idx 3), fn 1 (idx 1)
     assert precision_recall_f1([1, 1, 0, 0, 1], [1, 0, 0, 1, 1], positive=0) == approx(
-        {"precision": 0.5, "recall": 0.5, "f1": 0.5})
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    )
     # no positive predicted: precision undefined -> 0 (zero_division=0), and f1 too
     assert precision_recall_f1([0, 0], [0, 1]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
     assert precision_recall_f1(["pos", "neg"], ["pos", "pos"], positive="pos") == approx(
-        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3})
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3}
+    )
 
 
 def test_binary_rejects_multiclass_and_unknown_average() -> None:
@@ -124,19 +129,22 @@ def test_against_sklearn() -> None:
 # --- IOB entities -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tags, expected", [
-    ([], []),
-    (["O", "O"], []),
-    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),  # entity at sentence end
-    (["I-PER", "I-PER", "O"], [("PER", 0, 2)]),  # IOB1: I- starts an entity
-    (["O", "I-LOC"], [("LOC", 1, 2)]),  # I- after O starts one
-    (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),  # type switch inside a chunk
-    (["I-PER", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 2)]),
-    (["B-PER", "B-PER"], [("PER", 0, 1), ("PER", 1, 2)]),  # adjacent B-X B-X: two entities
-    (["I-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),  # IOB1's B- between same-type entities
-    (["B-MISC", "I-MISC", "I-MISC"], [("MISC", 0, 3)]),
-    (["B-I-X"], [("I-X", 0, 1)]),  # the type is everything after the first dash
-])
+@pytest.mark.parametrize(
+    "tags, expected",
+    [
+        ([], []),
+        (["O", "O"], []),
+        (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),  # entity at sentence end
+        (["I-PER", "I-PER", "O"], [("PER", 0, 2)]),  # IOB1: I- starts an entity
+        (["O", "I-LOC"], [("LOC", 1, 2)]),  # I- after O starts one
+        (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),  # type switch inside a chunk
+        (["I-PER", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 2)]),
+        (["B-PER", "B-PER"], [("PER", 0, 1), ("PER", 1, 2)]),  # adjacent B-X B-X: two entities
+        (["I-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),  # IOB1's B- between same-type entities
+        (["B-MISC", "I-MISC", "I-MISC"], [("MISC", 0, 3)]),
+        (["B-I-X"], [("I-X", 0, 1)]),  # the type is everything after the first dash
+    ],
+)
 def test_entities(tags: list[str], expected: list[tuple[str, int, int]]) -> None:
     assert entities(tags) == expected
 
@@ -162,8 +170,13 @@ def test_entity_scores_by_hand() -> None:
     assert list(scores["per_type"]) == list(expected)
     for kind, values in expected.items():
         assert scores["per_type"][kind] == approx(values)
-    assert entity_scores([["O"]], [["O"]]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 1.0,
-                                                "per_type": {}}
+    assert entity_scores([["O"]], [["O"]]) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "accuracy": 1.0,
+        "per_type": {},
+    }
 
 
 def test_entity_scores_mismatch_names_the_sentence() -> None:
@@ -176,17 +189,20 @@ def test_entity_scores_mismatch_names_the_sentence() -> None:
 # --- SQuAD --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The  Eiffel\tTower!", "eiffel tower"),  # article, whitespace, punctuation
-    ("an apple, a pear and THE plum", "apple pear and plum"),
-    ("theory of anatomy", "theory of anatomy"),  # articles only as whole words
-    ("U.S.A.", "usa"),
-    ("the-end", "theend"),  # punctuation goes before articles, so this is no article
-    ("A", ""),
-    ("  ", ""),
-    ("", ""),
-    ("“curly”", "“curly”"),  # only ASCII punctuation, as the official script
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The  Eiffel\tTower!", "eiffel tower"),  # article, whitespace, punctuation
+        ("an apple, a pear and THE plum", "apple pear and plum"),
+        ("theory of anatomy", "theory of anatomy"),  # articles only as whole words
+        ("U.S.A.", "usa"),
+        ("the-end", "theend"),  # punctuation goes before articles, so this is no article
+        ("A", ""),
+        ("  ", ""),
+        ("", ""),
+        ("“curly”", "“curly”"),  # only ASCII punctuation, as the official script
+    ],
+)
 def test_normalize_answer(text: str, expected: str) -> None:
     assert normalize_answer(text) == expected
 
@@ -211,11 +227,20 @@ def test_squad_scores_v2_split_and_missing() -> None:
     references = {"a": ["France"], "b": [], "c": ["10th century", "10th"], "d": ["Rollo"]}
     predictions = {"a": "france", "b": "", "c": "10th centuries", "x": "not a question"}  # d missing, x ignored
     scores = squad_scores(predictions, references)
-    assert scores == approx({
-        "exact_match": 2 / 4, "f1": (1 + 1 + 2 / 3 + 0) / 4, "total": 4, "missing": 1,
-        "has_answer_exact_match": 1 / 3, "has_answer_f1": (1 + 2 / 3 + 0) / 3, "has_answer_total": 3,
-        "no_answer_exact_match": 1.0, "no_answer_f1": 1.0, "no_answer_total": 1,
-    })
+    assert scores == approx(
+        {
+            "exact_match": 2 / 4,
+            "f1": (1 + 1 + 2 / 3 + 0) / 4,
+            "total": 4,
+            "missing": 1,
+            "has_answer_exact_match": 1 / 3,
+            "has_answer_f1": (1 + 2 / 3 + 0) / 3,
+            "has_answer_total": 3,
+            "no_answer_exact_match": 1.0,
+            "no_answer_f1": 1.0,
+            "no_answer_total": 1,
+        }
+    )
 
 
 def test_squad_scores_v1_has_no_split() -> None:

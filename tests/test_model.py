@@ -57,14 +57,14 @@ def test_left_padding_with_mask_and_positions_equals_unpadded(shape: str) -> Non
     ids = torch.zeros(len(rows), T, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, T - len(row):] = row
-        mask[i, T - len(row):] = 1
+        ids[i, T - len(row) :] = row
+        mask[i, T - len(row) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         batched = model(ids, attention_mask=mask, position_ids=positions).logits
         for i, row in enumerate(rows):
             alone = model(row[None]).logits[0]
-            assert torch.allclose(batched[i, T - len(row):], alone, atol=1e-5), f"row {i}"
+            assert torch.allclose(batched[i, T - len(row) :], alone, atol=1e-5), f"row {i}"
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "openai-gpt-tiny"])
@@ -77,7 +77,7 @@ def test_kv_cache_decode_equals_full_recomputation(preset: str) -> None:
         full = model(ids).logits
         steps = [model(ids[:, :10], cache=cache, cache_position=torch.arange(10)).logits]
         for t in range(10, 24):
-            steps.append(model(ids[:, t:t + 1], cache=cache, cache_position=torch.tensor([t])).logits)
+            steps.append(model(ids[:, t : t + 1], cache=cache, cache_position=torch.tensor([t])).logits)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 

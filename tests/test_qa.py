@@ -33,8 +33,12 @@ def _long_context(n_sentences: int = 40) -> str:
 
 
 def _flat(qid: str, question: str, context: str, answers: list[tuple[str, int]]) -> dict:
-    return {"id": qid, "question": question, "context": context,
-            "answers": {"text": [a for a, _ in answers], "answer_start": [s for _, s in answers]}}
+    return {
+        "id": qid,
+        "question": question,
+        "context": context,
+        "answers": {"text": [a for a, _ in answers], "answer_start": [s for _, s in answers]},
+    }
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -42,13 +46,47 @@ def _flat(qid: str, question: str, context: str, answers: list[tuple[str, int]])
 
 def test_read_nested_v2(tmp_path: Path) -> None:
     france = CONTEXT.index("France")
-    squad = {"version": "v2.0", "data": [{"title": "Normans", "paragraphs": [{"context": CONTEXT, "qas": [
-        {"id": "q1", "question": "Where is Normandy?", "is_impossible": False,
-         "answers": [{"text": "France", "answer_start": france}, {"text": "in France", "answer_start": france - 3}]},
-        {"id": "q2", "question": "Who was the king?", "is_impossible": True, "answers": [],
-         "plausible_answers": [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}]},
-    ]}, {"context": "Second paragraph.", "qas": [
-        {"id": 7, "question": "Which paragraph?", "answers": [{"text": "Second", "answer_start": 0}]}]}]}]}
+    squad = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "Normans",
+                "paragraphs": [
+                    {
+                        "context": CONTEXT,
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "Where is Normandy?",
+                                "is_impossible": False,
+                                "answers": [
+                                    {"text": "France", "answer_start": france},
+                                    {"text": "in France", "answer_start": france - 3},
+                                ],
+                            },
+                            {
+                                "id": "q2",
+                                "question": "Who was the king?",
+                                "is_impossible": True,
+                                "answers": [],
+                                "plausible_answers": [{"text": "Rollo", "answer_start": CONTEXT.index("Rollo")}],
+                            },
+                        ],
+                    },
+                    {
+                        "context": "Second paragraph.",
+                        "qas": [
+                            {
+                                "id": 7,
+                                "question": "Which paragraph?",
+                                "answers": [{"text": "Second", "answer_start": 0}],
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
     path = tmp_path / "dev-v2.0.json"
     path.write_text(json.dumps(squad))
     examples = read_squad(path)
@@ -68,7 +106,8 @@ def test_flat_json_and_jsonl_read_the_same(tmp_path: Path) -> None:
     assert [e.line_or_index for e in from_json] == [0, 1]
     assert [e.line_or_index for e in from_jsonl] == [1, 3]  # JSONL: the line (blank lines count)
     assert [(e.id, e.question, e.context, e.answers) for e in from_json] == [
-        (e.id, e.question, e.context, e.answers) for e in from_jsonl]
+        (e.id, e.question, e.context, e.answers) for e in from_jsonl
+    ]
     assert from_json[1].is_impossible and from_json[0].answers == [("France", CONTEXT.index("France"))]
 
 
@@ -81,34 +120,65 @@ def test_mismatched_answer_names_file_id_line_and_what_is_there(tmp_path: Path) 
         read_squad(path)
     message = str(error.value)
     rollo = CONTEXT.index("Rollo")
-    for part in (str(path), "line 2", "'q-bad'", "answer_start 4", "holds 'Norma'", f"occurs at {rollo}",
-                 "on_error='skip'"):
+    for part in (
+        str(path),
+        "line 2",
+        "'q-bad'",
+        "answer_start 4",
+        "holds 'Norma'",
+        f"occurs at {rollo}",
+        "on_error='skip'",
+    ):
         assert part in message
     skipped: list[BadQuestion] = []
     assert [e.id for e in read_squad(path, on_error="skip", skipped=skipped)] == ["ok"]
     assert len(skipped) == 1 and skipped[0].where == "line 2"
-    nested = {"data": [{"paragraphs": [{"context": CONTEXT, "qas": [
-        {"id": "n1", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]}]}]}]}
+    nested = {
+        "data": [
+            {
+                "paragraphs": [
+                    {
+                        "context": CONTEXT,
+                        "qas": [{"id": "n1", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]}],
+                    }
+                ]
+            }
+        ]
+    }
     (tmp_path / "nested.json").write_text(json.dumps(nested))
-    with pytest.raises(DataError, match=r"nested.json: data\[0\].paragraphs\[0\].qas\[0\]: question 'n1'.*"
-                                        r"holds 'The N'.*not in the context"):
+    with pytest.raises(
+        DataError,
+        match=r"nested.json: data\[0\].paragraphs\[0\].qas\[0\]: question 'n1'.*"
+        r"holds 'The N'.*not in the context",
+    ):
         read_squad(tmp_path / "nested.json")
 
 
-@pytest.mark.parametrize("row, expected", [
-    ({"id": "x", "question": "?", "answers": {"text": [], "answer_start": []}},
-     "question 'x': missing field 'context'"),
-    ({"question": "?", "context": "c", "answers": []}, "missing field 'id'"),
-    ({"id": "x", "question": "?", "context": "c"}, "question 'x': missing field 'answers'"),
-    ({"id": "x", "question": 3, "context": "c", "answers": []}, "question 'x': field 'question' is int"),
-    ({"id": "x", "question": "?", "context": "c", "answers": {"text": ["c"]}},
-     "question 'x': missing field 'answer_start'"),
-    ({"id": "x", "question": "?", "context": "c", "answers": {"text": ["c"], "answer_start": [0, 0]}},
-     "question 'x': answers has 1 texts but 2 answer_starts"),
-    ({"id": "x", "question": "?", "context": "c", "answers": {"text": [""], "answer_start": [0]}},
-     "question 'x': answer 0 text is ''; expected a non-empty"),
-    ({"id": "x", "question": "?", "context": "", "answers": []}, "question 'x': the context is empty"),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (
+            {"id": "x", "question": "?", "answers": {"text": [], "answer_start": []}},
+            "question 'x': missing field 'context'",
+        ),
+        ({"question": "?", "context": "c", "answers": []}, "missing field 'id'"),
+        ({"id": "x", "question": "?", "context": "c"}, "question 'x': missing field 'answers'"),
+        ({"id": "x", "question": 3, "context": "c", "answers": []}, "question 'x': field 'question' is int"),
+        (
+            {"id": "x", "question": "?", "context": "c", "answers": {"text": ["c"]}},
+            "question 'x': missing field 'answer_start'",
+        ),
+        (
+            {"id": "x", "question": "?", "context": "c", "answers": {"text": ["c"], "answer_start": [0, 0]}},
+            "question 'x': answers has 1 texts but 2 answer_starts",
+        ),
+        (
+            {"id": "x", "question": "?", "context": "c", "answers": {"text": [""], "answer_start": [0]}},
+            "question 'x': answer 0 text is ''; expected a non-empty",
+        ),
+        ({"id": "x", "question": "?", "context": "", "answers": []}, "question 'x': the context is empty"),
+    ],
+)
 def test_bad_rows_name_the_field(tmp_path: Path, row: dict, expected: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(row) + "\n")
@@ -150,7 +220,7 @@ def _check_answer_positions(tokenizer: Tokenizer, features: list[QAFeature], exa
             continue
         found += 1
         assert (f.start_position, f.end_position) == (covering[0], covering[-1])
-        decoded = tokenizer.decode(f.input_ids[f.start_position:f.end_position + 1])
+        decoded = tokenizer.decode(f.input_ids[f.start_position : f.end_position + 1])
         assert decoded.removeprefix(" ") == text  # answers here end on token boundaries
         a, b = f.context_offsets[f.start_position][0], f.context_offsets[f.end_position][1]  # type: ignore[index]
         assert f.context[a:b].strip() == text
@@ -158,16 +228,18 @@ def _check_answer_positions(tokenizer: Tokenizer, features: list[QAFeature], exa
 
 
 def test_answer_spans_decode_to_the_answer(gpt2: Tokenizer) -> None:
-    examples = [_example("a", "Where is Normandy?", CONTEXT, "France"),
-                _example("b", "Who led them?", CONTEXT, "Rollo"),
-                _example("c", "What did they name?", CONTEXT, "The Normans"),  # at the start of the context
-                _example("d", "Who?", CONTEXT)]
+    examples = [
+        _example("a", "Where is Normandy?", CONTEXT, "France"),
+        _example("b", "Who led them?", CONTEXT, "Rollo"),
+        _example("c", "What did they name?", CONTEXT, "The Normans"),  # at the start of the context
+        _example("d", "Who?", CONTEXT),
+    ]
     for question_first in (True, False):
         features = encode_qa(gpt2, examples, max_length=64, stride=8, question_first=question_first)
         assert [f.example_id for f in features] == ["a", "b", "c", "d"]  # short context: one window each
         assert _check_answer_positions(gpt2, features, examples) == 3
     question = gpt2.encode("\n") + gpt2.encode("Where is Normandy?")
-    assert features[0].input_ids[-len(question) - 1:-1] == question  # question_first=False: question at the end
+    assert features[0].input_ids[-len(question) - 1 : -1] == question  # question_first=False: question at the end
 
 
 def test_long_context_windows_overlap_by_stride(gpt2: Tokenizer) -> None:
@@ -181,8 +253,8 @@ def test_long_context_windows_overlap_by_stride(gpt2: Tokenizer) -> None:
     windows = [[o for o in f.context_offsets if o is not None] for f in features]
     for f, window in zip(features, windows, strict=True):
         assert len(f.input_ids) <= max_length
-        assert f.context_offsets[head:head + len(window)] == window  # context tokens are contiguous
-        assert f.input_ids[head:head + len(window)] == whole.ids[whole.offsets.index(window[0]):][:len(window)]
+        assert f.context_offsets[head : head + len(window)] == window  # context tokens are contiguous
+        assert f.input_ids[head : head + len(window)] == whole.ids[whole.offsets.index(window[0]) :][: len(window)]
     for left, right in zip(windows, windows[1:], strict=False):
         assert left[-stride:] == right[:stride]  # overlap: exactly `stride` tokens
         assert left[-stride - 1] != right[0]
@@ -201,9 +273,9 @@ def test_gpt1_tokenizer_without_eos_ends_in_the_separator() -> None:
     features = encode_qa(gpt1, examples, max_length=64, stride=8, separator=" | ")
     separator = gpt1.encode(" | ")
     for f in features:
-        assert f.input_ids[-len(separator):] == separator and f.context_offsets[-1] is None
+        assert f.input_ids[-len(separator) :] == separator and f.context_offsets[-1] is None
     first, last = (features[0].context_offsets[i] for i in (features[0].start_position, features[0].end_position))
-    assert CONTEXT[first[0]:last[1]] == answer  # type: ignore[index]
+    assert CONTEXT[first[0] : last[1]] == answer  # type: ignore[index]
     assert features[1].start_position == features[1].end_position == features[1].null_index
     starts, ends = _logits(features, {"a": (5.0, 5.0)})
     assert best_spans(features, starts, ends, allow_impossible=False)["a"] == answer
@@ -242,9 +314,11 @@ def _logits(features: list[QAFeature], spans: dict[str, tuple[float, float]]) ->
 
 
 def test_best_spans_returns_the_gold_text(gpt2: Tokenizer) -> None:
-    examples = [_example("a", "Where is Normandy?", CONTEXT, "Normandy, a region in France"),
-                _example("b", "Who led them?", CONTEXT, "Rollo"),
-                _example("long", "Where is the treasure?", _long_context(), "the old oak tree")]
+    examples = [
+        _example("a", "Where is Normandy?", CONTEXT, "Normandy, a region in France"),
+        _example("b", "Who led them?", CONTEXT, "Rollo"),
+        _example("long", "Where is the treasure?", _long_context(), "the old oak tree"),
+    ]
     features = encode_qa(gpt2, examples, max_length=48, stride=12)
     starts, ends = _logits(features, {"a": (5.0, 5.0), "b": (5.0, 5.0), "long": (5.0, 5.0)})
     for f, s, e in zip(features, starts, ends, strict=True):
@@ -271,8 +345,11 @@ def test_best_spans_bounds_the_answer_length(gpt2: Tokenizer) -> None:
 
 
 def test_null_answers_for_v2(gpt2: Tokenizer) -> None:
-    examples = [_example("yes", "Where is Normandy?", CONTEXT, "France"), _example("no", "Who was king?", CONTEXT),
-                _example("long", "Where is the treasure?", _long_context(), "the old oak tree")]
+    examples = [
+        _example("yes", "Where is Normandy?", CONTEXT, "France"),
+        _example("no", "Who was king?", CONTEXT),
+        _example("long", "Where is the treasure?", _long_context(), "the old oak tree"),
+    ]
     features = encode_qa(gpt2, examples, max_length=48, stride=12)
     starts, ends = _logits(features, {"yes": (1.0, 1.0), "long": (1.5, 1.5)})  # span scores 2 and 3
     null_scores = {"yes": 1.5, "no": 5.0, "long": 3.5}  # "no": any span scores 0
@@ -282,7 +359,10 @@ def test_null_answers_for_v2(gpt2: Tokenizer) -> None:
     assert best_spans(features, starts, ends, allow_impossible=True) == {"yes": "France", "no": "", "long": ""}
     # the null score is the lowest over an example's windows: "long" has 3.5 where the answer is, 13.5 elsewhere
     assert best_spans(features, starts, ends, allow_impossible=True, null_threshold=2.5) == {
-        "yes": "France", "no": "", "long": "the old oak tree"}
+        "yes": "France",
+        "no": "",
+        "long": "the old oak tree",
+    }
     predicted = best_spans(features, starts, ends, allow_impossible=False)
     assert predicted["yes"] == "France" and predicted["no"] != ""
 

@@ -77,8 +77,10 @@ def test_processors_equal_transformers_on_random_logits() -> None:
         (apply_top_k(scores, 17), generation.TopKLogitsWarper(17)(ids, scores.clone())),
         (apply_top_p(scores, 0.7), generation.TopPLogitsWarper(0.7)(ids, scores.clone())),
         (apply_min_p(scores, 0.05), generation.MinPLogitsWarper(0.05)(ids, scores.clone())),
-        (apply_repetition_penalty(scores, seen, 1.4),
-         generation.RepetitionPenaltyLogitsProcessor(1.4)(ids, scores.clone())),
+        (
+            apply_repetition_penalty(scores, seen, 1.4),
+            generation.RepetitionPenaltyLogitsProcessor(1.4)(ids, scores.clone()),
+        ),
     ]
     for ours, theirs in pairs:
         assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
@@ -90,8 +92,13 @@ def test_temperature_zero_is_greedy_and_params_are_validated() -> None:
     assert choose(logits, SamplingParams(temperature=0), [None]).tolist() == [1]
     g = torch.Generator().manual_seed(0)
     assert choose(logits, SamplingParams(temperature=1.0, top_k=1), [g]).tolist() == [1]
-    for bad, field in [(dict(top_p=0.0), "top_p"), (dict(temperature=-1), "temperature"),
-                       (dict(max_new_tokens=0), "max_new_tokens"), (dict(logit_bias={1: 500}), "logit_bias"),
-                       (dict(num_beams=2, temperature=1.0), "beam search"), (dict(stop=("",)), "stop")]:
+    for bad, field in [
+        (dict(top_p=0.0), "top_p"),
+        (dict(temperature=-1), "temperature"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(logit_bias={1: 500}), "logit_bias"),
+        (dict(num_beams=2, temperature=1.0), "beam search"),
+        (dict(stop=("",)), "stop"),
+    ]:
         with pytest.raises(ConfigError, match=field):
             SamplingParams(**bad)

@@ -1,4 +1,4 @@
-"""Classification and instruction data readers and encoders (gptkit.tasks.data, gptkit.text.chat_template) on tiny files.
+"""Classification and instruction data readers and encoders (gptkit.tasks.data, .instruct) on tiny files.
 
 Oracles: hand-written expectations (lines, labels, masks), the GPT-2 tokenizer's own encode of the same
 pieces, and transformers' apply_chat_template for the chat template.
@@ -107,8 +107,12 @@ def test_unseen_label_in_eval_file_is_a_bad_row(tmp_path: Path) -> None:
 
 
 def test_multi_label_and_regression(tmp_path: Path, tok: Tokenizer) -> None:
-    rows = [{"text": "a", "tags": ["sports", "news"]}, {"text": "b", "tags": "news,tech"}, {"text": "c", "tags": []},
-            {"text": "d", "tags": ""}]
+    rows = [
+        {"text": "a", "tags": ["sports", "news"]},
+        {"text": "b", "tags": "news,tech"},
+        {"text": "c", "tags": []},
+        {"text": "d", "tags": ""},
+    ]
     data = read_labelled(jsonl(tmp_path / "m.jsonl", rows), label_column="tags", task="multi", on_error="skip")
     assert [e.label for e in data.examples] == [["sports", "news"], ["news", "tech"], []]
     assert [b.line for b in data.skipped] == [4]
@@ -152,8 +156,12 @@ def test_prompt_completion_labels_only_the_completion(tmp_path: Path, tok: Token
 
 
 def test_empty_completion_is_reported_with_file_and_line(tmp_path: Path) -> None:
-    rows = [{"prompt": "a", "completion": " b"}, {"prompt": "c", "completion": "  "}, {"prompt": "d"},
-            {"prompt": "e", "completion": " f"}]
+    rows = [
+        {"prompt": "a", "completion": " b"},
+        {"prompt": "c", "completion": "  "},
+        {"prompt": "d"},
+        {"prompt": "e", "completion": " f"},
+    ]
     path = jsonl(tmp_path / "pc.jsonl", rows)
     with pytest.raises(DataError, match=rf"{path}:2: empty completion"):
         read_prompt_completion(path)
@@ -161,15 +169,21 @@ def test_empty_completion_is_reported_with_file_and_line(tmp_path: Path) -> None
     assert [e.completion for e in data.examples] == [" b", " f"] and [b.line for b in data.skipped] == [2, 3]
 
 
-CHAT = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
-        {"role": "assistant", "content": "6, of course."}]
+CHAT = [
+    {"role": "system", "content": "Be terse."},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6, of course."},
+]
 
 
 def test_render_chat_and_segments() -> None:
     text = render_chat(CHAT)
-    assert text == ("System: Be terse.\n\nUser: 2+2?\n\nAssistant: 4<|endoftext|>\n\nUser: And 3+3?\n\n"
-                    "Assistant: 6, of course.<|endoftext|>")
+    assert text == (
+        "System: Be terse.\n\nUser: 2+2?\n\nAssistant: 4<|endoftext|>\n\nUser: And 3+3?\n\n"
+        "Assistant: 6, of course.<|endoftext|>"
+    )
     assert render_chat(CHAT[:2], add_generation_prompt=True) == "System: Be terse.\n\nUser: 2+2?\n\nAssistant:"
     segments = chat_segments(CHAT)
     assert "".join(t for t, _ in segments) == text
@@ -204,9 +218,14 @@ def test_chat_masks_everything_but_the_assistant_turns(tmp_path: Path, tok: Toke
 
 
 def test_chat_bad_rows_name_line_and_message(tmp_path: Path) -> None:
-    rows = [{"messages": CHAT}, {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
-            {"messages": [{"role": "user", "content": "hi"}]}, {"messages": [{"role": "assistant", "content": ""}]},
-            {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]}, {"text": "x"}]
+    rows = [
+        {"messages": CHAT},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"messages": [{"role": "assistant", "content": ""}]},
+        {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]},
+        {"text": "x"},
+    ]
     path = jsonl(tmp_path / "chat.jsonl", rows)
     with pytest.raises(DataError, match=rf"{path}:2: message 1: role 'bot' is not one of system, user, assistant"):
         read_chat(path)

@@ -16,24 +16,46 @@ from gptkit.training.config import TrainConfig
 from gptkit.training.data import PrepareConfig, prepare
 from gptkit.training.train import TrainingError, train
 
-TEXT = "".join(f"{w} the {c} sat on the {m}.\n" for w in ("and", "then", "so", "but") for c in ("cat", "dog", "bird")
-               for m in ("mat", "rug", "log", "hat")) * 12
+TEXT = (
+    "".join(
+        f"{w} the {c} sat on the {m}.\n"
+        for w in ("and", "then", "so", "but")
+        for c in ("cat", "dog", "bird")
+        for m in ("mat", "rug", "log", "hat")
+    )
+    * 12
+)
 
 
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("chardata")
     (root / "corpus.txt").write_text(TEXT)
-    prepare(PrepareConfig(inputs=(str(root / "corpus.txt"),), out_dir=str(root / "data"), tokenizer="char"),
-            progress=False)
+    prepare(
+        PrepareConfig(inputs=(str(root / "corpus.txt"),), out_dir=str(root / "data"), tokenizer="char"), progress=False
+    )
     return root / "data"
 
 
 def _config(data: Path, out: Path, **changes) -> TrainConfig:
-    base = dict(data=str(data), out_dir=str(out), model="gpt2-tiny",
-                model_overrides={"n_layer": 2, "n_head": 2, "n_embd": 32}, block_size=32, batch_size=8,
-                max_steps=30, lr=3e-3, warmup_steps=5, eval_interval=10, eval_batches=2, log_interval=1,
-                sample_tokens=20, progress=False, seed=7, dropout=0.1)
+    base = dict(
+        data=str(data),
+        out_dir=str(out),
+        model="gpt2-tiny",
+        model_overrides={"n_layer": 2, "n_head": 2, "n_embd": 32},
+        block_size=32,
+        batch_size=8,
+        max_steps=30,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_interval=10,
+        eval_batches=2,
+        log_interval=1,
+        sample_tokens=20,
+        progress=False,
+        seed=7,
+        dropout=0.1,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -57,7 +79,8 @@ def test_a_run_learns_and_leaves_a_loadable_run_directory(char_data: Path, tmp_p
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
     assert "sample" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) or any(
-        "sample" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+        "sample" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+    )
 
 
 def test_a_killed_and_resumed_run_equals_the_uninterrupted_one(char_data: Path, tmp_path: Path) -> None:
@@ -86,19 +109,107 @@ def test_gradient_accumulation_equals_the_larger_batch(char_data: Path, tmp_path
 
 @pytest.mark.slow
 def test_two_process_ddp_and_fsdp_match_one_process_with_the_same_global_batch(char_data: Path, tmp_path: Path) -> None:
-    common = ["--data", str(char_data), "--model", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
-              "--block-size", "32", "--max-steps", "6", "--lr", "3e-3", "--warmup-steps", "2", "--eval-interval",
-              "0", "--eval-batches", "2", "--log-interval", "1", "--sample-tokens", "0", "--no-progress",
-              "--dropout", "0", "--seed", "3", "--device", "cpu"]
+    common = [
+        "--data",
+        str(char_data),
+        "--model",
+        "gpt2-tiny",
+        "--n-layer",
+        "2",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "32",
+        "--block-size",
+        "32",
+        "--max-steps",
+        "6",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--eval-interval",
+        "0",
+        "--eval-batches",
+        "2",
+        "--log-interval",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--no-progress",
+        "--dropout",
+        "0",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "gptkit", "train", *common, "--out-dir", str(tmp_path / "single"),
-                    "--batch-size", "4", "--grad-accum", "2"], check=True, env=env, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "gptkit", "train", *common, "--out-dir", str(tmp_path / "ddp"), "--batch-size", "4",
-                    "--grad-accum", "1"], check=True, env=env, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "gptkit", "train", *common, "--out-dir", str(tmp_path / "fsdp"), "--batch-size", "4",
-                    "--grad-accum", "1", "--fsdp"], check=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptkit",
+            "train",
+            *common,
+            "--out-dir",
+            str(tmp_path / "single"),
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "2",
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "gptkit",
+            "train",
+            *common,
+            "--out-dir",
+            str(tmp_path / "ddp"),
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "1",
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "gptkit",
+            "train",
+            *common,
+            "--out-dir",
+            str(tmp_path / "fsdp"),
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "1",
+            "--fsdp",
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     single = _curve(tmp_path / "single")
     assert [s for s, _ in single] == list(range(1, 7))
     for name in ("ddp", "fsdp"):

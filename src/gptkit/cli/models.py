@@ -97,8 +97,12 @@ def _chat_prompts(model: str, prompts: list[str], tokenizer) -> list[str]:
     from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE, load_chat_template, render_chat
 
     template = load_chat_template(resolve(model).path) or DEFAULT_CHAT_TEMPLATE
-    return [render_chat([{"role": "user", "content": p}], template, add_generation_prompt=True,
-                        eos_token=tokenizer.eos_token) for p in prompts]
+    return [
+        render_chat(
+            [{"role": "user", "content": p}], template, add_generation_prompt=True, eos_token=tokenizer.eos_token
+        )
+        for p in prompts
+    ]
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -118,8 +122,17 @@ def _generate(args: argparse.Namespace) -> int:
         if live:
             print(event.text, end="", flush=True)
             continue
-        r = results.setdefault(event.index, dict(prompt=prompts[event.prompt_index], prompt_index=event.prompt_index,
-                                                 sample=event.sample, text="", token_ids=[], logprobs=[]))
+        r = results.setdefault(
+            event.index,
+            dict(
+                prompt=prompts[event.prompt_index],
+                prompt_index=event.prompt_index,
+                sample=event.sample,
+                text="",
+                token_ids=[],
+                logprobs=[],
+            ),
+        )
         r["text"] += event.text
         r["token_ids"].append(event.token_id)
         r["logprobs"].append(event.logprob)
@@ -204,11 +217,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
-    p.add_argument("--truncate", action="store_true",
-                   help="slide the context window (drop the oldest tokens) when prompt + new tokens exceed it")
-    p.add_argument("--chat", action="store_true",
-                   help="send each prompt as a user message through the model's chat template (the one saved by "
-                        "`gptkit finetune instruct`, else gptkit's default) and generate the assistant's answer")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="slide the context window (drop the oldest tokens) when prompt + new tokens exceed it",
+    )
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="send each prompt as a user message through the model's chat template (the one saved by "
+        "`gptkit finetune instruct`, else gptkit's default) and generate the assistant's answer",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
     p.add_argument("--logprobs", type=int, default=None, help="with --json: top-N alternatives per token")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")

@@ -61,8 +61,10 @@ def _finetune(args: argparse.Namespace) -> int:
     if not result.train.is_main:
         return 0
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    print(f"fine-tuned {args.task} for {result.train.step} steps ({result.train.seconds:.0f} s): {shown}; "
-          f"model in {result.run_dir}")
+    print(
+        f"fine-tuned {args.task} for {result.train.step} steps ({result.train.seconds:.0f} s): {shown}; "
+        f"model in {result.run_dir}"
+    )
     return 0
 
 
@@ -103,12 +105,14 @@ def _embed(args: argparse.Namespace) -> int:
             texts += [line.rstrip("\n") for line in fh if line.strip()]
     if not texts:
         raise GptkitError("no texts: give TEXT arguments or --file FILE (one text per line, '-' = stdin)")
-    model, tokenizer = load_pretrained(args.model, device=_device(args.device), dtype=getattr(torch, args.dtype),
-                                       tokenizer=args.tokenizer)
+    model, tokenizer = load_pretrained(
+        args.model, device=_device(args.device), dtype=getattr(torch, args.dtype), tokenizer=args.tokenizer
+    )
     if tokenizer is None:
         raise GptkitError(f"{args.model} has no tokenizer files; name one with --tokenizer (e.g. gpt2)")
-    vectors = embed(model, tokenizer, texts, pooling=args.pooling, batch_size=args.batch_size,
-                    normalize=not args.no_normalize)
+    vectors = embed(
+        model, tokenizer, texts, pooling=args.pooling, batch_size=args.batch_size, normalize=not args.no_normalize
+    )
     if args.out and args.out.endswith(".npy"):
         import numpy as np
 
@@ -147,14 +151,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     group = p.add_argument_group("task data")
     _add_dataclass_flags(group, TaskConfig, _TASK_HELP, skip={"task", "train_file", "eval_file"})
     group = p.add_argument_group("training (as gptkit train)")
-    defaults = {"init_from": "pretrained (default here), scratch (a preset) or resume (out-dir)",
-                "out_dir": "run directory (default here: runs/TASK)"}
-    _add_dataclass_flags(group, TrainConfig, {**_TRAIN_HELP, **_LORA_HELP, **defaults},
-                         skip={"model_overrides", "data", "sample_prompt", "eval_batches", "block_size"})
+    defaults = {
+        "init_from": "pretrained (default here), scratch (a preset) or resume (out-dir)",
+        "out_dir": "run directory (default here: runs/TASK)",
+    }
+    _add_dataclass_flags(
+        group,
+        TrainConfig,
+        {**_TRAIN_HELP, **_LORA_HELP, **defaults},
+        skip={"model_overrides", "data", "sample_prompt", "eval_batches", "block_size"},
+    )
     for name in _MODEL_FLAGS:
-        group.add_argument("--" + name.replace("_", "-"), default=None, help=f"scratch models: GPTConfig.{name}",
-                           type={"activation": str,
-                                 "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int))
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            default=None,
+            help=f"scratch models: GPTConfig.{name}",
+            type={"activation": str, "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int),
+        )
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser(
@@ -179,7 +192,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "merge-lora",
         help="fold a fine-tuning run's LoRA adapter into its weights and write a plain model directory",
         description="Load RUN (a `gptkit finetune --lora-r` directory), merge W + (alpha/r) B A into each adapted "
-                    "layer, and write OUT: the same transformers class, with no adapter to load.",
+        "layer, and write OUT: the same transformers class, with no adapter to load.",
     )
     p.add_argument("run", metavar="RUN", help="fine-tuning run directory (or its best/)")
     p.add_argument("out", metavar="OUT", help="directory to write")

@@ -43,10 +43,11 @@ def _quickstart(args: argparse.Namespace) -> int:
     result = quickstart(args.out_dir, max_steps=args.max_steps)
     for i, sample in enumerate(result.samples):
         print(f"--- sample {i + 1} ---{sample}")
-    print(f"\nvalidation loss {result.train.val_loss:.4f} after {result.train.step} steps "
-          f"({result.train.seconds:.0f} s). Model, metrics.jsonl and curves.png are in {result.run_dir}.")
-    print(f"Try: gptkit generate --model {result.run_dir} --truncate --temperature 0.8 --max-new-tokens 300 "
-          '"ROMEO:"')
+    print(
+        f"\nvalidation loss {result.train.val_loss:.4f} after {result.train.step} steps "
+        f"({result.train.seconds:.0f} s). Model, metrics.jsonl and curves.png are in {result.run_dir}."
+    )
+    print(f'Try: gptkit generate --model {result.run_dir} --truncate --temperature 0.8 --max-new-tokens 300 "ROMEO:"')
     return 0
 
 
@@ -54,9 +55,16 @@ def _prepare(args: argparse.Namespace) -> int:
     from gptkit.training.data import PrepareConfig, prepare
 
     config = PrepareConfig(
-        inputs=args.inputs, out_dir=args.out, tokenizer=args.tokenizer, format=args.format, jsonl_field=args.field,
-        csv_template=args.template, text_mode=args.text_mode, val_fraction=args.val_fraction,
-        on_error=args.on_error, append_eos=not args.no_eos,
+        inputs=args.inputs,
+        out_dir=args.out,
+        tokenizer=args.tokenizer,
+        format=args.format,
+        jsonl_field=args.field,
+        csv_template=args.template,
+        text_mode=args.text_mode,
+        val_fraction=args.val_fraction,
+        on_error=args.on_error,
+        append_eos=not args.no_eos,
     )
     print(prepare(config, progress=True).summary())
     return 0
@@ -84,8 +92,10 @@ def _train(args: argparse.Namespace) -> int:
     if not result.is_main:
         return 0
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    print(f"trained to step {result.step}: train loss {result.train_loss:.4f}{val}, "
-          f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}")
+    print(
+        f"trained to step {result.step}: train loss {result.train_loss:.4f}{val}, "
+        f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}"
+    )
     return 0
 
 
@@ -98,8 +108,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.labelled:
         from gptkit.tasks.predict import evaluate_file, load_finetuned
 
-        scores = evaluate_file(load_finetuned(args.model, device=_device(args.device)), args.labelled,
-                               batch_size=args.batch_size)
+        scores = evaluate_file(
+            load_finetuned(args.model, device=_device(args.device)), args.labelled, batch_size=args.batch_size
+        )
         if args.json:
             print(json.dumps({"task": "labelled", "model": args.model, "file": args.labelled, **scores}))
         else:
@@ -112,8 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
             model, tokenizer, read_lambada(args.lambada), batch_size=args.batch_size, progress=True
         )
         summary = (
-            f"accuracy {result.accuracy:.4f} ({result.correct}/{result.total}), "
-            f"word perplexity {result.perplexity:.3f}"
+            f"accuracy {result.accuracy:.4f} ({result.correct}/{result.total}), word perplexity {result.perplexity:.3f}"
         )
         settings = {"file": args.lambada}
     else:
@@ -125,9 +135,7 @@ def _eval(args: argparse.Namespace) -> int:
         ids = tokenizer.encode(text, disallowed_special=())  # a literal <|endoftext|> is just text here
         max_length = args.max_length if args.max_length is not None else model.config.n_positions
         stride = args.stride if args.stride is not None else min(512, max_length)
-        result = perplexity(
-            model, ids, max_length=max_length, stride=stride, batch_size=args.batch_size, progress=True
-        )
+        result = perplexity(model, ids, max_length=max_length, stride=stride, batch_size=args.batch_size, progress=True)
         summary = (
             f"perplexity {result.perplexity:.4f}, nll {result.nll:.4f} "
             f"({result.tokens:,} tokens, {result.windows:,} windows)"
@@ -168,20 +176,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files")
     p.add_argument("--out", required=True, metavar="DIR", help="data directory to write")
-    p.add_argument("--tokenizer", default="gpt2",
-                   help="gpt2, openai-gpt, a tokenizer folder, char (the inputs' characters), or bpe:N "
-                        "(train a byte-level BPE with vocabulary N on the inputs)")
-    p.add_argument("--format", default="auto", choices=("auto", "text", "jsonl", "csv", "tsv"),
-                   help="input format; auto goes by suffix (.txt .jsonl .csv .tsv)")
+    p.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="gpt2, openai-gpt, a tokenizer folder, char (the inputs' characters), or bpe:N "
+        "(train a byte-level BPE with vocabulary N on the inputs)",
+    )
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "text", "jsonl", "csv", "tsv"),
+        help="input format; auto goes by suffix (.txt .jsonl .csv .tsv)",
+    )
     p.add_argument("--field", default="text", help="JSONL: the field holding each document's text")
-    p.add_argument("--template", metavar="TEMPLATE",
-                   help='CSV/TSV: document text from columns, e.g. "JOKE: {Question} {Answer}" '
-                        "(default: the text column)")
-    p.add_argument("--text-mode", default="file", choices=("file", "lines", "blank-lines"),
-                   help="text: a document is the whole file, each non-blank line, or each paragraph")
+    p.add_argument(
+        "--template",
+        metavar="TEMPLATE",
+        help='CSV/TSV: document text from columns, e.g. "JOKE: {Question} {Answer}" (default: the text column)',
+    )
+    p.add_argument(
+        "--text-mode",
+        default="file",
+        choices=("file", "lines", "blank-lines"),
+        help="text: a document is the whole file, each non-blank line, or each paragraph",
+    )
     p.add_argument("--val-fraction", type=float, default=0.1, help="tail of each input's tokens for validation")
-    p.add_argument("--on-error", default="skip", choices=("skip", "fail"),
-                   help="bad rows (broken JSON, missing field or column, empty text): skip and count, or stop")
+    p.add_argument(
+        "--on-error",
+        default="skip",
+        choices=("skip", "fail"),
+        help="bad rows (broken JSON, missing field or column, empty text): skip and count, or stop",
+    )
     p.add_argument("--no-eos", action="store_true", help="do not end documents with the end-of-text token")
     p.set_defaults(func=_prepare)
 
@@ -198,9 +223,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="JSON or YAML file of training settings")
     _add_dataclass_flags(p, TrainConfig, _TRAIN_HELP, skip={"model_overrides"})
     for name in _MODEL_FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), default=None,
-                       type={"activation": str, "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int),
-                       help=f"scratch models: GPTConfig.{name}")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            default=None,
+            type={"activation": str, "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int),
+            help=f"scratch models: GPTConfig.{name}",
+        )
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -208,7 +236,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="perplexity of a text file, LAMBADA last-word accuracy, or a fine-tuned model's task metrics",
         description=(
             "Evaluate MODEL on --text FILE (sliding-window perplexity, computed exactly as the transformers "
-            "docs do) or --lambada FILE.jsonl (one {\"text\": ...} per line; greedy accuracy on the last word)."
+            'docs do) or --lambada FILE.jsonl (one {"text": ...} per line; greedy accuracy on the last word).'
         ),
     )
     p.add_argument("--model", required=True, help="hub name or checkpoint folder")
@@ -216,9 +244,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--text", metavar="FILE", help="UTF-8 text file; encoded whole")
     data.add_argument("--lambada", metavar="FILE", help="LAMBADA-style JSONL file")
-    data.add_argument("--labelled", metavar="FILE",
-                      help="a labelled file in a `gptkit finetune` run's format: the task's metrics (accuracy, F1, "
-                           "entity F1, SQuAD EM/F1)")
+    data.add_argument(
+        "--labelled",
+        metavar="FILE",
+        help="a labelled file in a `gptkit finetune` run's format: the task's metrics (accuracy, F1, "
+        "entity F1, SQuAD EM/F1)",
+    )
     p.add_argument("--max-length", type=int, help="window length in tokens (default: the model's context)")
     p.add_argument("--stride", type=int, help="tokens each window moves (default: 512, or the window if shorter)")
     p.add_argument("--batch-size", type=int, default=1, help="windows or examples per forward pass (default: 1)")

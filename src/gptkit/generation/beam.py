@@ -90,7 +90,7 @@ def beam_search(
         is_finished = torch.cat([is_finished, just_finished])[best]
 
         # transformers' early-stop heuristic, then its three stopping conditions
-        hypothetical = (L if params.early_stopping == "never" and params.length_penalty > 0 else cur + 1)
+        hypothetical = L if params.early_stopping == "never" and params.length_penalty > 0 else cur + 1
         best_running = running_scores[0] / (hypothetical**params.length_penalty)
         worst_finished = torch.where(is_finished, finished_scores.min(), torch.full_like(finished_scores, _LOW))
         improvable = improvable and bool((best_running > worst_finished).any())
@@ -102,18 +102,36 @@ def beam_search(
         logits = decode_step(model, running[:, cur], None, positions, torch.tensor([P + cur], device=device), cache)
 
     return [
-        _beam_completion(model, prompt, finished[b, : finished_len[b]].tolist(), float(finished_scores[b]),
-                         params, prompt_index, b, tokenizer, stop_ids)
+        _beam_completion(
+            model,
+            prompt,
+            finished[b, : finished_len[b]].tolist(),
+            float(finished_scores[b]),
+            params,
+            prompt_index,
+            b,
+            tokenizer,
+            stop_ids,
+        )
         for b in range(params.num_return_sequences)
     ]
 
 
-def _beam_completion(model: GPT, prompt: list[int], tokens: list[int], score: float, params: SamplingParams,
-                     prompt_index: int, sample: int, tokenizer: Any, stop_ids: list[int]) -> Completion:
+def _beam_completion(
+    model: GPT,
+    prompt: list[int],
+    tokens: list[int],
+    score: float,
+    params: SamplingParams,
+    prompt_index: int,
+    sample: int,
+    tokenizer: Any,
+    stop_ids: list[int],
+) -> Completion:
     ended_on_stop = bool(tokens) and tokens[-1] in stop_ids
     text_stream = TextStream(tokenizer, params.stop)
     text = "".join(text_stream.push(t) for t in (tokens[:-1] if ended_on_stop else tokens)) + text_stream.flush()
-    scored = score_tokens(model, prompt + tokens, top_n=params.logprobs)[len(prompt):]
+    scored = score_tokens(model, prompt + tokens, top_n=params.logprobs)[len(prompt) :]
     return Completion(
         index=prompt_index * params.num_return_sequences + sample,
         prompt_index=prompt_index,

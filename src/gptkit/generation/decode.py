@@ -197,14 +197,13 @@ def decode_step(
     """One new token per row (B,) at cache slot `slot` (1,); return its logits (B, V).
 
     mask: (B, cache.max_len) padding mask over all slots, or None when no row is padded."""
-    out = model(
-        tokens[:, None], attention_mask=mask, position_ids=positions[:, None], cache=cache, cache_position=slot
-    )
+    out = model(tokens[:, None], attention_mask=mask, position_ids=positions[:, None], cache=cache, cache_position=slot)
     return out.logits[:, -1]
 
 
-def _process(logits: Tensor, params: SamplingParams, seqs: list[list[int]], seen: Tensor | None,
-             counts: Tensor | None) -> Tensor:
+def _process(
+    logits: Tensor, params: SamplingParams, seqs: list[list[int]], seen: Tensor | None, counts: Tensor | None
+) -> Tensor:
     """The sequence-dependent processors, in transformers' order where both define them."""
     logits = apply_logit_bias(logits, params.logit_bias)
     if seen is not None:

@@ -132,7 +132,7 @@ def _sample(model: GPT, encoded: list[list[int]], params: SamplingParams, tokeni
             slot = torch.tensor([T + step], device=device)
             logits = decode_step(model, tokens, mask[:, : cache.max_len], positions, slot, cache)
         else:  # the context is full: recompute over the last `window` tokens, as nanoGPT crops
-            generated = torch.tensor([seq[len(row):] for seq, row in zip(seqs, rows, strict=True)], device=device)
+            generated = torch.tensor([seq[len(row) :] for seq, row in zip(seqs, rows, strict=True)], device=device)
             sequence = torch.cat([batch.ids, generated], dim=1)[:, -window:]  # (B, window)
             logits = _window_logits(model, sequence, mask[:, : T + step + 1][:, -window:])
 
@@ -183,5 +183,3 @@ def _events_of(completion: Completion) -> Iterator[TokenEvent]:
             top_logprobs=completion.top_logprobs[k] if completion.top_logprobs else None,
             finish_reason=completion.finish_reason if k == last else None,
         )
-
-

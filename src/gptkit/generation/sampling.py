@@ -121,11 +121,7 @@ def banned_ngram_tokens(sequence: Sequence[int], n: int) -> list[int]:
     if n <= 0 or len(sequence) + 1 < n:
         return []
     prefix = tuple(sequence[len(sequence) - n + 1 :]) if n > 1 else ()
-    return [
-        sequence[i + n - 1]
-        for i in range(len(sequence) - n + 1)
-        if tuple(sequence[i : i + n - 1]) == prefix
-    ]
+    return [sequence[i + n - 1] for i in range(len(sequence) - n + 1) if tuple(sequence[i : i + n - 1]) == prefix]
 
 
 def apply_no_repeat_ngram(logits: Tensor, sequences: Sequence[Sequence[int]], n: int) -> Tensor:

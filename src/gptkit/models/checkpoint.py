@@ -276,7 +276,9 @@ def describe_source(source: Source, shapes: Shapes) -> dict[str, Any]:
     else:
         config, state = read_checkpoint(source, shapes)
         dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
-    n_params = sum(math.prod(s) for k, s in shapes(config).items() if not (k == TIED_KEY and config.tie_word_embeddings))
+    n_params = sum(
+        math.prod(s) for k, s in shapes(config).items() if not (k == TIED_KEY and config.tie_word_embeddings)
+    )
     files = {p.name: p.stat().st_size for p in sorted(source.path.iterdir()) if p.is_file()}
     return {
         "path": str(source.path),

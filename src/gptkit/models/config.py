@@ -69,9 +69,7 @@ class GPTConfig:
         for key in ("bos_token_id", "eos_token_id"):
             value = getattr(self, key)
             if value is not None and not 0 <= value < self.vocab_size:
-                raise ConfigError(
-                    f"GPTConfig.{key} ({value}) must lie in [0, vocab_size={self.vocab_size}) or be None"
-                )
+                raise ConfigError(f"GPTConfig.{key} ({value}) must lie in [0, vocab_size={self.vocab_size}) or be None")
 
     @property
     def head_dim(self) -> int:

@@ -95,9 +95,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(
-        self, x: Tensor, mask: Tensor | None, cache: KVCache | None, cache_position: Tensor | None
-    ) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None, cache_position: Tensor | None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -169,9 +167,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(
-        self, x: Tensor, mask: Tensor | None, cache: KVCache | None, cache_position: Tensor | None
-    ) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None, cache_position: Tensor | None) -> Tensor:
         if self.pre_norm:  # GPT-2
             x = x + self.attn(self.ln_1(x), mask, cache, cache_position)
             return x + self.mlp(self.ln_2(x))

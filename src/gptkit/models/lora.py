@@ -180,8 +180,7 @@ def without_adapters(model: nn.Module) -> Iterator[nn.Module]:
     the base model beside its adapter); the adapters are put back on exit."""
     swapped = {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
     for name, module in swapped.items():
-        plain = Linear(module.weight.shape[1], module.weight.shape[0], bias=module.bias is not None,
-                          device="meta")
+        plain = Linear(module.weight.shape[1], module.weight.shape[0], bias=module.bias is not None, device="meta")
         plain.weight, plain.bias = module.weight, module.bias
         _replace(model, name, plain)
     try:
@@ -229,8 +228,11 @@ def _selector(which: str, names: list[str]) -> Callable[[str], bool]:
 
     def last(name: str) -> bool:
         block = re.match(r"transformer\.h\.(\d+)\.", name)
-        return (block is not None and int(block.group(1)) >= first) or name.startswith("transformer.ln_f.") \
+        return (
+            (block is not None and int(block.group(1)) >= first)
+            or name.startswith("transformer.ln_f.")
             or _is_head(name)
+        )
 
     return last
 
@@ -281,8 +283,9 @@ def save_adapter(
         modules_to_save = _TASK_HEADS.get(task_type or "", ())
     tensors = {PEFT_PREFIX + k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
     for name, module in _modules_to_save(model, modules_to_save).items():
-        tensors.update({f"{PEFT_PREFIX}{name}.{k}": v.detach().to("cpu").contiguous()
-                        for k, v in module.state_dict().items()})
+        tensors.update(
+            {f"{PEFT_PREFIX}{name}.{k}": v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+        )
     conv1d = any(n.startswith("transformer.h.") for n in layers)  # HF's GPT-1/GPT-2 blocks use Conv1D
     adapter_config = {
         "peft_type": "LORA",

@@ -51,9 +51,9 @@ class ChoiceFeatures:
     truncated: int = 0
 
 
-def read_choice(path: str | os.PathLike[str], *, on_error: OnError = "fail", require_label: bool = True
-                ) -> ChoiceSet:
+def read_choice(path: str | os.PathLike[str], *, on_error: OnError = "fail", require_label: bool = True) -> ChoiceSet:
     """Multiple-choice examples of a SWAG-style or generic JSON/JSONL file (see the module docstring)."""
+
     def examples() -> Iterator[tuple[int, ChoiceExample | str] | BadRow]:
         for item in _json_objects(Path(path)):
             yield item if isinstance(item, BadRow) else (item[0], _choice(item[1], item[0], require_label))
@@ -87,8 +87,10 @@ def _json_objects(path: Path) -> Iterator[tuple[int, Any] | BadRow]:
             elif array and not text.startswith("]", pos):
                 raise json.JSONDecodeError("expected ',' or ']' after an array item", text, pos)
     except json.JSONDecodeError as e:  # the rest cannot be resynchronised: a whole-file error
-        raise DataError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); fix the file (a .json file holds "
-                        f"an array or concatenated objects, a .jsonl file one object per line)") from None
+        raise DataError(
+            f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); fix the file (a .json file holds "
+            f"an array or concatenated objects, a .jsonl file one object per line)"
+        ) from None
 
 
 def _choice(obj: Any, line: int, require_label: bool) -> ChoiceExample | str:
@@ -101,12 +103,13 @@ def _choice(obj: Any, line: int, require_label: bool) -> ChoiceExample | str:
         endings = obj["choices"]
         parts = [obj.get("context", ""), obj.get("question", "")]
     else:
-        return f"expected SWAG fields (sent1, sent2, ending0, ending1, ...) or 'context'/'question' and " \
-               f"'choices'; the object has {', '.join(list(obj)[:10])}"
+        return (
+            f"expected SWAG fields (sent1, sent2, ending0, ending1, ...) or 'context'/'question' and "
+            f"'choices'; the object has {', '.join(list(obj)[:10])}"
+        )
     if not all(isinstance(p, str) for p in parts):
         return "the context fields (sent1/sent2 or context/question) must be strings"
-    if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) and e.strip()
-                                                                     for e in endings):
+    if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) and e.strip() for e in endings):
         return "expected at least 2 non-empty string choices (ending0, ending1, ... or 'choices')"
     label = obj.get("label")
     if isinstance(label, str) and label.strip().isdigit():
@@ -118,8 +121,9 @@ def _choice(obj: Any, line: int, require_label: bool) -> ChoiceExample | str:
     return ChoiceExample(context, [e.strip() for e in endings], label, line)
 
 
-def encode_choice(tokenizer: Tokenizer, examples: ChoiceSet | Sequence[ChoiceExample], *, max_length: int
-                  ) -> ChoiceFeatures:
+def encode_choice(
+    tokenizer: Tokenizer, examples: ChoiceSet | Sequence[ChoiceExample], *, max_length: int
+) -> ChoiceFeatures:
     """Per example, one sequence per choice: context + " " + ending + eos (the eos is the token scored).
 
     The context and " " + ending are encoded separately (so every choice shares the context's ids); if a
@@ -136,9 +140,9 @@ def encode_choice(tokenizer: Tokenizer, examples: ChoiceSet | Sequence[ChoiceExa
             tail = tokenizer.encode(" " + ending if ex.context else ending, disallowed_special=()) + [eos]
             room = max_length - len(tail)
             if room < 0:
-                tail, room = tail[:max_length - 1] + [eos], 0
+                tail, room = tail[: max_length - 1] + [eos], 0
             cut = cut or room < len(context)
-            rows.append(context[len(context) - min(room, len(context)):] + tail)
+            rows.append(context[len(context) - min(room, len(context)) :] + tail)
         out.truncated += cut
         out.input_ids.append(rows)
         out.labels.append(ex.label)

@@ -35,8 +35,17 @@ from gptkit.training.corpus import BadRow, MissingColumnsError, OnError, iter_re
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Tokenizer
 
-__all__ = ["IGNORE_INDEX", "ClassFeatures", "LabelMap", "LabelledExample", "LabelledSet", "TaskSet", "TokenFeatures",
-           "encode_labelled", "read_labelled"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ClassFeatures",
+    "LabelMap",
+    "LabelledExample",
+    "LabelledSet",
+    "TaskSet",
+    "TokenFeatures",
+    "encode_labelled",
+    "read_labelled",
+]
 
 IGNORE_INDEX = -100  # label of a position without loss (torch's cross_entropy default ignore_index)
 Task = Literal["single", "multi", "regression"]
@@ -180,8 +189,14 @@ def collect(result: S, items: Iterable[tuple[int, Any] | BadRow], on_error: OnEr
         else:
             result.examples.append(item[1])
     if not result.examples:
-        raise DataError(f"{source}: no {what} in this file" + (f" ({len(result.skipped)} bad rows skipped, "
-                        f"the first: {result.skipped[0]})" if result.skipped else " (is it empty?)"))
+        raise DataError(
+            f"{source}: no {what} in this file"
+            + (
+                f" ({len(result.skipped)} bad rows skipped, the first: {result.skipped[0]})"
+                if result.skipped
+                else " (is it empty?)"
+            )
+        )
     return result
 
 
@@ -203,18 +218,28 @@ def unpack(data: TaskSet[E] | Sequence[E]) -> tuple[str, list[E]]:
 
 def require_eos(tokenizer: Tokenizer, task: str) -> int:
     if tokenizer.eos_token_id is None:
-        raise ConfigError(f"{task} ends each sequence with the eos token, and this tokenizer has none "
-                          f"(GPT-1's vocabulary has no eos); use a GPT-2 tokenizer or one trained with <|endoftext|>")
+        raise ConfigError(
+            f"{task} ends each sequence with the eos token, and this tokenizer has none "
+            f"(GPT-1's vocabulary has no eos); use a GPT-2 tokenizer or one trained with <|endoftext|>"
+        )
     return tokenizer.eos_token_id
 
 
 # --- classification ---------------------------------------------------------------------------------
 
 
-def read_labelled(path: str | os.PathLike[str], *, text_column: str = "text", label_column: str | None = "label",
-                  text_pair_column: str | None = None, task: Task = "single", fmt: str = "auto",
-                  on_error: OnError = "fail", label_map: LabelMap | None = None,
-                  label_delimiter: str = ",") -> LabelledSet:
+def read_labelled(
+    path: str | os.PathLike[str],
+    *,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    text_pair_column: str | None = None,
+    task: Task = "single",
+    fmt: str = "auto",
+    on_error: OnError = "fail",
+    label_map: LabelMap | None = None,
+    label_delimiter: str = ",",
+) -> LabelledSet:
     """Texts and labels from CSV/TSV/JSONL (see the module docstring); label_column=None reads texts only."""
     if task not in ("single", "multi", "regression"):
         raise ConfigError(f"task={task!r}; expected 'single', 'multi' or 'regression'")
@@ -228,28 +253,42 @@ def read_labelled(path: str | os.PathLike[str], *, text_column: str = "text", la
                     yield item
                     continue
                 line, row = item
-                yield line, _labelled(row, line, text_column, text_pair_column, label_column, task, label_map,
-                                      label_delimiter)
+                yield (
+                    line,
+                    _labelled(row, line, text_column, text_pair_column, label_column, task, label_map, label_delimiter),
+                )
         except MissingColumnsError as e:
-            raise DataError(f"{e.source}: no column {', '.join(map(repr, e.missing))} (columns present: "
-                            f"{', '.join(e.header)}); pass the right text_column/label_column (--text-column, "
-                            f"--label-column)") from None
+            raise DataError(
+                f"{e.source}: no column {', '.join(map(repr, e.missing))} (columns present: "
+                f"{', '.join(e.header)}); pass the right text_column/label_column (--text-column, "
+                f"--label-column)"
+            ) from None
 
     return collect(LabelledSet(str(path), task=task), examples(), on_error, "labelled examples")
 
 
-def _labelled(row: dict[str, Any], line: int, text_column: str, pair_column: str | None, label_column: str | None,
-              task: Task, label_map: LabelMap | None, delimiter: str) -> LabelledExample | str:
+def _labelled(
+    row: dict[str, Any],
+    line: int,
+    text_column: str,
+    pair_column: str | None,
+    label_column: str | None,
+    task: Task,
+    label_map: LabelMap | None,
+    delimiter: str,
+) -> LabelledExample | str:
     texts = [row[c] for c in (text_column, pair_column) if c is not None]
     for column, text in zip([text_column, pair_column], texts, strict=False):
         if not isinstance(text, str) or not text.strip():
             return f"{column!r} is {'empty' if isinstance(text, str) else type(text).__name__}; expected text"
     label = None if label_column is None else _parse_label(raw := row[label_column], task, delimiter)
     if label_column is not None and label is None:
-        return {"single": f"missing or empty label in {label_column!r}",
-                "multi": f"missing or empty label in {label_column!r} ({raw!r}); give a JSON list or labels "
-                         f"separated by {delimiter!r}",
-                "regression": f"label {raw!r} in {label_column!r} is not a finite number"}[task]
+        return {
+            "single": f"missing or empty label in {label_column!r}",
+            "multi": f"missing or empty label in {label_column!r} ({raw!r}); give a JSON list or labels "
+            f"separated by {delimiter!r}",
+            "regression": f"label {raw!r} in {label_column!r} is not a finite number",
+        }[task]
     if label_map is not None and isinstance(label, (str, list)):
         if unseen := [x for x in ([label] if isinstance(label, str) else label) if x not in label_map]:
             return label_map.unseen(unseen[0])
@@ -271,8 +310,9 @@ def _parse_label(raw: Any, task: Task, delimiter: str) -> Label:
     return None if parts is None or None in names else list(dict.fromkeys(names))  # type: ignore[arg-type]
 
 
-def encode_labelled(tokenizer: Tokenizer, data: LabelledSet, label_map: LabelMap | None, *, max_length: int,
-                    separator: str = "\n") -> ClassFeatures:
+def encode_labelled(
+    tokenizer: Tokenizer, data: LabelledSet, label_map: LabelMap | None, *, max_length: int, separator: str = "\n"
+) -> ClassFeatures:
     """Ids of each text (a pair joined by `separator`) and its encoded label; a classifier pools the last token.
 
     Too long: the longer of a pair is cut first, from the right. Labels: a class id (single), a multi-hot

@@ -65,7 +65,7 @@ class EpochSampler:
         while k > 0:
             if self.position == self.n:
                 self.order, self.position = self._shuffle(), 0
-            part = self.order[self.position:self.position + k]
+            part = self.order[self.position : self.position + k]
             taken.append(part)
             self.position += len(part)
             k -= len(part)
@@ -137,8 +137,10 @@ def _base_model(train: TrainConfig, max_length: int) -> tuple[GPT, Any]:
         torch.manual_seed(train.seed)
         model = GPT(config)
     if max_length > model.config.n_positions:
-        raise ConfigError(f"max_length {max_length} exceeds {train.model}'s context of "
-                          f"{model.config.n_positions} tokens; pass --max-length {model.config.n_positions} or less")
+        raise ConfigError(
+            f"max_length {max_length} exceeds {train.model}'s context of "
+            f"{model.config.n_positions} tokens; pass --max-length {model.config.n_positions} or less"
+        )
     if train.dropout is not None:
         model = with_dropout(model, train.dropout)
     return model, tokenizer
@@ -176,13 +178,18 @@ def _read_sets(task: TaskConfig, recipe: Recipe, seed: int) -> tuple[list[Any], 
     if len(train_examples) < 2:
         raise DataError(f"{task.train_file}: {len(train_examples)} example; give at least 2, or an --eval file")
     order = torch.randperm(len(train_examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:max(1, len(order) // 10)])  # no eval file: a seeded 10% of the examples is held out
-    return ([x for i, x in enumerate(train_examples) if i not in held],
-            [x for i, x in enumerate(train_examples) if i in held], labels, skipped)
+    held = set(order[: max(1, len(order) // 10)])  # no eval file: a seeded 10% of the examples is held out
+    return (
+        [x for i, x in enumerate(train_examples) if i not in held],
+        [x for i, x in enumerate(train_examples) if i in held],
+        labels,
+        skipped,
+    )
 
 
-def _build_model(task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: Any, device: torch.device,
-                 resume_from: Path | None) -> nn.Module:
+def _build_model(
+    task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: Any, device: torch.device, resume_from: Path | None
+) -> nn.Module:
     """The model to train: a heads.TaskModel, or the GPT itself for instruct."""
     from gptkit.models.gpt import load_model
     from gptkit.tasks.heads import TaskModel, load_task_model
@@ -209,8 +216,15 @@ def _size(ids: list[Any]) -> int:
     return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
 
 
-def _predict_outputs(model: nn.Module, rows: Sequence[Row], targets: Sequence[int], pad_id: int, fields: Sequence[str],
-                     batch_size: int, autocast: Any) -> tuple[float, dict[str, list[Tensor]]]:
+def _predict_outputs(
+    model: nn.Module,
+    rows: Sequence[Row],
+    targets: Sequence[int],
+    pad_id: int,
+    fields: Sequence[str],
+    batch_size: int,
+    autocast: Any,
+) -> tuple[float, dict[str, list[Tensor]]]:
     """Mean loss over the rows' targets and, per row, the output fields asked for (on the CPU)."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -220,7 +234,7 @@ def _predict_outputs(model: nn.Module, rows: Sequence[Row], targets: Sequence[in
     total, outputs = 0.0, {name: [torch.empty(0)] * len(rows) for name in fields}
     with torch.inference_mode():
         for first in range(0, len(order), batch_size):
-            picked = order[first:first + batch_size]
+            picked = order[first : first + batch_size]
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in picked], pad_id).items()}
             with autocast:
                 out = model(**batch)
@@ -250,8 +264,9 @@ def _tokenizer(train: TrainConfig) -> Any:
     return _tokenizer_for(GPTConfig.from_name(train.model).family)
 
 
-def finetune(task: TaskConfig, train: TrainConfig, *,
-             on_log: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
+def finetune(
+    task: TaskConfig, train: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None
+) -> FinetuneResult:
     """Fine-tune train.model on task.train_file for task.task with the one training loop; return the figures.
 
     The run directory (train.out_dir) ends up holding the model as the matching `transformers` class (plus a
@@ -262,8 +277,10 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
     if train.fsdp:
         raise ConfigError("FSDP is for pre-training large models; fine-tune with DDP (drop --fsdp)")
     if train.trainable == "head" and task.task == "instruct":
-        raise ConfigError("--trainable head: instruction tuning trains the language model, which has no "
-                          "separate head; use --lora-r N, --trainable last:N or all")
+        raise ConfigError(
+            "--trainable head: instruction tuning trains the language model, which has no "
+            "separate head; use --lora-r N, --trainable last:N or all"
+        )
     train_examples, eval_examples, labels, skipped = _read_sets(task, recipe, train.seed)
     tokenizer = _tokenizer(train)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -285,8 +302,9 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
             return module(**batch).loss, n
 
         def evaluate(module: nn.Module, autocast: Any) -> dict[str, float]:
-            val_loss, outputs = _predict_outputs(model, eval_set.rows, eval_set.targets, pad_id, recipe.outputs,
-                                                 config.batch_size, autocast)
+            val_loss, outputs = _predict_outputs(
+                model, eval_set.rows, eval_set.targets, pad_id, recipe.outputs, config.batch_size, autocast
+            )
             result = {"val_loss": val_loss, **recipe.score(outputs, eval_set, labels)}
             if language_model:
                 result["val_perplexity"] = math.exp(min(val_loss, 50))
@@ -294,8 +312,12 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
             last.update(result)
             return result
 
-        sampler = EpochSampler(len(rows), config.seed, lengths=[_size(r["input_ids"]) for r in rows],
-                               group=LENGTH_GROUP * per_step if task.group_by_length else 0)
+        sampler = EpochSampler(
+            len(rows),
+            config.seed,
+            lengths=[_size(r["input_ids"]) for r in rows],
+            group=LENGTH_GROUP * per_step if task.group_by_length else 0,
+        )
 
         def collate_items(items: Tensor) -> Batch:
             batch = collate([rows[i] for i in items.tolist()], pad_id)
@@ -303,11 +325,17 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
             return batch
 
         return Objective(
-            model=model, tokenizer=tokenizer, sampler=sampler, collate=collate_items,
-            count=lambda items: int(targets[items].sum()), loss=loss, evaluate=evaluate,
+            model=model,
+            tokenizer=tokenizer,
+            sampler=sampler,
+            collate=collate_items,
+            count=lambda items: int(targets[items].sum()),
+            loss=loss,
+            evaluate=evaluate,
             save=lambda module, state, directory: _save(model, tokenizer, task, config, recipe, labels, directory),
-            fingerprint=file_fingerprint(task.train_file, task.eval_file,
-                                         settings={"task": asdict(task), "model": config.model}),
+            fingerprint=file_fingerprint(
+                task.train_file, task.eval_file, settings={"task": asdict(task), "model": config.model}
+            ),
         )
 
     result = fit(train, build, on_log=on_log)
@@ -316,8 +344,9 @@ def finetune(task: TaskConfig, train: TrainConfig, *,
     return FinetuneResult(result, dict(last), Path(train.out_dir))
 
 
-def _save(model: nn.Module, tokenizer: Any, task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: Any,
-          directory: Path) -> None:
+def _save(
+    model: nn.Module, tokenizer: Any, task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: Any, directory: Path
+) -> None:
     """A checkpoint directory: the model (as transformers' class for its task), tokenizer, adapter, task.json."""
     from gptkit.io import atomic_write_text
     from gptkit.models.gpt import save_model
@@ -334,8 +363,18 @@ def _save(model: nn.Module, tokenizer: Any, task: TaskConfig, train: TrainConfig
         save_chat_template(directory, task.chat_template or DEFAULT_CHAT_TEMPLATE)
     if train.lora_r:
         heads = (HEAD_NAMES[task.task],) if isinstance(model, TaskModel) else ()
-        lora.save_adapter(model, directory, config=lora_config(train), base_model_name_or_path=train.model,
-                          task_type=recipe.peft_task, modules_to_save=heads)
-    description = {"task": asdict(task), "labels": None if labels is None else list(labels.labels),
-                   "lora": bool(train.lora_r), "base_model": train.model}
+        lora.save_adapter(
+            model,
+            directory,
+            config=lora_config(train),
+            base_model_name_or_path=train.model,
+            task_type=recipe.peft_task,
+            modules_to_save=heads,
+        )
+    description = {
+        "task": asdict(task),
+        "labels": None if labels is None else list(labels.labels),
+        "lora": bool(train.lora_r),
+        "base_model": train.model,
+    }
     atomic_write_text(directory / TASK_FILE, json.dumps(description, indent=2) + "\n")

@@ -246,8 +246,9 @@ class TaskModel(nn.Module):
             out = TaskOutput(logits, loss)
         elif task == "tag":
             logits = self.classifier(self.dropout(hidden))  # (B, T, L)
-            out = TaskOutput(logits, None if labels is None else token_classification_loss(logits, labels,
-                                                                                           attention_mask))
+            out = TaskOutput(
+                logits, None if labels is None else token_classification_loss(logits, labels, attention_mask)
+            )
         elif task == "qa":
             logits = self.qa_outputs(hidden)  # (B, T, 2)
             start, end = logits.unbind(dim=-1)  # (B, T) each
@@ -304,8 +305,14 @@ def save_task_model(
             raise CheckpointError(f"transformers has no {config.family or 'custom'} class for the {spec.task} task")
         return _hf_task_fields(spec, hf_class, pad_token_id)
 
-    return save_checkpoint(directory, model.state_dict(), config, tokenizer=tokenizer, task_fields=task_fields,
-                           block={"task": spec.to_dict()})
+    return save_checkpoint(
+        directory,
+        model.state_dict(),
+        config,
+        tokenizer=tokenizer,
+        task_fields=task_fields,
+        block={"task": spec.to_dict()},
+    )
 
 
 def _hf_task_fields(spec: TaskSpec, hf_class: str, pad_token_id: int | None) -> dict[str, Any]:
@@ -377,8 +384,10 @@ def _backbone_state(
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         wrong = [k for k in expected.keys() & state.keys() if tuple(state[k].shape) != expected[k]]
         if missing or unexpected or wrong:
-            raise CheckpointError(f"{source}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                                  f"wrongly shaped {wrong[:5]} weights for this config.json")
+            raise CheckpointError(
+                f"{source}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"wrongly shaped {wrong[:5]} weights for this config.json"
+            )
         out = dict(state)
         if config.tie_word_embeddings:
             out[TIED_KEY] = out["transformer.wte.weight"]
@@ -403,8 +412,10 @@ def _spec_from_hf(data: dict[str, Any], source: str) -> TaskSpec:
         if data.get("summary_last_dropout"):
             wrong["summary_last_dropout"] = data["summary_last_dropout"]
         if wrong:
-            raise CheckpointError(f"{source}: multiple-choice head with {wrong} is not supported; gptkit implements "
-                                  f"{_SUMMARY_FIELDS} and no summary_last_dropout")
+            raise CheckpointError(
+                f"{source}: multiple-choice head with {wrong} is not supported; gptkit implements "
+                f"{_SUMMARY_FIELDS} and no summary_last_dropout"
+            )
         return TaskSpec("choice", num_labels=1, dropout=float(data.get("summary_first_dropout", 0.1)))
     id2label = data.get("id2label") or {}
     num_labels = len(id2label) if id2label else int(data.get("num_labels", 2))

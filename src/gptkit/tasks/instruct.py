@@ -29,8 +29,15 @@ from gptkit.training.corpus import BadRow, OnError, iter_records
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Tokenizer
 
-__all__ = ["ChatExample", "InstructSet", "PromptCompletion", "encode_instruct", "pack", "read_chat",
-           "read_prompt_completion"]
+__all__ = [
+    "ChatExample",
+    "InstructSet",
+    "PromptCompletion",
+    "encode_instruct",
+    "pack",
+    "read_chat",
+    "read_prompt_completion",
+]
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -56,6 +63,7 @@ class InstructSet(TaskSet[PromptCompletion | ChatExample]):
 
 def read_prompt_completion(path: str | os.PathLike[str], *, on_error: OnError = "fail") -> InstructSet:
     """{"prompt", "completion"} JSONL; an empty completion (or a non-string field) is a bad row."""
+
     def examples() -> Iterator[tuple[int, PromptCompletion | str] | BadRow]:
         for item in iter_records(path, "jsonl", columns=("prompt", "completion")):
             if isinstance(item, BadRow):
@@ -75,6 +83,7 @@ def read_prompt_completion(path: str | os.PathLike[str], *, on_error: OnError = 
 
 def read_chat(path: str | os.PathLike[str], *, on_error: OnError = "fail") -> InstructSet:
     """{"messages": [...]} JSONL (see the module docstring); a bad row names its line and message index."""
+
     def examples() -> Iterator[tuple[int, ChatExample | str] | BadRow]:
         for item in iter_records(path, "jsonl", columns=("messages",)):
             yield item if isinstance(item, BadRow) else (item[0], _chat(item[1]["messages"], item[0]))
@@ -84,7 +93,7 @@ def read_chat(path: str | os.PathLike[str], *, on_error: OnError = "fail") -> In
 
 def _chat(messages: Any, line: int) -> ChatExample | str:
     if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list of {\"role\", \"content\"} objects"
+        return '\'messages\' must be a non-empty list of {"role", "content"} objects'
     kept = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
@@ -110,8 +119,13 @@ def _chat(messages: Any, line: int) -> ChatExample | str:
 # --- encoding ---------------------------------------------------------------------------------------
 
 
-def encode_instruct(tokenizer: Tokenizer, examples: InstructSet | Sequence[PromptCompletion | ChatExample], *,
-                    max_length: int, template: str = DEFAULT_CHAT_TEMPLATE) -> TokenFeatures:
+def encode_instruct(
+    tokenizer: Tokenizer,
+    examples: InstructSet | Sequence[PromptCompletion | ChatExample],
+    *,
+    max_length: int,
+    template: str = DEFAULT_CHAT_TEMPLATE,
+) -> TokenFeatures:
     """input_ids and labels (-100 except on trained answers and their eos) per example, cut to max_length.
 
     A sequence cut so that no trained token is left is dropped (counted in `dropped`).
@@ -128,8 +142,10 @@ def encode_instruct(tokenizer: Tokenizer, examples: InstructSet | Sequence[Promp
             texts = [m["content"] for m in ex.messages]
             pieces = chat_segments(ex.messages, template, eos_token=eos)
         if found := [t for t in tokenizer.special_tokens for text in texts if t in text]:
-            raise DataError(f"{source}:{ex.line}: the text contains the special token {found[0]!r}, which would "
-                            f"become a real special token; remove it from the data")
+            raise DataError(
+                f"{source}:{ex.line}: the text contains the special token {found[0]!r}, which would "
+                f"become a real special token; remove it from the data"
+            )
         ids: list[int] = []
         labels: list[int] = []
         for text, trained in pieces:
@@ -160,12 +176,14 @@ def pack(features: TokenFeatures, block_size: int) -> TokenFeatures:
     labels = [x for row in features.labels for x in row]
     out = TokenFeatures([], [], truncated=features.truncated, dropped=features.dropped)
     for start in range(0, len(ids) - block_size + 1, block_size):
-        if all(x == IGNORE_INDEX for x in labels[start:start + block_size]):
+        if all(x == IGNORE_INDEX for x in labels[start : start + block_size]):
             out.dropped += 1
             continue
-        out.input_ids.append(ids[start:start + block_size])
-        out.labels.append(labels[start:start + block_size])
+        out.input_ids.append(ids[start : start + block_size])
+        out.labels.append(labels[start : start + block_size])
     if not out.input_ids:
-        raise DataError(f"packing {len(ids)} tokens into blocks of {block_size} left no block with a trained token; "
-                        f"use a smaller block_size or more data")
+        raise DataError(
+            f"packing {len(ids)} tokens into blocks of {block_size} left no block with a trained token; "
+            f"use a smaller block_size or more data"
+        )
     return out

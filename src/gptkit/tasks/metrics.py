@@ -24,8 +24,19 @@ from typing import Any, Literal
 
 from gptkit.errors import DataError
 
-__all__ = ["accuracy", "classification_scores", "entities", "entity_scores", "exact_match", "multilabel_scores",
-           "normalize_answer", "precision_recall_f1", "regression_scores", "squad_scores", "token_f1"]
+__all__ = [
+    "accuracy",
+    "classification_scores",
+    "entities",
+    "entity_scores",
+    "exact_match",
+    "multilabel_scores",
+    "normalize_answer",
+    "precision_recall_f1",
+    "regression_scores",
+    "squad_scores",
+    "token_f1",
+]
 
 Average = Literal["binary", "macro", "micro"]
 Entity = tuple[str, int, int]  # (type, start, end): the tags[start:end] of one entity
@@ -49,8 +60,10 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
 
 def _check_pair(predictions: Sequence[object], references: Sequence[object], what: str = "predictions") -> None:
     if len(predictions) != len(references):
-        raise DataError(f"{len(predictions)} {what} but {len(references)} references; "
-                        f"pass one prediction per reference, in the same order")
+        raise DataError(
+            f"{len(predictions)} {what} but {len(references)} references; "
+            f"pass one prediction per reference, in the same order"
+        )
     if not references:
         raise DataError(f"no references to score: {what} and references are empty")
 
@@ -64,8 +77,13 @@ def accuracy(predictions: Sequence[Hashable], references: Sequence[Hashable]) ->
     return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
-def precision_recall_f1(predictions: Sequence[Hashable], references: Sequence[Hashable], *,
-                        average: Average = "binary", positive: Hashable = 1) -> dict[str, float]:
+def precision_recall_f1(
+    predictions: Sequence[Hashable],
+    references: Sequence[Hashable],
+    *,
+    average: Average = "binary",
+    positive: Hashable = 1,
+) -> dict[str, float]:
     """Precision, recall and F1 as scikit-learn defines them (zero_division=0).
 
     binary: of the `positive` label only (at most two labels may occur). macro: the unweighted mean of each
@@ -77,8 +95,10 @@ def precision_recall_f1(predictions: Sequence[Hashable], references: Sequence[Ha
     labels = set(predictions) | set(references)
     if average == "binary":
         if len(labels) > 2 or (len(labels) == 2 and positive not in labels):
-            raise DataError(f"average='binary' needs at most two labels including positive={positive!r}, got "
-                            f"{sorted(map(repr, labels))}; use average='macro' or 'micro' for multiclass data")
+            raise DataError(
+                f"average='binary' needs at most two labels including positive={positive!r}, got "
+                f"{sorted(map(repr, labels))}; use average='macro' or 'micro' for multiclass data"
+            )
         labels = {positive}
     elif average not in ("macro", "micro"):
         raise DataError(f"average={average!r}; expected 'binary', 'macro' or 'micro'")
@@ -103,12 +123,13 @@ def classification_scores(predictions: Sequence[Hashable], references: Sequence[
     """accuracy, and precision/recall/f1: binary for label 1 when the labels are 0/1, macro otherwise."""
     binary = (set(predictions) | set(references)) <= {0, 1}
     average: Average = "binary" if binary else "macro"
-    return {"accuracy": accuracy(predictions, references),
-            **precision_recall_f1(predictions, references, average=average, positive=1)}
+    return {
+        "accuracy": accuracy(predictions, references),
+        **precision_recall_f1(predictions, references, average=average, positive=1),
+    }
 
 
-def multilabel_scores(predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]]
-                      ) -> dict[str, float]:
+def multilabel_scores(predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]]) -> dict[str, float]:
     """Multi-label scores over rows of 0/1 per label: micro precision/recall/f1 and exact-match accuracy.
 
     `accuracy` is the fraction of rows whose every label is right (scikit-learn's subset accuracy).
@@ -156,8 +177,11 @@ def regression_scores(predictions: Sequence[float], references: Sequence[float])
     """mse, and the pearson and spearman correlations (0 where a side is constant) of predictions and references."""
     _check_pair(predictions, references)
     x, y = [float(v) for v in predictions], [float(v) for v in references]
-    return {"mse": sum((a - b) ** 2 for a, b in zip(x, y, strict=True)) / len(y),
-            "pearson": _pearson(x, y), "spearman": _pearson(_ranks(x), _ranks(y))}
+    return {
+        "mse": sum((a - b) ** 2 for a, b in zip(x, y, strict=True)) / len(y),
+        "pearson": _pearson(x, y),
+        "spearman": _pearson(_ranks(x), _ranks(y)),
+    }
 
 
 # --- token tagging: entities from IOB tags --------------------------------------------------------
@@ -168,8 +192,10 @@ def _split_tag(tag: str, index: int) -> tuple[str, str]:
         return "O", ""
     prefix, dash, kind = tag.partition("-")
     if prefix not in ("B", "I") or not dash or not kind:
-        raise DataError(f"tag {tag!r} at position {index} is not O, B-TYPE or I-TYPE; entities reads IOB1/IOB2 "
-                        f"tags (convert IOBES/BILOU tags to IOB2 first)")
+        raise DataError(
+            f"tag {tag!r} at position {index} is not O, B-TYPE or I-TYPE; entities reads IOB1/IOB2 "
+            f"tags (convert IOBES/BILOU tags to IOB2 first)"
+        )
     return prefix, kind
 
 
@@ -204,8 +230,10 @@ def entity_scores(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[st
     tokens = right = 0
     for index, (pred_tags, gold_tags) in enumerate(zip(predicted, gold, strict=True)):
         if len(pred_tags) != len(gold_tags):
-            raise DataError(f"sentence {index}: {len(pred_tags)} predicted tags but {len(gold_tags)} gold tags; "
-                            f"predict one tag per token")
+            raise DataError(
+                f"sentence {index}: {len(pred_tags)} predicted tags but {len(gold_tags)} gold tags; "
+                f"predict one tag per token"
+            )
         tokens += len(gold_tags)
         right += sum(p == g for p, g in zip(pred_tags, gold_tags, strict=True))
         pred_set, gold_set = set(entities(pred_tags)), set(entities(gold_tags))
@@ -216,8 +244,11 @@ def entity_scores(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[st
             c[2] += entity in gold_set
     correct, n_pred, n_gold = (sum(c[i] for c in counts.values()) for i in range(3))
     per_type = {kind: {**_prf(c[0], c[1] - c[0], c[2] - c[0]), "support": c[2]} for kind, c in sorted(counts.items())}
-    return {**_prf(correct, n_pred - correct, n_gold - correct), "accuracy": _ratio(right, tokens),
-            "per_type": per_type}
+    return {
+        **_prf(correct, n_pred - correct, n_gold - correct),
+        "accuracy": _ratio(right, tokens),
+        "per_type": per_type,
+    }
 
 
 # --- extractive QA: the official SQuAD definitions --------------------------------------------------
@@ -273,12 +304,19 @@ def squad_scores(predictions: Mapping[str, str], references: Mapping[str, Sequen
         prediction = predictions.get(qid)
         exact[qid] = 0.0 if prediction is None else exact_match(prediction, golds)
         f1[qid] = 0.0 if prediction is None else token_f1(prediction, golds)
-    scores = {"exact_match": sum(exact.values()) / len(exact), "f1": sum(f1.values()) / len(f1),
-              "total": len(references), "missing": sum(qid not in predictions for qid in references)}
+    scores = {
+        "exact_match": sum(exact.values()) / len(exact),
+        "f1": sum(f1.values()) / len(f1),
+        "total": len(references),
+        "missing": sum(qid not in predictions for qid in references),
+    }
     has = [qid for qid, golds in references.items() if golds]
     no = [qid for qid, golds in references.items() if not golds]
     if has and no:
         for name, ids in (("has_answer", has), ("no_answer", no)):
-            scores |= {f"{name}_exact_match": sum(exact[q] for q in ids) / len(ids),
-                       f"{name}_f1": sum(f1[q] for q in ids) / len(ids), f"{name}_total": len(ids)}
+            scores |= {
+                f"{name}_exact_match": sum(exact[q] for q in ids) / len(ids),
+                f"{name}_f1": sum(f1[q] for q in ids) / len(ids),
+                f"{name}_total": len(ids),
+            }
     return scores

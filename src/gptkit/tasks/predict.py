@@ -45,8 +45,9 @@ class Finetuned:
         return self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
 
 
-def load_finetuned(directory: str | os.PathLike[str], *, device: torch.device | str | None = None,
-                   merge: bool = False) -> Finetuned:
+def load_finetuned(
+    directory: str | os.PathLike[str], *, device: torch.device | str | None = None, merge: bool = False
+) -> Finetuned:
     """Load a run directory written by `finetune` (its root, best/ or a checkpoint). merge: fold LoRA in."""
     from gptkit.models.gpt import load_model
     from gptkit.tasks.data import LabelMap
@@ -54,8 +55,9 @@ def load_finetuned(directory: str | os.PathLike[str], *, device: torch.device | 
     from gptkit.text.tokenizer import Tokenizer
 
     folder = Path(directory)
-    description = read_json(folder / TASK_FILE, CheckpointError,
-                            missing="is missing: this is not a `gptkit finetune` directory")
+    description = read_json(
+        folder / TASK_FILE, CheckpointError, missing="is missing: this is not a `gptkit finetune` directory"
+    )
     task = TaskConfig(**description["task"])
     labels = LabelMap(tuple(description["labels"])) if description.get("labels") else None
     model = load_model(folder) if task.task == "instruct" else load_task_model(folder)
@@ -91,13 +93,15 @@ def evaluate_file(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_s
     task, recipe = finetuned.task, finetuned.recipe
     examples, _ = recipe.read(task, str(path), finetuned.labels)
     encoded = recipe.encode(task, examples, finetuned.tokenizer, finetuned.labels)
-    loss, outputs = _predict_outputs(finetuned.model, encoded.rows, encoded.targets, finetuned.pad_id,
-                                     recipe.outputs, batch_size, nullcontext())
+    loss, outputs = _predict_outputs(
+        finetuned.model, encoded.rows, encoded.targets, finetuned.pad_id, recipe.outputs, batch_size, nullcontext()
+    )
     return {"loss": loss, **recipe.score(outputs, encoded, finetuned.labels), "examples": float(len(examples))}
 
 
-def predict(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: int = 16,
-            max_new_tokens: int = 128) -> Iterator[dict[str, Any]]:
+def predict(
+    finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: int = 16, max_new_tokens: int = 128
+) -> Iterator[dict[str, Any]]:
     """One JSON-ready prediction per example of an unlabelled (or labelled: labels are ignored) file."""
     from gptkit.tasks import choice, tagging
     from gptkit.tasks import data as task_data
@@ -107,14 +111,21 @@ def predict(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: i
         yield from _complete(finetuned, path, max_new_tokens)
         return
     if task.task == "classify":
-        examples = task_data.read_labelled(path, text_column=task.text_column, label_column=None,
-                                           text_pair_column=task.text_pair_column, fmt=task.format,
-                                           on_error=task.on_error).examples
-        rows = task_data.encode_labelled(tok, task_data.LabelledSet("input", examples), None,
-                                         max_length=task.max_length).input_ids
+        examples = task_data.read_labelled(
+            path,
+            text_column=task.text_column,
+            label_column=None,
+            text_pair_column=task.text_pair_column,
+            fmt=task.format,
+            on_error=task.on_error,
+        ).examples
+        rows = task_data.encode_labelled(
+            tok, task_data.LabelledSet("input", examples), None, max_length=task.max_length
+        ).input_ids
     elif task.task == "tag":
-        examples = tagging.read_conll(path, token_column=task.token_column, tag_column=None,
-                                      on_error=task.on_error).examples
+        examples = tagging.read_conll(
+            path, token_column=task.token_column, tag_column=None, on_error=task.on_error
+        ).examples
         features = tagging.encode_tagging(tok, examples, None, max_length=task.max_length)
         rows = features.input_ids
     elif task.task == "qa":
@@ -126,19 +137,31 @@ def predict(finetuned: Finetuned, path: str | os.PathLike[str], *, batch_size: i
     else:
         examples = choice.read_choice(path, on_error=task.on_error, require_label=False).examples
         rows = choice.encode_choice(tok, examples, max_length=task.max_length).input_ids
-    _, outputs = _predict_outputs(finetuned.model, [{"input_ids": r} for r in rows], [1] * len(rows),
-                                  finetuned.pad_id, finetuned.recipe.outputs, batch_size, nullcontext())
+    _, outputs = _predict_outputs(
+        finetuned.model,
+        [{"input_ids": r} for r in rows],
+        [1] * len(rows),
+        finetuned.pad_id,
+        finetuned.recipe.outputs,
+        batch_size,
+        nullcontext(),
+    )
     yield from _shape(finetuned, examples, outputs, features if task.task in ("tag", "qa") else None)
 
 
-def _shape(finetuned: Finetuned, examples: list[Any], outputs: dict[str, list[Any]], features: Any
-           ) -> Iterator[dict[str, Any]]:
+def _shape(
+    finetuned: Finetuned, examples: list[Any], outputs: dict[str, list[Any]], features: Any
+) -> Iterator[dict[str, Any]]:
     task, labels = finetuned.task.task, finetuned.labels
     if task == "qa":
         from gptkit.tasks.qa import best_spans
 
-        answers = best_spans(features, [t.tolist() for t in outputs["start_logits"]],
-                             [t.tolist() for t in outputs["end_logits"]], allow_impossible=True)
+        answers = best_spans(
+            features,
+            [t.tolist() for t in outputs["start_logits"]],
+            [t.tolist() for t in outputs["end_logits"]],
+            allow_impossible=True,
+        )
         for ex in examples:
             yield {"id": ex.id, "question": ex.question, "answer": answers.get(ex.id, "")}
         return
@@ -147,21 +170,36 @@ def _shape(finetuned: Finetuned, examples: list[Any], outputs: dict[str, list[An
             from gptkit.tasks.tagging import words_from_tokens
 
             word_ids = features.word_ids[i]
-            ids = words_from_tokens(word_ids, logits[:len(word_ids)].argmax(-1).tolist(), len(ex.tokens))
-            yield {"tokens": ex.tokens, "tags": [labels.labels[j] if j is not None else "O" for j in ids],
-                   "line": ex.line}
+            ids = words_from_tokens(word_ids, logits[: len(word_ids)].argmax(-1).tolist(), len(ex.tokens))
+            yield {
+                "tokens": ex.tokens,
+                "tags": [labels.labels[j] if j is not None else "O" for j in ids],
+                "line": ex.line,
+            }
         elif task == "choice":
-            yield {"context": ex.context, "label": int(logits.argmax()), "scores": logits.softmax(-1).tolist(),
-                   "line": ex.line}
+            yield {
+                "context": ex.context,
+                "label": int(logits.argmax()),
+                "scores": logits.softmax(-1).tolist(),
+                "line": ex.line,
+            }
         elif labels is None:  # regression
             yield {"text": ex.text, "score": float(logits[0]), "line": ex.line}
         elif finetuned.task.problem_type == "multi":
-            yield {"text": ex.text, "labels": [labels.labels[j] for j, v in enumerate(logits.tolist()) if v > 0],
-                   "scores": logits.sigmoid().tolist(), "line": ex.line}
+            yield {
+                "text": ex.text,
+                "labels": [labels.labels[j] for j, v in enumerate(logits.tolist()) if v > 0],
+                "scores": logits.sigmoid().tolist(),
+                "line": ex.line,
+            }
         else:
             probs = logits.softmax(-1)
-            yield {"text": ex.text, "label": labels.labels[int(probs.argmax())],
-                   "scores": dict(zip(labels.labels, probs.tolist(), strict=True)), "line": ex.line}
+            yield {
+                "text": ex.text,
+                "label": labels.labels[int(probs.argmax())],
+                "scores": dict(zip(labels.labels, probs.tolist(), strict=True)),
+                "line": ex.line,
+            }
 
 
 def _complete(finetuned: Finetuned, path: str | os.PathLike[str], max_new_tokens: int) -> Iterator[dict[str, Any]]:
@@ -179,12 +217,13 @@ def _complete(finetuned: Finetuned, path: str | os.PathLike[str], max_new_tokens
             raise DataError(str(item))
         line, record = item
         if "messages" in record:
-            prompt = render_chat(record["messages"], template, add_generation_prompt=True,
-                                 eos_token=finetuned.tokenizer.eos_token)
+            prompt = render_chat(
+                record["messages"], template, add_generation_prompt=True, eos_token=finetuned.tokenizer.eos_token
+            )
         elif isinstance(record.get("prompt"), str):
             prompt = record["prompt"]
         else:
-            raise DataError(f"{path}:{line}: expected a \"prompt\" string or a \"messages\" list")
+            raise DataError(f'{path}:{line}: expected a "prompt" string or a "messages" list')
         text = generate(finetuned.model, prompt, params, tokenizer=finetuned.tokenizer)[0].text
         yield {**record, "completion": text, "line": line}
 

@@ -119,8 +119,10 @@ def _answer_pairs(answers: Any, qid: str) -> list[tuple[Any, Any]]:
         return list(zip(texts, starts, strict=True))
     if isinstance(answers, list):
         return [(_field(a, "text", str, qid), _field(a, "answer_start", int, qid)) for a in answers]
-    raise _Bad(f"question {qid!r}: answers is {type(answers).__name__}; expected "
-               f'{{"text": [...], "answer_start": [...]}} or a list of {{"text", "answer_start"}} objects')
+    raise _Bad(
+        f"question {qid!r}: answers is {type(answers).__name__}; expected "
+        f'{{"text": [...], "answer_start": [...]}} or a list of {{"text", "answer_start"}} objects'
+    )
 
 
 def _checked_answers(pairs: list[tuple[Any, Any]], context: str, qid: str) -> list[tuple[str, int]]:
@@ -129,15 +131,17 @@ def _checked_answers(pairs: list[tuple[Any, Any]], context: str, qid: str) -> li
             raise _Bad(f"question {qid!r}: answer {k} text is {text!r}; expected a non-empty string")
         if not isinstance(start, int) or isinstance(start, bool) or start < 0:
             raise _Bad(f"question {qid!r}: answer {k} answer_start is {start!r}; expected a character offset >= 0")
-        held = context[start:start + len(text)]
+        held = context[start : start + len(text)]
         if held != text:
             found, at = [], context.find(text)
             while at >= 0 and len(found) < 3:
                 found.append(at)
                 at = context.find(text, at + 1)
             hint = f"{text!r} occurs at {', '.join(map(str, found))}" if found else "the text is not in the context"
-            raise _Bad(f"question {qid!r}: answer {k} {text!r} does not match the context at answer_start "
-                       f"{start}: the context holds {held!r} there ({hint}); fix answer_start or the text")
+            raise _Bad(
+                f"question {qid!r}: answer {k} {text!r} does not match the context at answer_start "
+                f"{start}: the context holds {held!r} there ({hint}); fix answer_start or the text"
+            )
     return [(text, start) for text, start in pairs]
 
 
@@ -195,8 +199,11 @@ def iter_squad(path: str | os.PathLike[str], fmt: SquadFormat = "auto") -> Itera
     seen: dict[str, str] = {}
     if jsonl:
         items: Iterable[tuple[str, Any, str | None, bool, int]] = (
-            (f"line {r.line}", r, None, False, r.line) if isinstance(r, BadRow) else
-            (f"line {r[0]}", r[1], None, False, r[0]) for r in iter_records(path, "jsonl"))
+            (f"line {r.line}", r, None, False, r.line)
+            if isinstance(r, BadRow)
+            else (f"line {r[0]}", r[1], None, False, r[0])
+            for r in iter_records(path, "jsonl")
+        )
     else:
         items = ((*q, i) for i, q in enumerate(_json_questions(path)))
     for where, obj, context, impossible, position in items:
@@ -207,8 +214,9 @@ def iter_squad(path: str | os.PathLike[str], fmt: SquadFormat = "auto") -> Itera
                 raise _Bad('expected a paragraph object with a "context" string and "qas"')
             example = _example(obj, context, impossible, position)
             if example.id in seen:
-                raise _Bad(f"question {example.id!r}: the id is repeated (first at {seen[example.id]}); ids must be "
-                           f"unique")
+                raise _Bad(
+                    f"question {example.id!r}: the id is repeated (first at {seen[example.id]}); ids must be unique"
+                )
         except _Bad as bad:
             yield BadQuestion(str(path), where, str(bad))
             continue
@@ -216,8 +224,13 @@ def iter_squad(path: str | os.PathLike[str], fmt: SquadFormat = "auto") -> Itera
         yield example
 
 
-def read_squad(path: str | os.PathLike[str], *, fmt: SquadFormat = "auto", on_error: Literal["fail", "skip"] = "fail",
-               skipped: list[BadQuestion] | None = None) -> list[QAExample]:
+def read_squad(
+    path: str | os.PathLike[str],
+    *,
+    fmt: SquadFormat = "auto",
+    on_error: Literal["fail", "skip"] = "fail",
+    skipped: list[BadQuestion] | None = None,
+) -> list[QAExample]:
     """The questions of a SQuAD file (see iter_squad). A bad question raises DataError with on_error="fail";
     with "skip" it is left out and, if a `skipped` list is given, appended to it (so callers can count them).
     """
@@ -254,8 +267,15 @@ def _window_starts(n: int, size: int, stride: int) -> list[int]:
     return starts
 
 
-def encode_qa(tokenizer: Tokenizer, examples: Sequence[QAExample], *, max_length: int = 384, stride: int = 128,
-              question_first: bool = True, separator: str = "\n") -> list[QAFeature]:
+def encode_qa(
+    tokenizer: Tokenizer,
+    examples: Sequence[QAExample],
+    *,
+    max_length: int = 384,
+    stride: int = 128,
+    question_first: bool = True,
+    separator: str = "\n",
+) -> list[QAFeature]:
     """Features of examples: question + separator + context window + eos (or window + separator + question + eos
     with question_first=False), at most max_length ids, windows overlapping by `stride` context tokens.
 
@@ -270,8 +290,10 @@ def encode_qa(tokenizer: Tokenizer, examples: Sequence[QAExample], *, max_length
     sep = tokenizer.encode(separator, **plain) if separator else []
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     if question_first and not (eos or sep):
-        raise ConfigError(f"this tokenizer has no eos token, so a feature must end in the separator, but "
-                          f"separator={separator!r} encodes to no tokens; pass a visible one, e.g. ' | '")
+        raise ConfigError(
+            f"this tokenizer has no eos token, so a feature must end in the separator, but "
+            f"separator={separator!r} encodes to no tokens; pass a visible one, e.g. ' | '"
+        )
     end = eos if eos or not question_first else sep
     questions = tokenizer.encode_batch([e.question for e in examples], **plain)
     contexts: dict[str, Encoding] = {}  # SQuAD asks several questions per context: tokenize each once
@@ -281,19 +303,21 @@ def encode_qa(tokenizer: Tokenizer, examples: Sequence[QAExample], *, max_length
             encoding = contexts[example.context] = tokenizer.encode_with_offsets(example.context, **plain)
         size = max_length - len(question) - len(sep) - len(end)
         if size <= stride:
-            raise DataError(f"question {example.id!r} has {len(question)} tokens, leaving {max(size, 0)} of "
-                            f"max_length={max_length} for the context, which must be more than stride={stride}; "
-                            f"raise max_length or lower stride")
+            raise DataError(
+                f"question {example.id!r} has {len(question)} tokens, leaving {max(size, 0)} of "
+                f"max_length={max_length} for the context, which must be more than stride={stride}; "
+                f"raise max_length or lower stride"
+            )
         answer = None
         if example.answers:
             text, start = example.answers[0]
             answer = _answer_tokens(encoding.offsets, start, start + len(text))
         for begin in _window_starts(len(encoding.ids), size, stride):
-            window = encoding.ids[begin:begin + size]
+            window = encoding.ids[begin : begin + size]
             head, tail = (question + sep, end) if question_first else ([], sep + question + end)
             ids = head + window + tail
             offsets: list[tuple[int, int] | None] = [None] * len(ids)
-            offsets[len(head):len(head) + len(window)] = encoding.offsets[begin:begin + size]
+            offsets[len(head) : len(head) + len(window)] = encoding.offsets[begin : begin + size]
             s = e = len(ids) - 1
             if answer is not None and begin <= answer[0] and answer[1] < begin + len(window):
                 s, e = answer[0] - begin + len(head), answer[1] - begin + len(head)
@@ -311,8 +335,9 @@ def _floats(values: Any, n: int, index: int) -> list[float]:
     return values
 
 
-def _best_in_feature(feature: QAFeature, start: list[float], end: list[float], max_tokens: int, n_best: int
-                     ) -> tuple[float, int, int] | None:
+def _best_in_feature(
+    feature: QAFeature, start: list[float], end: list[float], max_tokens: int, n_best: int
+) -> tuple[float, int, int] | None:
     """(score, first token, last token) of the best context span: both ends within n_best of their logits."""
     context = [i for i, o in enumerate(feature.context_offsets) if o is not None]
     best = None
@@ -328,9 +353,16 @@ def _best_in_feature(feature: QAFeature, start: list[float], end: list[float], m
     return best
 
 
-def best_spans(features: Sequence[QAFeature], start_logits: Sequence[Any], end_logits: Sequence[Any], *,
-               allow_impossible: bool, max_answer_tokens: int = 30, n_best: int = 20, null_threshold: float = 0.0
-               ) -> dict[str, str]:
+def best_spans(
+    features: Sequence[QAFeature],
+    start_logits: Sequence[Any],
+    end_logits: Sequence[Any],
+    *,
+    allow_impossible: bool,
+    max_answer_tokens: int = 30,
+    n_best: int = 20,
+    null_threshold: float = 0.0,
+) -> dict[str, str]:
     """The predicted answer text of each example, by the highest start + end logit over all its windows.
 
     A span starts at or before it ends, lies in the context, spans at most max_answer_tokens tokens, and has
@@ -362,5 +394,5 @@ def best_spans(features: Sequence[QAFeature], start_logits: Sequence[Any], end_l
         if span is None or (allow_impossible and null[key] - span[0] > null_threshold):
             answers[key] = ""
         else:
-            answers[key] = context[span[1]:span[2]].strip()
+            answers[key] = context[span[1] : span[2]].strip()
     return answers

@@ -47,8 +47,7 @@ class Recipe:
     peft_task: str | None  # peft's task_type for saved adapters
 
 
-_PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification",
-             "regression": "regression"}
+_PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
 
 
 def _rows(columns: dict[str, list[Any]]) -> list[Row]:
@@ -70,9 +69,16 @@ def _spec(task: str, **fields: Any) -> Any:
 
 
 def _read_classify(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
-    data = task_data.read_labelled(path, text_column=config.text_column, label_column=config.label_column,
-                                   text_pair_column=config.text_pair_column, task=config.problem_type,
-                                   fmt=config.format, on_error=config.on_error, label_map=labels)
+    data = task_data.read_labelled(
+        path,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        text_pair_column=config.text_pair_column,
+        task=config.problem_type,
+        fmt=config.format,
+        on_error=config.on_error,
+        label_map=labels,
+    )
     return data.examples, len(data.skipped)
 
 
@@ -91,8 +97,12 @@ def _encode_classify(config: TaskConfig, examples: list[Any], tokenizer: Any, la
 
 def _head_classify(config: TaskConfig, labels: Any) -> Any:
     names = None if labels is None else tuple(labels.labels)
-    return _spec("classify", num_labels=1 if names is None else len(names),
-                 problem_type=_PROBLEMS[config.problem_type], labels=names)
+    return _spec(
+        "classify",
+        num_labels=1 if names is None else len(names),
+        problem_type=_PROBLEMS[config.problem_type],
+        labels=names,
+    )
 
 
 def _score_classify(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
@@ -109,8 +119,9 @@ def _score_classify(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: 
 
 
 def _read_tag(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
-    data = tagging.read_conll(path, token_column=config.token_column, tag_column=config.tag_column,
-                              on_error=config.on_error, label_map=labels)
+    data = tagging.read_conll(
+        path, token_column=config.token_column, tag_column=config.tag_column, on_error=config.on_error, label_map=labels
+    )
     return data.examples, len(data.skipped)
 
 
@@ -121,21 +132,30 @@ def _labels_tag(config: TaskConfig, examples: list[Any]) -> Any:
 def _encode_tag(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
     features = tagging.encode_tagging(tokenizer, examples, labels, max_length=config.max_length)
     rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
-    return Encoded(rows, [max(_labelled_tokens(r["labels"]), 1) for r in rows], examples,
-                   extra=features.word_ids, truncated=features.truncated)
+    return Encoded(
+        rows,
+        [max(_labelled_tokens(r["labels"]), 1) for r in rows],
+        examples,
+        extra=features.word_ids,
+        truncated=features.truncated,
+    )
 
 
 def _score_tag(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
     predicted, gold = [], []
     for logits, word_ids, sentence in zip(outputs["logits"], encoded.extra, encoded.examples, strict=True):
-        ids = logits[:len(word_ids)].argmax(-1).tolist()
+        ids = logits[: len(word_ids)].argmax(-1).tolist()
         words = tagging.words_from_tokens(word_ids, ids, len(sentence.tokens))
         predicted.append([labels.labels[i] if i is not None else "O" for i in words])
         gold.append(sentence.tags)
     scores = metrics.entity_scores(predicted, gold)
     flat = [(p, g) for ps, gs in zip(predicted, gold, strict=True) for p, g in zip(ps, gs, strict=True)]
-    return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
-            "accuracy": metrics.accuracy([p for p, _ in flat], [g for _, g in flat])}
+    return {
+        "precision": scores["precision"],
+        "recall": scores["recall"],
+        "f1": scores["f1"],
+        "accuracy": metrics.accuracy([p for p, _ in flat], [g for _, g in flat]),
+    }
 
 
 # -- qa -------------------------------------------------------------------------------------------
@@ -153,8 +173,10 @@ def _encode_qa(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: 
     from gptkit.tasks.qa import encode_qa
 
     features = encode_qa(tokenizer, examples, max_length=config.max_length, stride=config.stride)
-    rows = [{"input_ids": f.input_ids, "start_positions": f.start_position, "end_positions": f.end_position}
-            for f in features]
+    rows = [
+        {"input_ids": f.input_ids, "start_positions": f.start_position, "end_positions": f.end_position}
+        for f in features
+    ]
     return Encoded(rows, [1] * len(rows), examples, extra=features)
 
 
@@ -162,8 +184,12 @@ def _score_qa(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -
     from gptkit.tasks.qa import best_spans
 
     impossible = any(ex.is_impossible for ex in encoded.examples)
-    predictions = best_spans(encoded.extra, [t.tolist() for t in outputs["start_logits"]],
-                             [t.tolist() for t in outputs["end_logits"]], allow_impossible=impossible)
+    predictions = best_spans(
+        encoded.extra,
+        [t.tolist() for t in outputs["start_logits"]],
+        [t.tolist() for t in outputs["end_logits"]],
+        allow_impossible=impossible,
+    )
     references = {ex.id: [text for text, _ in ex.answers] for ex in encoded.examples}
     scores = metrics.squad_scores(predictions, references)
     return {k: v for k, v in scores.items() if isinstance(v, float)}
@@ -206,14 +232,16 @@ def _read_instruct(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any
 
 
 def _encode_instruct(config: TaskConfig, examples: list[Any], tokenizer: Any, labels: Any) -> Encoded:
-    features = chat_data.encode_instruct(tokenizer, examples, max_length=config.max_length,
-                                         template=config.chat_template or DEFAULT_CHAT_TEMPLATE)
+    features = chat_data.encode_instruct(
+        tokenizer, examples, max_length=config.max_length, template=config.chat_template or DEFAULT_CHAT_TEMPLATE
+    )
     if config.pack:
         features = chat_data.pack(features, config.max_length)
     rows = _rows({"input_ids": features.input_ids, "labels": features.labels})
     # the model shifts labels: position t predicts t + 1, so the first label is never a target
-    return Encoded(rows, [max(_labelled_tokens(r["labels"], 1), 1) for r in rows], examples,
-                   truncated=features.truncated)
+    return Encoded(
+        rows, [max(_labelled_tokens(r["labels"], 1), 1) for r in rows], examples, truncated=features.truncated
+    )
 
 
 def _score_instruct(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any) -> dict[str, float]:
@@ -221,15 +249,43 @@ def _score_instruct(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: 
 
 
 RECIPES: dict[str, Recipe] = {
-    "classify": Recipe(_read_classify, _labels_classify, _encode_classify, _head_classify, ("logits",),
-                       _score_classify, "SEQ_CLS"),
-    "tag": Recipe(_read_tag, _labels_tag, _encode_tag,
-                  lambda config, labels: _spec("tag", num_labels=len(labels), labels=tuple(labels.labels)),
-                  ("logits",), _score_tag, "TOKEN_CLS"),
-    "qa": Recipe(_read_qa, lambda config, examples: None, _encode_qa, lambda config, labels: _spec("qa"),
-                 ("start_logits", "end_logits"), _score_qa, "QUESTION_ANS"),
-    "choice": Recipe(_read_choice, lambda config, examples: None, _encode_choice,
-                     lambda config, labels: _spec("choice"), ("logits",), _score_choice, None),
-    "instruct": Recipe(_read_instruct, lambda config, examples: None, _encode_instruct, lambda config, labels: None,
-                       (), _score_instruct, "CAUSAL_LM"),
+    "classify": Recipe(
+        _read_classify, _labels_classify, _encode_classify, _head_classify, ("logits",), _score_classify, "SEQ_CLS"
+    ),
+    "tag": Recipe(
+        _read_tag,
+        _labels_tag,
+        _encode_tag,
+        lambda config, labels: _spec("tag", num_labels=len(labels), labels=tuple(labels.labels)),
+        ("logits",),
+        _score_tag,
+        "TOKEN_CLS",
+    ),
+    "qa": Recipe(
+        _read_qa,
+        lambda config, examples: None,
+        _encode_qa,
+        lambda config, labels: _spec("qa"),
+        ("start_logits", "end_logits"),
+        _score_qa,
+        "QUESTION_ANS",
+    ),
+    "choice": Recipe(
+        _read_choice,
+        lambda config, examples: None,
+        _encode_choice,
+        lambda config, labels: _spec("choice"),
+        ("logits",),
+        _score_choice,
+        None,
+    ),
+    "instruct": Recipe(
+        _read_instruct,
+        lambda config, examples: None,
+        _encode_instruct,
+        lambda config, labels: None,
+        (),
+        _score_instruct,
+        "CAUSAL_LM",
+    ),
 }

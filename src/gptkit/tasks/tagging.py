@@ -41,8 +41,14 @@ class TaggedSet(TaskSet[Sentence]):
     task: str = "tagging"
 
 
-def read_conll(path: str | os.PathLike[str], *, token_column: int = 0, tag_column: int | None = -1,
-               on_error: OnError = "fail", label_map: LabelMap | None = None) -> TaggedSet:
+def read_conll(
+    path: str | os.PathLike[str],
+    *,
+    token_column: int = 0,
+    tag_column: int | None = -1,
+    on_error: OnError = "fail",
+    label_map: LabelMap | None = None,
+) -> TaggedSet:
     """Sentences of a CoNLL file (see the module docstring); tag_column=None reads tokens only (to predict)."""
     check_on_error(on_error)
     source, result = str(path), TaggedSet(str(path))
@@ -77,11 +83,14 @@ def read_conll(path: str | os.PathLike[str], *, token_column: int = 0, tag_colum
     return result
 
 
-def _conll_problem(fields: list[str], token_column: int, tag_column: int | None, needed: int,
-                   label_map: LabelMap | None) -> str | None:
+def _conll_problem(
+    fields: list[str], token_column: int, tag_column: int | None, needed: int, label_map: LabelMap | None
+) -> str | None:
     if len(fields) < needed:
-        return (f"the line has {len(fields)} column(s); token column {token_column} and tag column {tag_column} "
-                f"need {needed} (columns are separated by spaces or tabs)")
+        return (
+            f"the line has {len(fields)} column(s); token column {token_column} and tag column {tag_column} "
+            f"need {needed} (columns are separated by spaces or tabs)"
+        )
     tag = "O" if tag_column is None else fields[tag_column]
     if not _TAG.fullmatch(tag):
         return f"tag {tag!r} is not O, B-<type> or I-<type> (IOB1/IOB2)"
@@ -98,8 +107,9 @@ def _split_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise DataError(f"cannot read input {path}: {e.strerror or e}") from None
 
 
-def encode_tagging(tokenizer: Tokenizer, sentences: TaggedSet | Sequence[Sentence], label_map: LabelMap | None,
-                   *, max_length: int) -> TokenFeatures:
+def encode_tagging(
+    tokenizer: Tokenizer, sentences: TaggedSet | Sequence[Sentence], label_map: LabelMap | None, *, max_length: int
+) -> TokenFeatures:
     """Ids of each sentence's words joined by single spaces, labelled on each word's FIRST token (-100 elsewhere).
 
     Tokenized once, with offsets: a token belongs to the word holding its first non-space character
@@ -110,8 +120,10 @@ def encode_tagging(tokenizer: Tokenizer, sentences: TaggedSet | Sequence[Sentenc
     out = TokenFeatures([], [], word_ids := [])
     for sentence in examples:
         if label_map is not None and (unseen := [t for t in sentence.tags if t not in label_map]):
-            raise DataError(f"{source}:{sentence.line}: {label_map.unseen(unseen[0])}; read the file with "
-                            f"label_map= to skip such sentences")
+            raise DataError(
+                f"{source}:{sentence.line}: {label_map.unseen(unseen[0])}; read the file with "
+                f"label_map= to skip such sentences"
+            )
         # A space before the first word too (transformers' add_prefix_space): GPT-2 tokens carry the space
         # before a word, so a sentence's first word would otherwise get other ids than it has mid-sentence.
         text = " " + " ".join(sentence.tokens)
@@ -137,8 +149,9 @@ def encode_tagging(tokenizer: Tokenizer, sentences: TaggedSet | Sequence[Sentenc
     return out
 
 
-def words_from_tokens(word_ids: Sequence[int | None], token_preds: Sequence[Any], n_words: int | None = None
-                      ) -> list[Any]:
+def words_from_tokens(
+    word_ids: Sequence[int | None], token_preds: Sequence[Any], n_words: int | None = None
+) -> list[Any]:
     """Per word, the prediction at its first token (None for words cut off by truncation)."""
     n = n_words if n_words is not None else max((w for w in word_ids if w is not None), default=-1) + 1
     preds: list[Any] = [None] * n

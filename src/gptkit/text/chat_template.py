@@ -70,24 +70,32 @@ def _compile(template: str) -> Any:
         raise ConfigError(f"the chat template is not valid Jinja (line {e.lineno}: {e.message})") from None
 
 
-def render_chat(messages: Sequence[Mapping[str, Any]], template: str = DEFAULT_CHAT_TEMPLATE,
-                add_generation_prompt: bool = False, *, eos_token: str = "<|endoftext|>") -> str:
+def render_chat(
+    messages: Sequence[Mapping[str, Any]],
+    template: str = DEFAULT_CHAT_TEMPLATE,
+    add_generation_prompt: bool = False,
+    *,
+    eos_token: str = "<|endoftext|>",
+) -> str:
     """The text of a conversation ([{"role": ..., "content": ...}, ...]) under a Jinja chat template."""
     import jinja2
 
     try:
-        return _compile(template).render(messages=[dict(m) for m in messages],
-                                         add_generation_prompt=add_generation_prompt, eos_token=eos_token)
+        return _compile(template).render(
+            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt, eos_token=eos_token
+        )
     except jinja2.exceptions.TemplateError as e:
         raise ConfigError(f"the chat template failed on these messages: {e}") from None
 
 
-def chat_segments(messages: Sequence[Mapping[str, Any]], template: str = DEFAULT_CHAT_TEMPLATE, *,
-                  eos_token: str = "<|endoftext|>") -> list[tuple[str, bool]]:
+def chat_segments(
+    messages: Sequence[Mapping[str, Any]], template: str = DEFAULT_CHAT_TEMPLATE, *, eos_token: str = "<|endoftext|>"
+) -> list[tuple[str, bool]]:
     """The rendered chat as (text, trained) pieces in order: trained = an assistant answer (weight not 0).
 
     The pieces concatenate to render_chat(messages); see the module docstring for how they are cut.
     """
+
     def render(upto: int, prompt: bool = False) -> str:
         return render_chat(messages[:upto], template, prompt, eos_token=eos_token)
 
@@ -98,20 +106,22 @@ def chat_segments(messages: Sequence[Mapping[str, Any]], template: str = DEFAULT
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
             prompt = _extend(done, render(i, prompt=True), i)
-            pieces.append((prompt[len(done):], False))
+            pieces.append((prompt[len(done) :], False))
             done = prompt
         after = _extend(done, render(i + 1), i)
         trained = message["role"] == "assistant" and message.get("weight", 1) != 0
-        pieces.append((after[len(done):], trained))
+        pieces.append((after[len(done) :], trained))
         done = after
     return [(text, trained) for text, trained in pieces if text]
 
 
 def _extend(before: str, after: str, index: int) -> str:
     if not after.startswith(before):
-        raise ConfigError(f"the chat template renders messages[:{index + 1}] (or its generation prompt) as text "
-                          f"that does not start with the rendering of the messages before it, so the trained "
-                          f"tokens cannot be located; write the template so each message only appends text")
+        raise ConfigError(
+            f"the chat template renders messages[:{index + 1}] (or its generation prompt) as text "
+            f"that does not start with the rendering of the messages before it, so the trained "
+            f"tokens cannot be located; write the template so each message only appends text"
+        )
     return after
 
 
@@ -149,8 +159,11 @@ def load_chat_template(directory: str | os.PathLike[str]) -> str | None:
     template = config.get("chat_template") if isinstance(config, dict) else None
     if template is not None and not isinstance(template, str):
         # transformers also allows a list of named templates; gptkit uses the one named "default"
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)} \
-            if isinstance(template, list) else {}
+        named = (
+            {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            if isinstance(template, list)
+            else {}
+        )
         if not isinstance(named.get("default"), str):
             raise ConfigError(f"{path}: chat_template must be a string or a list with a 'default' template")
         template = named["default"]

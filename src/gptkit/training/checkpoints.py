@@ -22,8 +22,7 @@ TRAINER_STATE = "trainer_state.pt"
 
 
 def save_training_checkpoint(
-    run_dir: Path, step: int, write_model: Callable[[Path], None], state: dict[str, Any], *, keep_last: int,
-    best: bool
+    run_dir: Path, step: int, write_model: Callable[[Path], None], state: dict[str, Any], *, keep_last: int, best: bool
 ) -> Path:
     """Write checkpoints/step-N (the model files `write_model(directory)` writes + the trainer state) atomically,
     then point the run root and best/ at it.
@@ -45,8 +44,9 @@ def save_training_checkpoint(
 def _mirror_model_files(source: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     # weights and tokenizer first, config.json last: a reader never sees a new config with old weights
-    files = sorted((p for p in source.iterdir() if p.is_file() and p.name != TRAINER_STATE),
-                   key=lambda p: p.name == CONFIG_FILE)
+    files = sorted(
+        (p for p in source.iterdir() if p.is_file() and p.name != TRAINER_STATE), key=lambda p: p.name == CONFIG_FILE
+    )
     for file in files:
         tmp = dest / f".{file.name}.link"
         tmp.unlink(missing_ok=True)

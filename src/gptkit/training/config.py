@@ -84,8 +84,14 @@ class TrainConfig:
     def lr_at(self, step: int) -> float:
         from gptkit.training.optim import lr_at
 
-        return lr_at(step, lr=self.lr, min_lr=self.final_lr, warmup_steps=self.warmup_steps,
-                     decay_steps=self.decay_steps or self.max_steps, schedule=self.schedule)
+        return lr_at(
+            step,
+            lr=self.lr,
+            min_lr=self.final_lr,
+            warmup_steps=self.warmup_steps,
+            decay_steps=self.decay_steps or self.max_steps,
+            schedule=self.schedule,
+        )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -30,8 +30,20 @@ from typing import Any, BinaryIO, Literal, get_args
 
 from gptkit.errors import ConfigError, DataError
 
-__all__ = ["BadRow", "Document", "Format", "Meter", "MissingColumnsError", "OnError", "Record", "TextMode",
-           "iter_documents", "iter_records", "resolve_format", "template_fields"]
+__all__ = [
+    "BadRow",
+    "Document",
+    "Format",
+    "Meter",
+    "MissingColumnsError",
+    "OnError",
+    "Record",
+    "TextMode",
+    "iter_documents",
+    "iter_records",
+    "resolve_format",
+    "template_fields",
+]
 
 Format = Literal["auto", "text", "jsonl", "csv", "tsv"]
 TextMode = Literal["file", "lines", "blank-lines"]
@@ -101,8 +113,10 @@ def resolve_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     if (found := SUFFIX_FORMATS.get(path.suffix.lower())) is None:
-        raise DataError(f"{path}: cannot tell the format from the suffix {path.suffix!r} "
-                        f"(auto knows {', '.join(SUFFIX_FORMATS)}); set the format explicitly")
+        raise DataError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r} "
+            f"(auto knows {', '.join(SUFFIX_FORMATS)}); set the format explicitly"
+        )
     return found
 
 
@@ -175,8 +189,9 @@ def _open(path: Path, fmt: str, meter: Meter | None) -> Iterator[Any]:
 # --- records: JSONL objects and CSV/TSV rows ----------------------------------------------------
 
 
-def iter_records(path: str | os.PathLike[str], fmt: Format = "auto", *, columns: Sequence[str] = (),
-                 meter: Meter | None = None) -> Iterator[Record | BadRow]:
+def iter_records(
+    path: str | os.PathLike[str], fmt: Format = "auto", *, columns: Sequence[str] = (), meter: Meter | None = None
+) -> Iterator[Record | BadRow]:
     """(line, row) for every JSONL object or CSV/TSV row of a file, in order, or a BadRow where there is none.
 
     JSONL: each non-blank line must be a JSON object. CSV/TSV: the first row is the header; a row maps the
@@ -187,8 +202,9 @@ def iter_records(path: str | os.PathLike[str], fmt: Format = "auto", *, columns:
     return _records(Path(path), fmt, columns, meter)
 
 
-def _records(path: Path, fmt: str, columns: Sequence[str], meter: Meter | None, what: str = "columns"
-             ) -> Iterator[Record | BadRow]:
+def _records(
+    path: Path, fmt: str, columns: Sequence[str], meter: Meter | None, what: str = "columns"
+) -> Iterator[Record | BadRow]:
     """iter_records; `what` names `columns` in the reason of a short CSV row."""
     if (fmt := resolve_format(path, fmt)) == "text":
         raise DataError(f"{path}: a text file has no records; records come from .jsonl, .csv and .tsv files")
@@ -211,14 +227,19 @@ def _jsonl_records(fh: BinaryIO, name: str, columns: Sequence[str]) -> Iterator[
         if not isinstance(row, dict):
             yield BadRow(name, line, f"expected a JSON object, got {type(row).__name__}")
         elif missing := [c for c in columns if c not in row]:
-            yield BadRow(name, line, f"missing field{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
-                                     f"(fields: {', '.join(list(row)[:10])})")
+            yield BadRow(
+                name,
+                line,
+                f"missing field{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
+                f"(fields: {', '.join(list(row)[:10])})",
+            )
         else:
             yield line, row
 
 
-def _csv_records(fh: io.TextIOBase, name: str, delimiter: str, columns: Sequence[str], what: str
-                 ) -> Iterator[Record | BadRow]:
+def _csv_records(
+    fh: io.TextIOBase, name: str, delimiter: str, columns: Sequence[str], what: str
+) -> Iterator[Record | BadRow]:
     reader = csv.reader(fh, delimiter=delimiter)
     header = next(reader, None)
     if header is None:
@@ -241,9 +262,16 @@ def _csv_records(fh: io.TextIOBase, name: str, delimiter: str, columns: Sequence
 # --- documents ----------------------------------------------------------------------------------
 
 
-def iter_documents(path: str | os.PathLike[str], fmt: Format = "auto", *, jsonl_field: str = "text",
-                   csv_template: str | None = None, text_mode: TextMode = "file", on_error: OnError = "skip",
-                   meter: Meter | None = None) -> Iterator[Document | BadRow]:
+def iter_documents(
+    path: str | os.PathLike[str],
+    fmt: Format = "auto",
+    *,
+    jsonl_field: str = "text",
+    csv_template: str | None = None,
+    text_mode: TextMode = "file",
+    on_error: OnError = "skip",
+    meter: Meter | None = None,
+) -> Iterator[Document | BadRow]:
     """Every document of one input, in order (see the module docstring); a whole-file text comes in pieces.
 
     A row that makes no document (bad JSON, a missing field or column, a non-string field, a blank
@@ -266,8 +294,9 @@ def iter_documents(path: str | os.PathLike[str], fmt: Format = "auto", *, jsonl_
         raise DataError(f"{path}: no documents in this input (is it empty, or is the format/field wrong?)")
 
 
-def _documents(path: Path, fmt: str, key: str, template: str, text_mode: str, meter: Meter | None
-               ) -> Iterator[Document | BadRow]:
+def _documents(
+    path: Path, fmt: str, key: str, template: str, text_mode: str, meter: Meter | None
+) -> Iterator[Document | BadRow]:
     if fmt == "text":
         with _open(path, fmt, meter) as fh:
             yield from _text_documents(fh, text_mode)
@@ -284,8 +313,10 @@ def _documents(path: Path, fmt: str, key: str, template: str, text_mode: str, me
             for item in _records(path, fmt, template_fields(template), meter, "template columns"):
                 yield item if isinstance(item, BadRow) else Document(template.format_map(item[1]), item[0])
         except MissingColumnsError as e:
-            raise DataError(f"{e.source}:1: the template {template!r} needs columns {e.missing}, which the header "
-                            f"{e.header} lacks; set the template (--template) to name existing columns") from None
+            raise DataError(
+                f"{e.source}:1: the template {template!r} needs columns {e.missing}, which the header "
+                f"{e.header} lacks; set the template (--template) to name existing columns"
+            ) from None
 
 
 def _text_documents(fh: io.TextIOBase, mode: str) -> Iterator[Document]:

@@ -75,8 +75,11 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(Path(p) for p in self.inputs))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        choices = {"format": ("auto", "text", "jsonl", "csv", "tsv"), "text_mode": ("file", "lines", "blank-lines"),
-                   "on_error": ("skip", "fail")}
+        choices = {
+            "format": ("auto", "text", "jsonl", "csv", "tsv"),
+            "text_mode": ("file", "lines", "blank-lines"),
+            "on_error": ("skip", "fail"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"PrepareConfig.{name}={getattr(self, name)!r}; expected one of {list(allowed)}")
@@ -112,8 +115,10 @@ class DataInfo:
     tokenizer_fingerprint: str
 
     def summary(self) -> str:
-        return (f"wrote {self.path}: {self.train_tokens:,} train + {self.val_tokens:,} val tokens ({self.dtype}, "
-                f"vocabulary {self.vocab_size:,}), {self.documents:,} documents, {self.skipped:,} rows skipped")
+        return (
+            f"wrote {self.path}: {self.train_tokens:,} train + {self.val_tokens:,} val tokens ({self.dtype}, "
+            f"vocabulary {self.vocab_size:,}), {self.documents:,} documents, {self.skipped:,} rows skipped"
+        )
 
 
 @dataclass
@@ -152,9 +157,15 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
 def _documents(src: _Source, config: PrepareConfig, bar: Any) -> Iterator[Document]:
     """The documents of one input; its bad rows are counted (the first MAX_REPORTED kept), its sha256 recorded."""
     meter = corpus.Meter(bar.update)
-    for item in corpus.iter_documents(src.path, src.format, jsonl_field=config.jsonl_field,
-                                      csv_template=config.csv_template, text_mode=config.text_mode,
-                                      on_error=config.on_error, meter=meter):
+    for item in corpus.iter_documents(
+        src.path,
+        src.format,
+        jsonl_field=config.jsonl_field,
+        csv_template=config.csv_template,
+        text_mode=config.text_mode,
+        on_error=config.on_error,
+        meter=meter,
+    ):
         if isinstance(item, Document):
             yield item
             continue
@@ -236,11 +247,15 @@ def _check_out_dir(out: Path, inputs: Sequence[Path]) -> None:
     resolved = out.resolve()
     for p in inputs:
         if resolved in p.resolve().parents:
-            raise DataError(f"the output directory {out} contains the input {p}, and is replaced as a whole; "
-                            f"write the data to another directory (e.g. {out / 'tokens'})")
+            raise DataError(
+                f"the output directory {out} contains the input {p}, and is replaced as a whole; "
+                f"write the data to another directory (e.g. {out / 'tokens'})"
+            )
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").is_file())):
-        raise DataError(f"{out} exists and is not a gptkit data directory (no meta.json); refusing to replace "
-                        f"it: choose a new or empty directory")
+        raise DataError(
+            f"{out} exists and is not a gptkit data directory (no meta.json); refusing to replace "
+            f"it: choose a new or empty directory"
+        )
 
 
 def prepare(config: PrepareConfig, *, progress: bool = True) -> DataInfo:
@@ -262,8 +277,11 @@ def prepare(config: PrepareConfig, *, progress: bool = True) -> DataInfo:
         dtype = token_dtype(tok.vocab_size)
         eos = tok.eos_token_id if config.append_eos else None
         counts = {"train": 0, "val": 0}
-        with (_bar(sources, progress, "tokenizing") as bar, open(staging / "train.bin", "w+b") as train,
-              open(staging / "val.bin", "wb") as val):
+        with (
+            _bar(sources, progress, "tokenizing") as bar,
+            open(staging / "train.bin", "w+b") as train,
+            open(staging / "val.bin", "wb") as val,
+        ):
             for src in sources:
                 for batch in _batches(_documents(src, config, bar)):
                     ids = _encode(tok, batch, eos, dtype)
@@ -278,22 +296,49 @@ def prepare(config: PrepareConfig, *, progress: bool = True) -> DataInfo:
         fingerprint = tokenizer_fingerprint(tok)
         bad = [b for s in sources for b in s.bad][:MAX_REPORTED]
         meta = {
-            "format": META_FORMAT, "version": META_VERSION, "dtype": dtype.name, "vocab_size": tok.vocab_size,
-            "eos_token_id": tok.eos_token_id, "eos_appended": eos is not None,  # eos ends every document
-            "tokenizer_kind": tok.kind, "tokenizer_fingerprint": fingerprint,
-            "tokens": counts, "documents": sum(s.documents for s in sources),
+            "format": META_FORMAT,
+            "version": META_VERSION,
+            "dtype": dtype.name,
+            "vocab_size": tok.vocab_size,
+            "eos_token_id": tok.eos_token_id,
+            "eos_appended": eos is not None,  # eos ends every document
+            "tokenizer_kind": tok.kind,
+            "tokenizer_fingerprint": fingerprint,
+            "tokens": counts,
+            "documents": sum(s.documents for s in sources),
             "skipped": {"count": sum(s.skipped for s in sources), "rows": [asdict(b) for b in bad]},
-            "sources": [{"path": str(s.path), "format": s.format, "bytes": s.path.stat().st_size,
-                         "sha256": s.sha256, "documents": s.documents, "tokens": s.tokens, "skipped": s.skipped}
-                        for s in sources],
+            "sources": [
+                {
+                    "path": str(s.path),
+                    "format": s.format,
+                    "bytes": s.path.stat().st_size,
+                    "sha256": s.sha256,
+                    "documents": s.documents,
+                    "tokens": s.tokens,
+                    "skipped": s.skipped,
+                }
+                for s in sources
+            ],
             "config": config.to_dict(),
         }
         atomic_write_text(staging / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    info = DataInfo(out, counts["train"], counts["val"], meta["documents"], meta["skipped"]["count"], tuple(bad),
-                    tok.vocab_size, dtype.name, tok.eos_token_id, fingerprint)
+    info = DataInfo(
+        out,
+        counts["train"],
+        counts["val"],
+        meta["documents"],
+        meta["skipped"]["count"],
+        tuple(bad),
+        tok.vocab_size,
+        dtype.name,
+        tok.eos_token_id,
+        fingerprint,
+    )
     if progress and info.skipped:
-        print(f"skipped {info.skipped:,} bad rows; first: {bad[0]} (all of the first {len(bad)} in meta.json)",
-              file=sys.stderr)
+        print(
+            f"skipped {info.skipped:,} bad rows; first: {bad[0]} (all of the first {len(bad)} in meta.json)",
+            file=sys.stderr,
+        )
     return info
 
 
@@ -337,13 +382,17 @@ class TokenData:
         except GptkitError as e:
             raise DataError(f"cannot load the tokenizer of {self.path}: {e}") from None
         if tokenizer_fingerprint(tok) != self.fingerprint:
-            raise DataError(f"{self.path / 'tokenizer'} does not match tokenizer_fingerprint in meta.json; "
-                            f"the directory was modified after `gptkit prepare` wrote it: prepare it again")
+            raise DataError(
+                f"{self.path / 'tokenizer'} does not match tokenizer_fingerprint in meta.json; "
+                f"the directory was modified after `gptkit prepare` wrote it: prepare it again"
+            )
         return tok
 
     def __repr__(self) -> str:
-        return (f"TokenData({str(self.path)!r}, train={len(self.train):,}, val={len(self.val):,}, "
-                f"vocab_size={self.vocab_size})")
+        return (
+            f"TokenData({str(self.path)!r}, train={len(self.train):,}, val={len(self.val):,}, "
+            f"vocab_size={self.vocab_size})"
+        )
 
 
 def _validate_meta(meta: Any, where: Path) -> None:
@@ -368,19 +417,23 @@ def _validate_meta(meta: Any, where: Path) -> None:
     need(eos is None or (is_count(eos) and eos < vocab), "eos_token_id", f"null or an id below {vocab}")
     need(isinstance(meta.get("tokenizer_fingerprint"), str), "tokenizer_fingerprint", "a sha256 hex string")
     tokens = meta.get("tokens")
-    need(isinstance(tokens, dict) and all(is_count(tokens.get(k)) for k in ("train", "val")), "tokens",
-         'an object {"train": count, "val": count}')
+    need(
+        isinstance(tokens, dict) and all(is_count(tokens.get(k)) for k in ("train", "val")),
+        "tokens",
+        'an object {"train": count, "val": count}',
+    )
 
 
 def _open_split(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path} not found; prepare the data directory again")
     if (size := path.stat().st_size) != count * dtype.itemsize:
-        raise DataError(f"{path} has {size} bytes but meta.json says {count} {dtype.name} tokens "
-                        f"({count * dtype.itemsize} bytes); the directory is damaged: prepare it again")
+        raise DataError(
+            f"{path} has {size} bytes but meta.json says {count} {dtype.name} tokens "
+            f"({count * dtype.itemsize} bytes); the directory is damaged: prepare it again"
+        )
     if count == 0:  # mmap cannot map an empty file
         empty = np.empty(0, dtype)
         empty.flags.writeable = False
         return empty
     return np.memmap(path, dtype=dtype, mode="r")
-

@@ -58,8 +58,7 @@ def teardown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device, *, fsdp: bool,
-         compile: bool) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device, *, fsdp: bool, compile: bool) -> torch.nn.Module:
     """The module a training step calls. FSDP2 shards `model` in place (each block, then the root), so
     build the optimizer after this; DDP and torch.compile wrap it instead."""
     if fsdp:
@@ -88,6 +87,7 @@ def gradient_sync(trained: torch.nn.Module, model: torch.nn.Module, enabled: boo
     if hasattr(trained, "no_sync"):  # DDP
         return trained.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+
         @contextlib.contextmanager
         def paused():
             model.set_requires_gradient_sync(False)

@@ -126,8 +126,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: torch.device,
-         on_log: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+def _fit(
+    config: TrainConfig,
+    build: Build,
+    info: distributed.DistInfo,
+    device: torch.device,
+    on_log: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
     run_dir = Path(config.out_dir)
     resume_from = latest_training_checkpoint(run_dir) if config.init_from == "resume" else None
     if config.init_from == "resume" and resume_from is None:
@@ -140,14 +145,22 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
         trained = distributed.wrap(model, info, device, fsdp=config.fsdp, compile=config.compile)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    optimizer = make_adamw(model, lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
-                           eps=config.eps, decay_embeddings=config.decay_embeddings, device_type=device.type)
+    optimizer = make_adamw(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        decay_embeddings=config.decay_embeddings,
+        device_type=device.type,
+    )
     step, best_val = 0, math.inf
     if resume_from is not None:
         state = load_trainer_state(resume_from)
         if state.get("data_fingerprint") != objective.fingerprint:
-            raise TrainingError(f"{config.data} is not the data {run_dir} was trained on "
-                                "(its contents or its tokenizer differ)")
+            raise TrainingError(
+                f"{config.data} is not the data {run_dir} was trained on (its contents or its tokenizer differ)"
+            )
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         objective.sampler.load_state(state["sampler"])
         _set_rng_state(state["rng"])
@@ -177,15 +190,29 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
         best_val = min(best_val, val_loss) if val_loss is not None else best_val
         model_state, optimizer_state = distributed.full_state(model, optimizer)  # every rank takes part
         if info.is_main:
-            state = {"step": step, "optimizer": optimizer_state, "sampler": objective.sampler.state(),
-                     "rng": _rng_state(), "best_val_loss": best_val, "data_fingerprint": objective.fingerprint,
-                     "config": dataclasses.asdict(config)}
+            state = {
+                "step": step,
+                "optimizer": optimizer_state,
+                "sampler": objective.sampler.state(),
+                "rng": _rng_state(),
+                "best_val_loss": best_val,
+                "data_fingerprint": objective.fingerprint,
+                "config": dataclasses.asdict(config),
+            }
             try:
-                save_training_checkpoint(run_dir, step, lambda d: objective.save(model, model_state, d), state,
-                                         keep_last=config.keep_last, best=is_best)
+                save_training_checkpoint(
+                    run_dir,
+                    step,
+                    lambda d: objective.save(model, model_state, d),
+                    state,
+                    keep_last=config.keep_last,
+                    best=is_best,
+                )
             except OSError as exc:
-                raise TrainingError(f"could not write the checkpoint at step {step} ({exc}); the previous "
-                                    f"checkpoint in {run_dir / 'checkpoints'} is intact") from exc
+                raise TrainingError(
+                    f"could not write the checkpoint at step {step} ({exc}); the previous "
+                    f"checkpoint in {run_dir / 'checkpoints'} is intact"
+                ) from exc
             if final or time.perf_counter() - last_plot[0] >= PLOT_EVERY:
                 plot_curves(run_dir)
                 last_plot[0] = time.perf_counter()
@@ -193,8 +220,13 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and info.is_main),
-               dynamic_ncols=True, unit="step")
+    bar = tqdm(
+        total=config.max_steps,
+        initial=step,
+        disable=not (config.progress and info.is_main),
+        dynamic_ncols=True,
+        unit="step",
+    )
     start, loss_value, val_loss, metrics = time.perf_counter(), math.nan, None, {}
     steps_done = targets_done = 0
     while step < config.max_steps:
@@ -206,8 +238,10 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
         total = 0.0
         for k in range(micro):
             first = (k * world + info.rank) * rows
-            batch = {key: value.to(device, non_blocking=True)
-                     for key, value in objective.collate(items[first:first + rows]).items()}
+            batch = {
+                key: value.to(device, non_blocking=True)
+                for key, value in objective.collate(items[first : first + rows]).items()
+            }
             with distributed.gradient_sync(trained, model, enabled=k == micro - 1):
                 with autocast:
                     loss, n = objective.loss(trained, batch)
@@ -236,8 +270,16 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
         last = step == config.max_steps
         if step % config.log_interval == 0 or last:
-            log({"step": step, "loss": loss_value, "lr": lr, "tokens_per_second": rate,
-                 "tokens": targets_done, "elapsed": elapsed})
+            log(
+                {
+                    "step": step,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "tokens_per_second": rate,
+                    "tokens": targets_done,
+                    "elapsed": elapsed,
+                }
+            )
         evaluate_now = last or (config.eval_interval > 0 and step % config.eval_interval == 0)
         if evaluate_now:
             metrics = objective.evaluate(model, autocast)
@@ -256,5 +298,14 @@ def _fit(config: TrainConfig, build: Build, info: distributed.DistInfo, device: 
             checkpoint(val_loss if evaluate_now else None, last)
     bar.close()
     seconds = time.perf_counter() - start
-    return TrainResult(run_dir, step, loss_value, val_loss, best_val if math.isfinite(best_val) else None,
-                       targets_done / max(seconds, 1e-9), seconds, info.is_main, metrics)
+    return TrainResult(
+        run_dir,
+        step,
+        loss_value,
+        val_loss,
+        best_val if math.isfinite(best_val) else None,
+        targets_done / max(seconds, 1e-9),
+        seconds,
+        info.is_main,
+        metrics,
+    )

@@ -11,9 +11,7 @@ from torch import nn
 Schedule = Literal["cosine", "linear", "constant"]
 
 
-def lr_at(
-    step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_steps: int, schedule: Schedule
-) -> float:
+def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_steps: int, schedule: Schedule) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then decay to min_lr at decay_steps.
 
     The warmup is nanoGPT's (lr * (step + 1) / (warmup + 1)), so step 0 does not waste a zero update.

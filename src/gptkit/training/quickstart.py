@@ -55,8 +55,13 @@ def shakespeare_path() -> Path:
     return Path(str(resources.files("gptkit") / "assets" / "tinyshakespeare.txt"))
 
 
-def quickstart(out_dir: str | Path = "runs/shakespeare-char", *, max_steps: int | None = None,
-               progress: bool = True, n_samples: int = 2) -> QuickstartResult:
+def quickstart(
+    out_dir: str | Path = "runs/shakespeare-char",
+    *,
+    max_steps: int | None = None,
+    progress: bool = True,
+    n_samples: int = 2,
+) -> QuickstartResult:
     """Prepare the shipped corpus (character-level, 90/10 split), train the recipe, save, and sample."""
     from gptkit.generation.generate import generate
     from gptkit.generation.sampling import SamplingParams
@@ -64,17 +69,24 @@ def quickstart(out_dir: str | Path = "runs/shakespeare-char", *, max_steps: int 
 
     run_dir = Path(out_dir)
     data_dir = run_dir / "data"
-    prepare(PrepareConfig(inputs=(str(shakespeare_path()),), out_dir=str(data_dir), tokenizer="char",
-                          val_fraction=0.1), progress=progress)
-    overrides = {} if max_steps is None else {"max_steps": max_steps, "decay_steps": max_steps,
-                                              "eval_interval": max(1, max_steps // 4)}
-    config = TrainConfig(data=str(data_dir), out_dir=str(run_dir), progress=progress, dtype=quick_dtype(),
-                         **{**RECIPE, **overrides})
+    prepare(
+        PrepareConfig(inputs=(str(shakespeare_path()),), out_dir=str(data_dir), tokenizer="char", val_fraction=0.1),
+        progress=progress,
+    )
+    overrides = (
+        {}
+        if max_steps is None
+        else {"max_steps": max_steps, "decay_steps": max_steps, "eval_interval": max(1, max_steps // 4)}
+    )
+    config = TrainConfig(
+        data=str(data_dir), out_dir=str(run_dir), progress=progress, dtype=quick_dtype(), **{**RECIPE, **overrides}
+    )
     result = train(config)
     from gptkit.models.bundle import load_pretrained
 
     model, tokenizer = load_pretrained(run_dir)
-    params = SamplingParams(max_new_tokens=300, temperature=0.8, top_k=200, seed=1337, truncate=True,
-                            num_return_sequences=n_samples)
+    params = SamplingParams(
+        max_new_tokens=300, temperature=0.8, top_k=200, seed=1337, truncate=True, num_return_sequences=n_samples
+    )
     samples = [c.text for c in generate(model, "\n", params, tokenizer=tokenizer)]
     return QuickstartResult(run_dir, result, samples)

@@ -69,9 +69,13 @@ def _open_data(config: TrainConfig) -> Any:
 def _build_model(config: TrainConfig, data: Any, device: torch.device) -> tuple[GPT, Any]:
     """The model to train and the tokenizer it is saved with, checked against the data."""
     if config.init_from == "scratch":
-        overrides = {"vocab_size": data.vocab_size, "n_positions": config.block_size,
-                     "eos_token_id": data.eos_token_id, "bos_token_id": data.eos_token_id,
-                     **config.model_overrides}
+        overrides = {
+            "vocab_size": data.vocab_size,
+            "n_positions": config.block_size,
+            "eos_token_id": data.eos_token_id,
+            "bos_token_id": data.eos_token_id,
+            **config.model_overrides,
+        }
         model_config = GPTConfig.from_name(config.model, **overrides)
         torch.manual_seed(config.seed)
         model, tokenizer = GPT(model_config), data.tokenizer
@@ -92,9 +96,7 @@ def _build_model(config: TrainConfig, data: Any, device: torch.device) -> tuple[
                 f"{data.vocab_size} token ids"
             )
     if config.block_size > model.config.n_positions:
-        raise TrainingError(
-            f"block_size {config.block_size} exceeds the model's context of {model.config.n_positions}"
-        )
+        raise TrainingError(f"block_size {config.block_size} exceeds the model's context of {model.config.n_positions}")
     if config.dropout is not None:
         model = with_dropout(model, config.dropout)
     return model.to(device).train(), tokenizer
@@ -128,22 +130,31 @@ def language_modelling(config: TrainConfig, device: torch.device, resume_from: P
         return sample_text(model, tokenizer, config) if tokenizer is not None else ""
 
     return Objective(
-        model=model, tokenizer=tokenizer, sampler=sampler,
+        model=model,
+        tokenizer=tokenizer,
+        sampler=sampler,
         collate=lambda windows: {"windows": windows},
         count=lambda windows: windows.shape[0] * config.block_size,
         loss=loss,
         evaluate=lambda trained, autocast: _evaluate(model, data, config, autocast),
-        save=save, fingerprint=data.fingerprint, sample=sample,
+        save=save,
+        fingerprint=data.fingerprint,
+        sample=sample,
     )
 
 
 def _check_resumed_settings(config: TrainConfig, model_config: GPTConfig, resume_from: Path) -> None:
-    clash = {k: (v, getattr(model_config, k, None)) for k, v in config.model_overrides.items()
-             if getattr(model_config, k, None) != v}
+    clash = {
+        k: (v, getattr(model_config, k, None))
+        for k, v in config.model_overrides.items()
+        if getattr(model_config, k, None) != v
+    }
     if clash:
         raise TrainingError(
-            f"{resume_from} holds a model with " + ", ".join(f"{k}={old!r}" for k, (_, old) in clash.items())
-            + " but the settings ask for " + ", ".join(f"{k}={new!r}" for k, (new, _) in clash.items())
+            f"{resume_from} holds a model with "
+            + ", ".join(f"{k}={old!r}" for k, (_, old) in clash.items())
+            + " but the settings ask for "
+            + ", ".join(f"{k}={new!r}" for k, (new, _) in clash.items())
             + "; resume with the run's own model settings, or start a new --out-dir"
         )
 
@@ -158,13 +169,15 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
 
 def _evaluate(model: GPT, data: Any, config: TrainConfig, autocast: Any) -> dict[str, float]:
     losses = estimate_loss(model, data, config, next(model.parameters()).device, autocast)
-    return {"val_loss": losses["val"], "val_perplexity": math.exp(min(losses["val"], 50)),
-            "train_eval_loss": losses["train"]}
+    return {
+        "val_loss": losses["val"],
+        "val_perplexity": math.exp(min(losses["val"], 50)),
+        "train_eval_loss": losses["train"],
+    }
 
 
 @torch.inference_mode()
-def estimate_loss(model: GPT, data: Any, config: TrainConfig, device: torch.device,
-                  autocast: Any) -> dict[str, float]:
+def estimate_loss(model: GPT, data: Any, config: TrainConfig, device: torch.device, autocast: Any) -> dict[str, float]:
     """Mean loss over `eval_batches` windows per split; the same windows at every evaluation."""
     was_training = model.training
     model.eval()
@@ -189,8 +202,12 @@ def sample_text(model: GPT, tokenizer: Any, config: TrainConfig) -> str:
 
     was_training = model.training
     model.eval()
-    params = SamplingParams(max_new_tokens=min(config.sample_tokens, model.config.n_positions - 1), seed=config.seed,
-                            top_k=200, truncate=True)
+    params = SamplingParams(
+        max_new_tokens=min(config.sample_tokens, model.config.n_positions - 1),
+        seed=config.seed,
+        top_k=200,
+        truncate=True,
+    )
     text = generate(model, config.sample_prompt, params, tokenizer=tokenizer, allow_special=True)[0].text
     model.train(was_training)
     return config.sample_prompt + text
