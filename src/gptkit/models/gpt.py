@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from gptkit.errors import ContextLengthError
 from gptkit.models import checkpoint
 from gptkit.models.config import GPTConfig
-from gptkit.models.kernels import Linear
+from gptkit.models.kernels import Linear, attention
 
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Tokenizer
@@ -103,40 +103,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(self.layer, cache_position, k, v)  # (B, nh, S, hs)
-        dropout = self.attn_pdrop if self.training else 0.0
-        if _use_math_attention(q, k, mask):
-            y = _math_attention(q, k, v, mask, dropout)  # (B, nh, T, hs)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
+        y = attention(q, k, v, mask, self.attn_pdrop if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-
-def _use_math_attention(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
-    """Whether plain matmul attention beats torch 2.13's CPU SDPA kernels here (measured on AVX512-BF16).
-
-    Reduced-precision one-query decoding: ~4x faster. Training on short blocks: SDPA's CPU flash backward
-    took 3.4 ms per layer at batch 12 x 64 tokens in bf16 against 0.8 ms here, and stays slower up to
-    256 tokens in bf16 and 128 in fp32; beyond that SDPA's memory-saving kernel wins.
-    """
-    if q.device.type != "cpu":
-        return False
-    reduced = q.dtype != torch.float32
-    if q.shape[-2] == 1:
-        return reduced and mask is not None
-    return torch.is_grad_enabled() and k.shape[-2] <= (256 if reduced else 128)
-
-
-def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
-    """Softmax attention as plain matmuls with an fp32 softmax; mask None means causal over T = S."""
-    scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)  # (B, nh, T, S)
-    if mask is None:
-        T = q.shape[-2]
-        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    if dropout > 0:
-        weights = F.dropout(weights, p=dropout)
-    return weights.to(v.dtype) @ v  # (B, nh, T, hs)
 
 
 _ACTIVATIONS = {
@@ -175,22 +144,94 @@ class Block(nn.Module):
         return self.ln_2(x + self.mlp(x))
 
 
-class GPT(nn.Module):
-    """A GPT language model. `GPT(config)` is randomly initialised; `GPT.from_pretrained` loads weights."""
+class GPTModel(nn.Module):
+    """The backbone (transformers' GPT2Model / OpenAIGPTModel): token ids -> final hidden states."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.n_positions, config.n_embd),
-                drop=nn.Dropout(config.embd_pdrop),
-                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        eps = config.layer_norm_epsilon
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=eps, bias=config.bias) if config.final_norm else None
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        cache_position: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Hidden states of token ids (B, T); the arguments are GPT.forward's. `logits` is None."""
+        B, T = self._check_input(input_ids)
+        if cache is not None and cache_position is None:
+            raise ValueError("cache_position is required with a cache: the slots these tokens occupy")
+        if cache_position is None:
+            cache_position = torch.arange(T, device=input_ids.device)
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0).expand(B, T)
+        mask = self._attention_mask(attention_mask, cache, cache_position, T)
+
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
+        hidden: list[Tensor] = [x] if output_hidden_states else []
+        for block in self.h:
+            x = block(x, mask, cache, cache_position)  # (B, T, C)
+            if output_hidden_states:
+                hidden.append(x)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+            if output_hidden_states:  # as in transformers: the last entry is after the final LayerNorm
+                hidden[-1] = x
+        return ModelOutput(logits=None, last_hidden_state=x, hidden_states=tuple(hidden) if hidden else None)
+
+    def _check_input(self, input_ids: Tensor) -> tuple[int, int]:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape (batch, time), got {tuple(input_ids.shape)} "
+                f"{input_ids.dtype}; wrap a single sequence as ids[None]"
             )
-        )
-        if config.final_norm:
-            self.transformer["ln_f"] = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        B, T = input_ids.shape
+        if T > self.config.n_positions:
+            raise ContextLengthError(
+                f"sequence of {T} tokens is longer than the model's context of {self.config.n_positions}; "
+                "truncate it (keep the last tokens) or use a sliding window"
+            )
+        return B, T
+
+    @staticmethod
+    def _attention_mask(
+        attention_mask: Tensor | None, cache: KVCache | None, cache_position: Tensor, T: int
+    ) -> Tensor | None:
+        """A boolean (B, 1, T, S) mask: causal over slots, padding removed. None = plain causal."""
+        if cache is None and attention_mask is None:
+            return None  # SDPA's is_causal fast path
+        S = cache.max_len if cache is not None else T
+        slots = torch.arange(S, device=cache_position.device)
+        allowed = slots[None, :] <= cache_position[:, None]  # (T, S) causal
+        mask = allowed[None, None]  # (1, 1, T, S)
+        if attention_mask is not None:
+            pad = attention_mask.to(torch.bool)
+            if pad.shape[1] < S:  # slots not yet written are causally masked anyway
+                pad = F.pad(pad, (0, S - pad.shape[1]), value=True)
+            mask = mask & pad[:, None, None, :S]  # (B, 1, T, S)
+            # A padding query may see no key at all; let it see itself so softmax stays finite.
+            mask = mask | (slots[None, :] == cache_position[:, None])[None, None]
+        return mask
+
+
+class GPT(nn.Module):
+    """A GPT language model: the backbone (`transformer`) and the LM head. `GPT(config)` is randomly
+    initialised; `GPT.from_pretrained` loads weights."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = GPTModel(config)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -233,72 +274,23 @@ class GPT(nn.Module):
         labels: (B, T) next-token targets aligned with input_ids (shifted inside), IGNORE_INDEX ignored.
         cache, cache_position: a KVCache and the slots (T,) these tokens are written to.
         """
-        B, T = self._check_input(input_ids)
-        if cache is not None and cache_position is None:
-            raise ValueError("cache_position is required with a cache: the slots these tokens occupy")
-        if cache_position is None:
-            cache_position = torch.arange(T, device=input_ids.device)
-        if position_ids is None:
-            position_ids = cache_position.unsqueeze(0).expand(B, T)
-        mask = self._attention_mask(attention_mask, cache, cache_position, T)
-
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))  # (B, T, C)
-        hidden: list[Tensor] = [x] if output_hidden_states else []
-        for block in self.transformer.h:
-            x = block(x, mask, cache, cache_position)  # (B, T, C)
-            if output_hidden_states:
-                hidden.append(x)
-        if "ln_f" in self.transformer:
-            x = self.transformer.ln_f(x)
-            if output_hidden_states:  # as in transformers: the last entry is after the final LayerNorm
-                hidden[-1] = x
-
-        logits = self.lm_logits(x) if return_logits or labels is not None else None  # (B, T, vocab)
-        loss = lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(
-            logits=logits if return_logits else None,
-            last_hidden_state=x,
-            loss=loss,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            cache_position=cache_position,
+            output_hidden_states=output_hidden_states,
         )
+        x = out.last_hidden_state
+        logits = self.lm_logits(x) if return_logits or labels is not None else None  # (B, T, vocab)
+        out.loss = lm_loss(logits, labels) if labels is not None else None
+        out.logits = logits if return_logits else None
+        return out
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """The LM head over hidden states (..., C) -> (..., vocab)."""
         return self.lm_head(hidden)
-
-    def _check_input(self, input_ids: Tensor) -> tuple[int, int]:
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
-            raise ValueError(
-                f"input_ids must be an integer tensor of shape (batch, time), got {tuple(input_ids.shape)} "
-                f"{input_ids.dtype}; wrap a single sequence as ids[None]"
-            )
-        B, T = input_ids.shape
-        if T > self.config.n_positions:
-            raise ContextLengthError(
-                f"sequence of {T} tokens is longer than the model's context of {self.config.n_positions}; "
-                "truncate it (keep the last tokens) or use a sliding window"
-            )
-        return B, T
-
-    @staticmethod
-    def _attention_mask(
-        attention_mask: Tensor | None, cache: KVCache | None, cache_position: Tensor, T: int
-    ) -> Tensor | None:
-        """A boolean (B, 1, T, S) mask: causal over slots, padding removed. None = plain causal."""
-        if cache is None and attention_mask is None:
-            return None  # SDPA's is_causal fast path
-        S = cache.max_len if cache is not None else T
-        slots = torch.arange(S, device=cache_position.device)
-        allowed = slots[None, :] <= cache_position[:, None]  # (T, S) causal
-        mask = allowed[None, None]  # (1, 1, T, S)
-        if attention_mask is not None:
-            pad = attention_mask.to(torch.bool)
-            if pad.shape[1] < S:  # slots not yet written are causally masked anyway
-                pad = F.pad(pad, (0, S - pad.shape[1]), value=True)
-            mask = mask & pad[:, None, None, :S]  # (B, 1, T, S)
-            # A padding query may see no key at all; let it see itself so softmax stays finite.
-            mask = mask | (slots[None, :] == cache_position[:, None])[None, None]
-        return mask
 
     # -- checkpoints (files are read and written by gptkit.models.checkpoint) ---------------------
 
@@ -330,7 +322,7 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 def with_dropout(model: GPT, p: float) -> GPT:
     """Set all three dropout rates of `model` (embeddings, attention, residual) to p, config included."""
-    model.config = model.config.replace(embd_pdrop=p, attn_pdrop=p, resid_pdrop=p)
+    model.config = model.transformer.config = model.config.replace(embd_pdrop=p, attn_pdrop=p, resid_pdrop=p)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = p

@@ -109,3 +109,40 @@ def keep_freed_memory() -> bool:
     except OSError:  # not glibc (musl, ...)
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
+    """Causal softmax attention (B, nh, T, hs) over keys (B, nh, S, hs); mask (B|1, 1, T, S) bool or None (causal).
+
+    SDPA, except where plain matmuls beat torch 2.13's CPU SDPA kernels (see `_use_math_attention`).
+    """
+    if _use_math_attention(q, k, mask):
+        return _math_attention(q, k, v, mask, dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
+
+
+def _use_math_attention(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
+    """Whether plain matmul attention beats torch 2.13's CPU SDPA kernels here (measured on AVX512-BF16).
+
+    Reduced-precision one-query decoding: ~4x faster. Training on short blocks: SDPA's CPU flash backward
+    took 3.4 ms per layer at batch 12 x 64 tokens in bf16 against 0.8 ms here, and stays slower up to
+    256 tokens in bf16 and 128 in fp32; beyond that SDPA's memory-saving kernel wins.
+    """
+    if q.device.type != "cpu":
+        return False
+    reduced = q.dtype != torch.float32
+    if q.shape[-2] == 1:
+        return reduced and mask is not None
+    return torch.is_grad_enabled() and k.shape[-2] <= (256 if reduced else 128)
+
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
+    """Softmax attention as plain matmuls with an fp32 softmax; mask None means causal over T = S."""
+    scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)  # (B, nh, T, S)
+    if mask is None:
+        T = q.shape[-2]
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    if dropout > 0:
+        weights = F.dropout(weights, p=dropout)
+    return weights.to(v.dtype) @ v  # (B, nh, T, hs)
