@@ -12,12 +12,28 @@ from pathlib import Path
 from typing import Any
 
 
+def umask() -> int:
+    """The process's file-creation mask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; put it straight back
+        os.umask(mask)
+        return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    The file gets the permissions a plain `open(path, "w")` would give (0666 less the umask), not
+    mkstemp's private 0600, so models and data can be shared as the user's umask allows.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~umask())
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -41,6 +57,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(staging, 0o777 & ~umask())  # as os.mkdir would make it, not mkdtemp's private 0700
     try:
         yield staging
     except BaseException:
