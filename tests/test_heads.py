@@ -10,17 +10,11 @@ import torch
 
 from gptkit import GPT, CheckpointError, ConfigError, GPTConfig
 from gptkit.models.gpt import IGNORE_INDEX, save_model
+from gptkit.models.heads import classification_loss, lm_targets
 from gptkit.models.hf_names import hf_name, is_transposed
 from gptkit.models.pooling import last_token, mean_pool
-from gptkit.tasks.heads import (
-    HF_CLASSES,
-    TaskModel,
-    TaskSpec,
-    classification_loss,
-    lm_targets,
-    load_task_model,
-    save_task_model,
-)
+from gptkit.tasks.heads import TaskModel, load_task_model, save_task_model
+from gptkit.tasks.registry import TASK_TYPES, TaskSpec
 
 from conftest import SHAPES, random_ids, randomized
 
@@ -32,7 +26,7 @@ PARITY = [
     (task, shape)
     for task in ("classify", "tag", "qa", "choice")
     for shape in ("gpt2-odd", "gpt1-odd")
-    if (task, SHAPES[shape][0]) in HF_CLASSES
+    if SHAPES[shape][0] in TASK_TYPES[task].hf_classes
 ]
 
 
@@ -40,7 +34,7 @@ def hf_task_model(task: str, shape_key: str, *, seed: int = 0, **fields) -> torc
     """A transformers task model on random weights, LayerNorms, biases and head included (eval mode)."""
     family, shape = SHAPES[shape_key]
     torch.manual_seed(seed)
-    cls = getattr(transformers, HF_CLASSES[(task, family)])
+    cls = getattr(transformers, TASK_TYPES[task].hf_classes[family])
     if family == "gpt2":
         config = transformers.GPT2Config(**shape, bos_token_id=PAD, eos_token_id=PAD, pad_token_id=PAD, **fields)
     else:
@@ -176,16 +170,16 @@ def test_transformers_checkpoint_round_trip(task: str, shape_key: str, tmp_path:
     # gptkit -> transformers: GPT-1 has no eos, so its pad id is given; GPT-2's defaults to the config's eos.
     save_task_model(ours, tmp_path / "ours", pad_token_id=PAD if family == "openai-gpt" else None)
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert config["architectures"] == [HF_CLASSES[(task, family)]] and config["pad_token_id"] == PAD
+    assert config["architectures"] == [TASK_TYPES[task].hf_classes[family]] and config["pad_token_id"] == PAD
     assert config["gptkit"]["task"]["task"] == task
     auto = {
         "classify": transformers.AutoModelForSequenceClassification,
         "tag": transformers.AutoModelForTokenClassification,
         "qa": transformers.AutoModelForQuestionAnswering,
-        "choice": getattr(transformers, HF_CLASSES[(task, family)]),
+        "choice": getattr(transformers, TASK_TYPES[task].hf_classes[family]),
     }[task]
     reloaded = auto.from_pretrained(tmp_path / "ours").eval()
-    assert type(reloaded).__name__ == HF_CLASSES[(task, family)]
+    assert type(reloaded).__name__ == TASK_TYPES[task].hf_classes[family]
     _compare(task, ours, reloaded, shape["vocab_size"])
     again = load_task_model(tmp_path / "ours")
     assert again.spec == ours.spec
@@ -215,7 +209,7 @@ def test_untied_lm_head_round_trips(task: str, tmp_path: Path) -> None:
     if task == "choice":
         ids, mask = ids.view(2, 2, -1), mask.view(2, 2, -1)
     torch.testing.assert_close(load_task_model(tmp_path)(ids, mask).logits, ours(ids, mask).logits, rtol=0, atol=0)
-    hf = getattr(transformers, HF_CLASSES[(task, "gpt2")]).from_pretrained(tmp_path).eval()
+    hf = getattr(transformers, TASK_TYPES[task].hf_classes["gpt2"]).from_pretrained(tmp_path).eval()
     if task == "choice":  # double-heads keeps its own LM head; the others have none
         assert torch.equal(hf.lm_head.weight, gpt.lm_head.weight)
     else:
