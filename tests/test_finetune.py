@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gptkit.models.gpt import IGNORE_INDEX
+from gptkit.tasks.bundle import load
 from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.finetune import EpochSampler, _base_model, collate, finetune
-from gptkit.tasks.predict import load_finetuned
 from gptkit.training.config import TrainConfig
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
@@ -153,14 +153,14 @@ def test_lora_classifier_saves_a_peft_adapter_that_peft_loads(tmp_path: Path):
     assert (run / "adapter_config.json").is_file() and (run / "adapter_model.safetensors").is_file()
     base = transformers.AutoModelForSequenceClassification.from_pretrained(run)
     theirs = peft.PeftModel.from_pretrained(base, run).eval()
-    ours = load_finetuned(run).model
+    ours = load(run, merge_lora=False).model
     ids = torch.tensor([[11, 42, 7, 300, 9]])
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
     from gptkit.tasks.predict import save_merged
 
     merged = transformers.AutoModelForSequenceClassification.from_pretrained(
-        save_merged(load_finetuned(run), tmp_path / "merged")
+        save_merged(load(run, merge_lora=False), tmp_path / "merged")
     )
     with torch.no_grad():
         assert torch.allclose(merged.eval()(ids).logits, theirs(ids).logits, atol=1e-5)
@@ -206,7 +206,7 @@ def test_tagger_learns_names_and_loads_in_transformers(tmp_path: Path):
     result = finetune(task, small_train(tmp_path, "tag"))
     assert result.metrics["f1"] >= 0.8, result.metrics
     theirs = transformers.AutoModelForTokenClassification.from_pretrained(result.run_dir).eval()
-    ours = load_finetuned(result.run_dir)
+    ours = load(result.run_dir, merge_lora=False)
     ids = torch.tensor([ours.tokenizer.encode("Anna went to see Bo")])
     with torch.no_grad():
         assert torch.allclose(ours.model(ids).logits, theirs(ids).logits, atol=1e-5)
@@ -283,12 +283,11 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     assert json.loads((result.run_dir / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     # generation loads the run with its adapter merged: the same logits as the adapter applied unmerged
     from gptkit.cli import main
-    from gptkit.models.bundle import load_pretrained
 
-    merged, _ = load_pretrained(result.run_dir)
+    merged = load(result.run_dir, lm=True).model
     ids = torch.tensor([[16, 25, 17, 10]])
     with torch.no_grad():
-        assert torch.allclose(merged(ids).logits, load_finetuned(result.run_dir).model(ids).logits, atol=1e-5)
+        assert torch.allclose(merged(ids).logits, load(result.run_dir, merge_lora=False).model(ids).logits, atol=1e-5)
     assert (
         main(
             [
@@ -325,7 +324,8 @@ def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: 
     same = dict(max_steps=1, warmup_steps=0, grad_clip=0, dropout=0.0, eps=1.0, lr=0.1)
     one = finetune(task, small_train(tmp_path, "one", batch_size=4, **same))
     two = finetune(task, small_train(tmp_path, "two", batch_size=2, grad_accum=2, **same))
-    a, b = load_finetuned(one.run_dir).model.state_dict(), load_finetuned(two.run_dir).model.state_dict()
+    a = load(one.run_dir, merge_lora=False).model.state_dict()
+    b = load(two.run_dir, merge_lora=False).model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
     initial = _base_model(small_train(tmp_path, "x"), 16)[0].state_dict()
     assert not torch.equal(a["transformer.wte.weight"], initial["transformer.wte.weight"])  # it did train
@@ -346,11 +346,11 @@ def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: 
         for i in answer:  # position i - 1 predicts token i
             total += -torch.log_softmax(logits[i - 1], -1)[ids[i]].item()
             count += 1
-    from gptkit.tasks.finetune import _predict_outputs
-    from gptkit.tasks.recipes import RECIPES
+    from gptkit.tasks.finetune import predict_outputs
+    from gptkit.tasks.registry import TASK_TYPES
 
-    enc = RECIPES["instruct"].encode(task, read_prompt_completion(tmp_path / "pc.jsonl").examples, tok, None)
-    loss, _ = _predict_outputs(
+    enc = TASK_TYPES["instruct"].recipe.encode(task, read_prompt_completion(tmp_path / "pc.jsonl").examples, tok, None)
+    loss, _ = predict_outputs(
         model, enc.rows, enc.targets, tok.eos_token_id, (), 2, torch.autocast("cpu", enabled=False)
     )
     assert loss == pytest.approx(total / count, rel=1e-5)
@@ -498,7 +498,7 @@ def test_finetune_steps_equal_a_transformers_training_loop(
         made(self, *args, **kwargs)
         getattr(self, head).load_state_dict(start)
         if tagging:
-            self.dropout.p = 0.0  # the dropout before a tagger's classifier
+            self.classifier.dropout.p = 0.0  # the dropout before a tagger's classifier
 
     monkeypatch.setattr(heads.TaskModel, "__init__", same_head)
     monkeypatch.setattr(EpochSampler, "_shuffle", lambda self: torch.arange(self.n))  # file order, both sides

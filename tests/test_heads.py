@@ -10,17 +10,11 @@ import torch
 
 from gptkit import GPT, CheckpointError, ConfigError, GPTConfig
 from gptkit.models.gpt import IGNORE_INDEX, save_model
+from gptkit.models.heads import classification_loss, lm_targets
 from gptkit.models.hf_names import hf_name, is_transposed
-from gptkit.models.pooling import last_token, mean_pool
-from gptkit.tasks.heads import (
-    HF_CLASSES,
-    TaskModel,
-    TaskSpec,
-    classification_loss,
-    lm_targets,
-    load_task_model,
-    save_task_model,
-)
+from gptkit.models.pooling import last_token, mean_pool, right_pad
+from gptkit.tasks.heads import TaskModel, load_task_model, save_task_model
+from gptkit.tasks.registry import TASK_TYPES, TaskSpec
 
 from conftest import SHAPES, random_ids, randomized
 
@@ -32,7 +26,7 @@ PARITY = [
     (task, shape)
     for task in ("classify", "tag", "qa", "choice")
     for shape in ("gpt2-odd", "gpt1-odd")
-    if (task, SHAPES[shape][0]) in HF_CLASSES
+    if SHAPES[shape][0] in TASK_TYPES[task].hf_classes
 ]
 
 
@@ -40,7 +34,7 @@ def hf_task_model(task: str, shape_key: str, *, seed: int = 0, **fields) -> torc
     """A transformers task model on random weights, LayerNorms, biases and head included (eval mode)."""
     family, shape = SHAPES[shape_key]
     torch.manual_seed(seed)
-    cls = getattr(transformers, HF_CLASSES[(task, family)])
+    cls = getattr(transformers, TASK_TYPES[task].hf_classes[family])
     if family == "gpt2":
         config = transformers.GPT2Config(**shape, bos_token_id=PAD, eos_token_id=PAD, pad_token_id=PAD, **fields)
     else:
@@ -78,6 +72,14 @@ def test_mean_pool_averages_real_tokens_only() -> None:
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     assert torch.equal(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
     assert torch.equal(mean_pool(hidden, torch.tensor([[0, 1, 1]])), torch.tensor([[51.5, 52.0]]))
+
+
+def test_right_pad_matches_torch_pad_sequence() -> None:
+    rows = [[5, 6, 7], [8], [9, 10]]
+    expected = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=-3)
+    assert torch.equal(right_pad(rows, -3), expected) and right_pad(rows, -3).dtype == torch.long
+    mask = right_pad([[1] * len(r) for r in rows], 0)
+    assert torch.equal(mask, (expected != -3).long())
 
 
 def test_lm_targets_count_only_real_predictions() -> None:
@@ -176,16 +178,16 @@ def test_transformers_checkpoint_round_trip(task: str, shape_key: str, tmp_path:
     # gptkit -> transformers: GPT-1 has no eos, so its pad id is given; GPT-2's defaults to the config's eos.
     save_task_model(ours, tmp_path / "ours", pad_token_id=PAD if family == "openai-gpt" else None)
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert config["architectures"] == [HF_CLASSES[(task, family)]] and config["pad_token_id"] == PAD
+    assert config["architectures"] == [TASK_TYPES[task].hf_classes[family]] and config["pad_token_id"] == PAD
     assert config["gptkit"]["task"]["task"] == task
     auto = {
         "classify": transformers.AutoModelForSequenceClassification,
         "tag": transformers.AutoModelForTokenClassification,
         "qa": transformers.AutoModelForQuestionAnswering,
-        "choice": getattr(transformers, HF_CLASSES[(task, family)]),
+        "choice": getattr(transformers, TASK_TYPES[task].hf_classes[family]),
     }[task]
     reloaded = auto.from_pretrained(tmp_path / "ours").eval()
-    assert type(reloaded).__name__ == HF_CLASSES[(task, family)]
+    assert type(reloaded).__name__ == TASK_TYPES[task].hf_classes[family]
     _compare(task, ours, reloaded, shape["vocab_size"])
     again = load_task_model(tmp_path / "ours")
     assert again.spec == ours.spec
@@ -215,7 +217,7 @@ def test_untied_lm_head_round_trips(task: str, tmp_path: Path) -> None:
     if task == "choice":
         ids, mask = ids.view(2, 2, -1), mask.view(2, 2, -1)
     torch.testing.assert_close(load_task_model(tmp_path)(ids, mask).logits, ours(ids, mask).logits, rtol=0, atol=0)
-    hf = getattr(transformers, HF_CLASSES[(task, "gpt2")]).from_pretrained(tmp_path).eval()
+    hf = getattr(transformers, TASK_TYPES[task].hf_classes["gpt2"]).from_pretrained(tmp_path).eval()
     if task == "choice":  # double-heads keeps its own LM head; the others have none
         assert torch.equal(hf.lm_head.weight, gpt.lm_head.weight)
     else:
@@ -235,6 +237,57 @@ def test_gpt1_without_transformers_class_saves_gptkit_names(task: str, tmp_path:
     ids, mask = padded_batch(97, LENGTHS)
     torch.testing.assert_close(loaded(ids, mask).logits, ours(ids, mask).logits, rtol=0, atol=0)
     assert set(loaded.state_dict()) == set(ours.state_dict())
+
+
+ENTRIES = [(name, family) for name, kind in TASK_TYPES.items() if kind.head for family in ("gpt2", "openai-gpt")]
+
+
+@pytest.mark.parametrize(("task", "family"), ENTRIES)
+def test_every_registry_entry_round_trips(task: str, family: str, tmp_path: Path) -> None:
+    """Build -> save -> load in gptkit (equal weights and logits), and in transformers where the entry names
+    a class for the family (every weight used, none missing, equal logits)."""
+    gpt = randomized(GPT(GPTConfig.from_name("gpt2-tiny" if family == "gpt2" else "openai-gpt-tiny", vocab_size=101)))
+    ours = TaskModel(gpt, TaskSpec(task, num_labels=1 if task == "choice" else 3)).eval()
+    save_task_model(ours, tmp_path, pad_token_id=PAD)
+    again = load_task_model(tmp_path)
+    assert again.spec == ours.spec and again.state_dict().keys() == ours.state_dict().keys()
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in ours.state_dict().items())
+    ids, mask = padded_batch(101, LENGTHS)
+    if task == "choice":
+        ids, mask = ids.view(2, 2, -1), mask.view(2, 2, -1)
+    torch.testing.assert_close(again(ids, mask).logits, ours(ids, mask).logits, rtol=0, atol=0)
+    name = TASK_TYPES[task].hf_classes.get(family)
+    if name is None:
+        return
+    hf, info = getattr(transformers, name).from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    _compare(task, ours, hf.eval(), 101)
+
+
+def test_task_model_is_one_module_tree_with_its_backbone() -> None:
+    """.parameters(), .train()/.eval(), .to(dtype) and the state dict reach the backbone and the head."""
+    gpt = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=101))
+    model = TaskModel(gpt, TaskSpec("choice"))
+    backbone = {id(p) for p in gpt.transformer.parameters()}
+    head = {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in model.parameters()} == backbone | head and head and not head & backbone
+    model.train()
+    assert all(m.training for m in gpt.transformer.modules()) and model.head.training
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.to(torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert gpt.transformer.wte.weight.dtype == torch.float64  # the same modules, converted once
+    assert model.lm_head.weight is model.transformer.wte.weight  # the double-heads class keeps the tied LM head
+    names = set(model.state_dict())
+    assert {k for k in names if k.startswith("transformer.")} == {
+        f"transformer.{k}" for k in gpt.transformer.state_dict()
+    }
+    assert names - {k for k in names if k.startswith("transformer.")} == {
+        "multiple_choice_head.summary.weight",
+        "multiple_choice_head.summary.bias",
+        "lm_head.weight",
+    }
 
 
 # -- auxiliary LM loss, training ------------------------------------------------------------------------

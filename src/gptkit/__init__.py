@@ -29,6 +29,8 @@ _LAZY = {
     "KVCache": "gptkit.models.gpt",
     "Tokenizer": "gptkit.text.tokenizer",
     "load_model": "gptkit.models.gpt",
+    "load": "gptkit.tasks.bundle",
+    "ModelBundle": "gptkit.tasks.bundle",
     "save_model": "gptkit.models.gpt",
 }
 
@@ -58,4 +60,5 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gptkit.models.config import GPTConfig  # noqa: F401
     from gptkit.models.gpt import GPT, KVCache, ModelOutput, load_model, save_model  # noqa: F401  # noqa: F401
+    from gptkit.tasks.bundle import ModelBundle, load  # noqa: F401
     from gptkit.text.tokenizer import Tokenizer  # noqa: F401

@@ -22,18 +22,18 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, tokenizer) from --model/--tokenizer/--device/--dtype; an error if no tokenizer can be found."""
+def load_for_inference(args: argparse.Namespace) -> Any:
+    """The language model's ModelBundle from --model/--tokenizer/--device/--dtype; an error if it has no tokenizer."""
     import torch
 
-    from gptkit.models.bundle import load_pretrained
+    from gptkit.tasks.bundle import load
 
-    model, tokenizer = load_pretrained(
-        args.model, device=_device(args.device), dtype=getattr(torch, args.dtype), tokenizer=args.tokenizer
+    bundle = load(
+        args.model, device=_device(args.device), dtype=getattr(torch, args.dtype), tokenizer=args.tokenizer, lm=True
     )
-    if tokenizer is None:
+    if bundle.tokenizer is None:
         raise GptkitError(f"{args.model} has no tokenizer files; name one with --tokenizer (e.g. gpt2)")
-    return model, tokenizer
+    return bundle
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: set[str]) -> None:

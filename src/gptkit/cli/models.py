@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from gptkit.cli.common import DTYPES, _load_for_inference
+from gptkit.cli.common import DTYPES, load_for_inference
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -91,15 +91,14 @@ def _sampling_params(args: argparse.Namespace):
     )
 
 
-def _chat_prompts(model: str, prompts: list[str], tokenizer) -> list[str]:
+def _chat_prompts(bundle, prompts: list[str]) -> list[str]:
     """Each prompt as a user message, rendered with the model's chat template (or gptkit's default)."""
-    from gptkit.models.checkpoint import resolve
-    from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE, load_chat_template, render_chat
+    from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE, render_chat
 
-    template = load_chat_template(resolve(model).path) or DEFAULT_CHAT_TEMPLATE
+    template = bundle.chat_template or DEFAULT_CHAT_TEMPLATE
     return [
         render_chat(
-            [{"role": "user", "content": p}], template, add_generation_prompt=True, eos_token=tokenizer.eos_token
+            [{"role": "user", "content": p}], template, add_generation_prompt=True, eos_token=bundle.tokenizer.eos_token
         )
         for p in prompts
     ]
@@ -110,9 +109,10 @@ def _generate(args: argparse.Namespace) -> int:
 
     params = _sampling_params(args)
     prompts = _read_prompts(args)
-    model, tokenizer = _load_for_inference(args)
+    bundle = load_for_inference(args)
+    model, tokenizer = bundle.model, bundle.tokenizer
     if args.chat:
-        prompts = _chat_prompts(args.model, prompts, tokenizer)
+        prompts = _chat_prompts(bundle, prompts)
     n = params.num_return_sequences
     live = not args.json and len(prompts) * n == 1
     results: dict[int, dict] = {}

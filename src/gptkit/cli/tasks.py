@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device
+from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, load_for_inference
 from gptkit.cli.training import _MODEL_FLAGS, _TRAIN_HELP
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
@@ -69,11 +69,12 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from gptkit.tasks.predict import load_finetuned, predict, write_jsonl
+    from gptkit.tasks.bundle import load
+    from gptkit.tasks.predict import predict, write_jsonl
 
-    finetuned = load_finetuned(args.model, device=_device(args.device))
+    bundle = load(args.model, device=_device(args.device), merge_lora=False)
     source = args.input if args.input != "-" else "/dev/stdin"
-    records = predict(finetuned, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    records = predict(bundle, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     if args.out:
         from gptkit.io import atomic_write_text
 
@@ -86,18 +87,15 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
-    from gptkit.tasks.predict import load_finetuned, save_merged
+    from gptkit.tasks.bundle import load
+    from gptkit.tasks.predict import save_merged
 
-    finetuned = load_finetuned(args.run)
-    print(f"merged model written to {save_merged(finetuned, args.out)}")
+    print(f"merged model written to {save_merged(load(args.run), args.out)}")
     return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import torch
-
     from gptkit.generation.embeddings import embed
-    from gptkit.models.bundle import load_pretrained
 
     texts = list(args.text)
     if args.file:
@@ -105,13 +103,14 @@ def _embed(args: argparse.Namespace) -> int:
             texts += [line.rstrip("\n") for line in fh if line.strip()]
     if not texts:
         raise GptkitError("no texts: give TEXT arguments or --file FILE (one text per line, '-' = stdin)")
-    model, tokenizer = load_pretrained(
-        args.model, device=_device(args.device), dtype=getattr(torch, args.dtype), tokenizer=args.tokenizer
-    )
-    if tokenizer is None:
-        raise GptkitError(f"{args.model} has no tokenizer files; name one with --tokenizer (e.g. gpt2)")
+    bundle = load_for_inference(args)
     vectors = embed(
-        model, tokenizer, texts, pooling=args.pooling, batch_size=args.batch_size, normalize=not args.no_normalize
+        bundle.model,
+        bundle.tokenizer,
+        texts,
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        normalize=not args.no_normalize,
     )
     if args.out and args.out.endswith(".npy"):
         import numpy as np

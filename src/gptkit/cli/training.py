@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, _load_for_inference
+from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, load_for_inference
 from gptkit.errors import GptkitError
 from gptkit.training.config import TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
 
@@ -106,17 +106,19 @@ def _eval(args: argparse.Namespace) -> int:
     from gptkit.training.evaluate import lambada_accuracy, perplexity, read_lambada
 
     if args.labelled:
-        from gptkit.tasks.predict import evaluate_file, load_finetuned
+        from gptkit.tasks.bundle import load
+        from gptkit.tasks.predict import evaluate_file
 
         scores = evaluate_file(
-            load_finetuned(args.model, device=_device(args.device)), args.labelled, batch_size=args.batch_size
+            load(args.model, device=_device(args.device), merge_lora=False), args.labelled, batch_size=args.batch_size
         )
         if args.json:
             print(json.dumps({"task": "labelled", "model": args.model, "file": args.labelled, **scores}))
         else:
             print(f"{args.model} on {args.labelled}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         return 0
-    model, tokenizer = _load_for_inference(args)
+    bundle = load_for_inference(args)
+    model, tokenizer = bundle.model, bundle.tokenizer
     if args.lambada:
         task = "lambada"
         result = lambada_accuracy(

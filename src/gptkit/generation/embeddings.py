@@ -15,7 +15,7 @@ from torch import Tensor
 
 from gptkit.errors import ConfigError, DataError
 from gptkit.models.gpt import GPT
-from gptkit.models.pooling import last_token, mean_pool
+from gptkit.models.pooling import last_token, mean_pool, right_pad
 
 __all__ = ["embed"]
 
@@ -58,9 +58,8 @@ def embed(
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in rows)
-                batch = torch.tensor([ids[i] + [pad_id] * (width - len(ids[i])) for i in rows], device=device)
-                mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in rows], device=device)
+                batch = right_pad([ids[i] for i in rows], pad_id, device=device)
+                mask = right_pad([[1] * len(ids[i]) for i in rows], 0, device=device)
                 hidden = model(batch, attention_mask=mask, return_logits=False).last_hidden_state  # (b, T, C)
                 out[rows] = _POOLING[pooling](hidden, mask).float().cpu()
     finally:

@@ -1,11 +1,18 @@
-"""Loading a model for use: the GPT with its tokenizer (and a LoRA adapter merged in), from any source."""
+"""Loading a language model for use: the GPT with its tokenizer (and a LoRA adapter merged in), from any source.
+
+`gptkit.load` (gptkit.tasks.bundle) is the loader for users: one `ModelBundle` for language models, task
+models and fine-tuning runs alike, built from the pieces here. `load_pretrained` is the language-model loader
+of the floors below tasks (training), which cannot import it.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gptkit.errors import CheckpointError
 from gptkit.io import read_json
@@ -24,17 +31,33 @@ def load_pretrained(
     """Model and tokenizer of a checkpoint in one call; `tokenizer` overrides the one stored with it."""
     source = checkpoint.resolve(name_or_path)
     model = load_model(source.path, device=device, dtype=dtype)
-    adapter = source.path / "adapter_config.json"
-    if adapter.is_file() and read_json(adapter, CheckpointError).get("task_type") in (None, "CAUSAL_LM"):
-        # a LoRA-tuned language model (gptkit finetune instruct --lora-r): merged in
-        lora.load_adapter(model, source.path)
+    apply_adapter(model, source.path, task_types=(None, "CAUSAL_LM"), merge=True)
+    return model, tokenizer_for(source, tokenizer, model.config.vocab_size)
+
+
+def apply_adapter(model: nn.Module, folder: Path, *, task_types: tuple[str | None, ...] | None, merge: bool) -> bool:
+    """Load the peft LoRA adapter stored in `folder` onto `model` (merged in when `merge`), if there is one of
+    one of `task_types` (None: any); return whether one was."""
+    adapter = folder / lora.ADAPTER_CONFIG_FILE
+    if not adapter.is_file():
+        return False
+    if task_types is not None and read_json(adapter, CheckpointError).get("task_type") not in task_types:
+        return False
+    lora.load_adapter(model, folder)
+    if merge:
         lora.merge_lora(model)
+    return True
+
+
+def tokenizer_for(
+    source: checkpoint.Source, tokenizer: str | os.PathLike[str] | None, vocab_size: int
+) -> Tokenizer | None:
+    """`tokenizer` (a name or folder) if given, else the one stored with the checkpoint (None: none stored);
+    CheckpointError if it has more tokens than the model has embeddings."""
     tok = Tokenizer.from_pretrained(tokenizer) if tokenizer is not None else checkpoint.load_tokenizer(source)
-    if tok is not None and tok.vocab_size > model.config.vocab_size:
-        raise CheckpointError(
-            f"tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} embeddings"
-        )
-    return model, tok
+    if tok is not None and tok.vocab_size > vocab_size:
+        raise CheckpointError(f"tokenizer has {tok.vocab_size} tokens but the model only {vocab_size} embeddings")
+    return tok
 
 
 def describe(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -30,10 +30,6 @@ from gptkit.models.config import CONFIG_FILE, PRESETS, GPTConfig
 from gptkit.models.hf_names import TIED_KEY, config_from_hf, config_to_hf, from_hf_state_dict, to_hf_state_dict
 
 Format = Literal["hf", "openai-tf", "openai-gpt1"]
-# Task -> the module name of its head (heads.py), as in transformers' GPT2For* and *DoubleHeadsModel classes;
-# a task checkpoint loads as its GPT by leaving these weights out.
-HEAD_NAMES = {"classify": "score", "tag": "classifier", "qa": "qa_outputs", "choice": "multiple_choice_head"}
-TASK_HEAD_PREFIXES = tuple(name + "." for name in HEAD_NAMES.values())
 WEIGHTS_FILE = "model.safetensors"
 _HF_WEIGHT_FILES = (
     "model.safetensors",
@@ -194,9 +190,12 @@ def read_checkpoint(
         return read_gpt1_shards(source.path, n_head=n_head or 12)
     config, naming = _read_config(source.path)
     hf_state, weights_path = read_hf_weights(source.path)
-    # A task model (GPT2ForSequenceClassification, ...) loads as its GPT: the head's weights are left out.
-    hf_state = {k: v for k, v in hf_state.items() if not k.startswith(TASK_HEAD_PREFIXES)}
     expected = shapes(config)
+    # A task model (GPT2ForSequenceClassification, ...) loads as its GPT: the weights of modules the GPT does
+    # not have (the task head) are left out. A bare GPT2Model checkpoint has no prefixes and no head.
+    if any(k.startswith("transformer.") for k in hf_state):
+        modules = {k.split(".", 1)[0] for k in expected}  # transformer, lm_head
+        hf_state = {k: v for k, v in hf_state.items() if k.split(".", 1)[0] in modules}
     if naming == "gptkit":  # a shape transformers cannot express was saved under gptkit's own names
         return config, _checked_native(hf_state, expected, config, weights_path)
     return config, from_hf_state_dict(hf_state, config, expected, source=str(weights_path))

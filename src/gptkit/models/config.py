@@ -14,6 +14,7 @@ from gptkit.errors import ConfigError
 Activation = Literal["gelu_new", "gelu", "relu"]
 
 CONFIG_FILE = "config.json"
+IGNORE_INDEX = -100  # the label of a position without loss (torch's cross_entropy default), for every loss
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,11 @@ from torch import Tensor, nn
 
 from gptkit.errors import ContextLengthError
 from gptkit.models import checkpoint
-from gptkit.models.config import GPTConfig
+from gptkit.models.config import IGNORE_INDEX, GPTConfig
 from gptkit.models.kernels import Linear, attention
 
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Tokenizer
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Pooling hidden states (B, T, C) into one vector per row (B, C), with padding described by `attention_mask` alone.
+"""Right-padded batches, and pooling hidden states (B, T, C) into one vector per row (B, C), with padding
+described by `attention_mask` alone.
 
 Sequence classification and multiple choice pool the last real token (as transformers does); embeddings pool
 the mean or the last token. Neither depends on the id the padding holds.
@@ -6,10 +7,20 @@ the mean or the last token. Neither depends on the id the padding holds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["last_token", "mean_pool"]
+__all__ = ["last_token", "mean_pool", "right_pad"]
+
+
+def right_pad(sequences: Sequence[Sequence[int]], value: int, *, device: torch.device | str | None = None) -> Tensor:
+    """(N, longest) int64, right-padded with `value` (one tensor built from one list: no per-row copies).
+
+    The attention mask of a batch is `right_pad([[1] * len(s) for s in sequences], 0)`."""
+    longest = max(len(s) for s in sequences)
+    return torch.tensor([[*s, *([value] * (longest - len(s)))] for s in sequences], dtype=torch.long, device=device)
 
 
 def last_token(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from gptkit.errors import ConfigError, DataError
+from gptkit.models.config import IGNORE_INDEX
 from gptkit.training.corpus import BadRow, MissingColumnsError, OnError, iter_records
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ __all__ = [
     "read_labelled",
 ]
 
-IGNORE_INDEX = -100  # label of a position without loss (torch's cross_entropy default ignore_index)
 Task = Literal["single", "multi", "regression"]
 Label = str | list[str] | float | None
 

@@ -23,14 +23,17 @@ from torch import Tensor, nn
 
 from gptkit.errors import ConfigError, DataError
 from gptkit.models import lora
-from gptkit.models.config import GPTConfig
-from gptkit.models.gpt import GPT, IGNORE_INDEX, with_dropout
+from gptkit.models.config import IGNORE_INDEX, GPTConfig
+from gptkit.models.gpt import GPT, with_dropout
+from gptkit.models.pooling import right_pad
+from gptkit.tasks.bundle import TASK_FILE, load
 from gptkit.tasks.config import TaskConfig
-from gptkit.tasks.recipes import RECIPES, Recipe, Row
+from gptkit.tasks.heads import TaskModel, load_task_model, save_task_model
+from gptkit.tasks.recipes import Recipe, Row
+from gptkit.tasks.registry import TASK_TYPES, TaskSpec
 from gptkit.training.config import TrainConfig
 from gptkit.training.loop import Batch, Objective, TrainingError, TrainResult, fit
 
-TASK_FILE = "task.json"  # beside a fine-tuned model: the TaskConfig and label names it was trained with
 LENGTH_GROUP = 50  # global batches per length-sorted group (transformers' group_by_length megabatch)
 
 
@@ -79,12 +82,6 @@ class EpochSampler:
         self.order, self.position = state["order"], state["position"]
 
 
-def pad(sequences: Sequence[Sequence[int]], value: int) -> Tensor:
-    """(N, longest) int64, right-padded with `value` (one tensor built from one list: no per-row copies)."""
-    longest = max(len(s) for s in sequences)
-    return torch.tensor([[*s, *([value] * (longest - len(s)))] for s in sequences], dtype=torch.long)
-
-
 def collate(rows: Sequence[Row], pad_id: int) -> Batch:
     """Rows -> tensors: ids right-padded with pad_id plus an attention mask, token labels padded with -100.
 
@@ -93,15 +90,15 @@ def collate(rows: Sequence[Row], pad_id: int) -> Batch:
     ids = [r["input_ids"] for r in rows]
     nested = isinstance(ids[0][0], list)
     flat = [s for choices in ids for s in choices] if nested else ids
-    input_ids = pad(flat, pad_id)
-    mask = pad([[1] * len(s) for s in flat], 0)
+    input_ids = right_pad(flat, pad_id)
+    mask = right_pad([[1] * len(s) for s in flat], 0)
     if nested:
         input_ids, mask = (t.view(len(rows), len(ids[0]), -1) for t in (input_ids, mask))
     batch: Batch = {"input_ids": input_ids, "attention_mask": mask}
     for key in rows[0].keys() - {"input_ids"}:
         values = [r[key] for r in rows]
         if key == "labels" and isinstance(values[0], list) and not isinstance(values[0][0], float):
-            batch[key] = pad(values, IGNORE_INDEX)  # token labels
+            batch[key] = right_pad(values, IGNORE_INDEX)  # token labels
         else:
             batch[key] = torch.tensor(values)
     return batch
@@ -125,11 +122,9 @@ def _tokenizer_for(family: str | None) -> Any:
 
 def _base_model(train: TrainConfig, max_length: int) -> tuple[GPT, Any]:
     """The GPT to fine-tune and its tokenizer: a checkpoint (pretrained) or a fresh preset (scratch)."""
-    from gptkit.models.bundle import load_pretrained
-
     if train.init_from == "pretrained":
-        model, tokenizer = load_pretrained(train.model)
-        tokenizer = tokenizer or _tokenizer_for(model.config.family)
+        bundle = load(train.model, lm=True)
+        model, tokenizer = bundle.model, bundle.tokenizer or _tokenizer_for(bundle.model.config.family)
     else:
         config = GPTConfig.from_name(train.model, **train.model_overrides)
         tokenizer = _tokenizer_for(config.family)
@@ -192,9 +187,9 @@ def _build_model(
 ) -> nn.Module:
     """The model to train: a heads.TaskModel, or the GPT itself for instruct."""
     from gptkit.models.gpt import load_model
-    from gptkit.tasks.heads import TaskModel, load_task_model
 
-    spec = recipe.head(task, labels)
+    fields = recipe.head(task, labels)
+    spec = None if fields is None else TaskSpec(task.task, **fields)
     if resume_from is not None:
         model = load_model(resume_from) if spec is None else load_task_model(resume_from)
         if isinstance(model, TaskModel):
@@ -216,7 +211,7 @@ def _size(ids: list[Any]) -> int:
     return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
 
 
-def _predict_outputs(
+def predict_outputs(
     model: nn.Module,
     rows: Sequence[Row],
     targets: Sequence[int],
@@ -273,7 +268,7 @@ def finetune(
     peft adapter when LoRA is on), task.json, the tokenizer, metrics.jsonl and curves.png. With task.epochs
     set, train.max_steps becomes the steps of that many passes over the training rows.
     """
-    recipe = RECIPES[task.task]
+    recipe = TASK_TYPES[task.task].recipe
     if train.fsdp:
         raise ConfigError("FSDP is for pre-training large models; fine-tune with DDP (drop --fsdp)")
     if train.trainable == "head" and task.task == "instruct":
@@ -302,7 +297,7 @@ def finetune(
             return module(**batch).loss, n
 
         def evaluate(module: nn.Module, autocast: Any) -> dict[str, float]:
-            val_loss, outputs = _predict_outputs(
+            val_loss, outputs = predict_outputs(
                 model, eval_set.rows, eval_set.targets, pad_id, recipe.outputs, config.batch_size, autocast
             )
             result = {"val_loss": val_loss, **recipe.score(outputs, eval_set, labels)}
@@ -350,7 +345,6 @@ def _save(
     """A checkpoint directory: the model (as transformers' class for its task), tokenizer, adapter, task.json."""
     from gptkit.io import atomic_write_text
     from gptkit.models.gpt import save_model
-    from gptkit.tasks.heads import HEAD_NAMES, TaskModel, save_task_model
 
     with lora.without_adapters(model):
         if isinstance(model, TaskModel):
@@ -362,14 +356,14 @@ def _save(
 
         save_chat_template(directory, task.chat_template or DEFAULT_CHAT_TEMPLATE)
     if train.lora_r:
-        heads = (HEAD_NAMES[task.task],) if isinstance(model, TaskModel) else ()
+        kind = TASK_TYPES[task.task]
         lora.save_adapter(
             model,
             directory,
             config=lora_config(train),
             base_model_name_or_path=train.model,
-            task_type=recipe.peft_task,
-            modules_to_save=heads,
+            task_type=kind.peft_task_type,
+            modules_to_save=(kind.head_name,) if kind.head is not None else (),
         )
     description = {
         "task": asdict(task),

@@ -1,23 +1,24 @@
-"""The five fine-tuning tasks as `Recipe`s: how each reads and encodes its files and scores predictions.
+"""The five fine-tuning tasks as `Recipe`s: how each reads and encodes its files, scores predictions and
+writes them as JSON records.
 
-Reading and encoding live in task_data.py, tagging.py, qa.py, choice.py and chat.py, metrics in metrics.py,
-heads in heads.py; a recipe only connects them for finetune.py, so adding a task is one more entry in RECIPES.
+Reading and encoding live in data.py, tagging.py, qa.py, choice.py and instruct.py, metrics in metrics.py;
+a recipe only connects them. Each recipe is one field of its task's entry in gptkit.tasks.registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gptkit.models.gpt import IGNORE_INDEX
 from gptkit.tasks import choice, metrics, tagging
 from gptkit.tasks import data as task_data
 from gptkit.tasks import instruct as chat_data
 from gptkit.tasks.config import TaskConfig
+from gptkit.tasks.data import IGNORE_INDEX
 from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE
 
 Row = dict[str, Any]
@@ -41,10 +42,11 @@ class Recipe:
     read: Callable[[TaskConfig, str, Any], tuple[list[Any], int]]  # (config, path, labels) -> (examples, skipped)
     labels: Callable[[TaskConfig, list[Any]], Any]  # the label vocabulary of the training examples (or None)
     encode: Callable[[TaskConfig, list[Any], Any, Any], Encoded]  # (config, examples, tokenizer, labels)
-    head: Callable[[TaskConfig, Any], Any]  # a heads.TaskSpec, or None for a language model (instruct)
+    head: Callable[[TaskConfig, Any], dict[str, Any] | None]  # TaskSpec fields; None for a language model
     outputs: tuple[str, ...]  # the output fields scoring needs (logits, start_logits, ...)
     score: Callable[[dict[str, list[Tensor]], Encoded, Any], dict[str, float]]
-    peft_task: str | None  # peft's task_type for saved adapters
+    read_inputs: Callable[[TaskConfig, str], list[Any]] | None = None  # a file to predict on (labels ignored)
+    predictions: Callable[[dict[str, list[Tensor]], Encoded, Any, TaskConfig], Iterator[Row]] | None = None
 
 
 _PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
@@ -57,12 +59,6 @@ def _rows(columns: dict[str, list[Any]]) -> list[Row]:
 
 def _labelled_tokens(labels: list[int], shift: int = 0) -> int:
     return sum(1 for label in labels[shift:] if label != IGNORE_INDEX)
-
-
-def _spec(task: str, **fields: Any) -> Any:
-    from gptkit.tasks.heads import TaskSpec
-
-    return TaskSpec(task, **fields)
 
 
 # -- classify -------------------------------------------------------------------------------------
@@ -95,13 +91,10 @@ def _encode_classify(config: TaskConfig, examples: list[Any], tokenizer: Any, la
     return Encoded(rows, [1] * len(rows), examples, truncated=features.truncated)
 
 
-def _head_classify(config: TaskConfig, labels: Any) -> Any:
+def _head_classify(config: TaskConfig, labels: Any) -> dict[str, Any]:
     names = None if labels is None else tuple(labels.labels)
-    return _spec(
-        "classify",
-        num_labels=1 if names is None else len(names),
-        problem_type=_PROBLEMS[config.problem_type],
-        labels=names,
+    return dict(
+        num_labels=1 if names is None else len(names), problem_type=_PROBLEMS[config.problem_type], labels=names
     )
 
 
@@ -248,44 +241,133 @@ def _score_instruct(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: 
     return {}  # the completion loss (and its perplexity) is the measure
 
 
-RECIPES: dict[str, Recipe] = {
-    "classify": Recipe(
-        _read_classify, _labels_classify, _encode_classify, _head_classify, ("logits",), _score_classify, "SEQ_CLS"
-    ),
-    "tag": Recipe(
-        _read_tag,
-        _labels_tag,
-        _encode_tag,
-        lambda config, labels: _spec("tag", num_labels=len(labels), labels=tuple(labels.labels)),
-        ("logits",),
-        _score_tag,
-        "TOKEN_CLS",
-    ),
-    "qa": Recipe(
-        _read_qa,
-        lambda config, examples: None,
-        _encode_qa,
-        lambda config, labels: _spec("qa"),
-        ("start_logits", "end_logits"),
-        _score_qa,
-        "QUESTION_ANS",
-    ),
-    "choice": Recipe(
-        _read_choice,
-        lambda config, examples: None,
-        _encode_choice,
-        lambda config, labels: _spec("choice"),
-        ("logits",),
-        _score_choice,
-        None,
-    ),
-    "instruct": Recipe(
-        _read_instruct,
-        lambda config, examples: None,
-        _encode_instruct,
-        lambda config, labels: None,
-        (),
-        _score_instruct,
-        "CAUSAL_LM",
-    ),
-}
+# -- predictions: unlabelled input and one JSON-ready record per example ------------------------------
+
+
+def _inputs_classify(config: TaskConfig, path: str) -> list[Any]:
+    return task_data.read_labelled(
+        path,
+        text_column=config.text_column,
+        label_column=None,
+        text_pair_column=config.text_pair_column,
+        fmt=config.format,
+        on_error=config.on_error,
+    ).examples
+
+
+def _predict_classify(
+    outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any, config: TaskConfig
+) -> Iterator[Row]:
+    for ex, logits in zip(encoded.examples, outputs["logits"], strict=True):
+        if labels is None:  # regression
+            yield {"text": ex.text, "score": float(logits[0]), "line": ex.line}
+        elif config.problem_type == "multi":
+            yield {
+                "text": ex.text,
+                "labels": [labels.labels[j] for j, v in enumerate(logits.tolist()) if v > 0],
+                "scores": logits.sigmoid().tolist(),
+                "line": ex.line,
+            }
+        else:
+            probs = logits.softmax(-1)
+            yield {
+                "text": ex.text,
+                "label": labels.labels[int(probs.argmax())],
+                "scores": dict(zip(labels.labels, probs.tolist(), strict=True)),
+                "line": ex.line,
+            }
+
+
+def _inputs_tag(config: TaskConfig, path: str) -> list[Any]:
+    return tagging.read_conll(
+        path, token_column=config.token_column, tag_column=None, on_error=config.on_error
+    ).examples
+
+
+def _predict_tag(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any, config: TaskConfig) -> Iterator[Row]:
+    for ex, logits, word_ids in zip(encoded.examples, outputs["logits"], encoded.extra, strict=True):
+        ids = tagging.words_from_tokens(word_ids, logits[: len(word_ids)].argmax(-1).tolist(), len(ex.tokens))
+        yield {"tokens": ex.tokens, "tags": [labels.labels[j] if j is not None else "O" for j in ids], "line": ex.line}
+
+
+def _inputs_qa(config: TaskConfig, path: str) -> list[Any]:
+    from gptkit.tasks.qa import read_squad
+
+    return read_squad(path, on_error=config.on_error)
+
+
+def _predict_qa(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any, config: TaskConfig) -> Iterator[Row]:
+    from gptkit.tasks.qa import best_spans
+
+    answers = best_spans(
+        encoded.extra,
+        [t.tolist() for t in outputs["start_logits"]],
+        [t.tolist() for t in outputs["end_logits"]],
+        allow_impossible=True,
+    )
+    for ex in encoded.examples:
+        yield {"id": ex.id, "question": ex.question, "answer": answers.get(ex.id, "")}
+
+
+def _inputs_choice(config: TaskConfig, path: str) -> list[Any]:
+    return choice.read_choice(path, on_error=config.on_error, require_label=False).examples
+
+
+def _predict_choice(
+    outputs: dict[str, list[Tensor]], encoded: Encoded, labels: Any, config: TaskConfig
+) -> Iterator[Row]:
+    for ex, logits in zip(encoded.examples, outputs["logits"], strict=True):
+        yield {
+            "context": ex.context,
+            "label": int(logits.argmax()),
+            "scores": logits.softmax(-1).tolist(),
+            "line": ex.line,
+        }
+
+
+def _no_labels(config: TaskConfig, examples: list[Any]) -> None:
+    return None
+
+
+CLASSIFY = Recipe(
+    _read_classify,
+    _labels_classify,
+    _encode_classify,
+    _head_classify,
+    ("logits",),
+    _score_classify,
+    _inputs_classify,
+    _predict_classify,
+)
+TAG = Recipe(
+    _read_tag,
+    _labels_tag,
+    _encode_tag,
+    lambda config, labels: dict(num_labels=len(labels), labels=tuple(labels.labels)),
+    ("logits",),
+    _score_tag,
+    _inputs_tag,
+    _predict_tag,
+)
+QA = Recipe(
+    _read_qa,
+    _no_labels,
+    _encode_qa,
+    lambda config, labels: {},
+    ("start_logits", "end_logits"),
+    _score_qa,
+    _inputs_qa,
+    _predict_qa,
+)
+CHOICE = Recipe(
+    _read_choice,
+    _no_labels,
+    _encode_choice,
+    lambda config, labels: {},
+    ("logits",),
+    _score_choice,
+    _inputs_choice,
+    _predict_choice,
+)
+# instruct trains the language model itself (no head); its predictions are generated completions
+INSTRUCT = Recipe(_read_instruct, _no_labels, _encode_instruct, lambda config, labels: None, (), _score_instruct)

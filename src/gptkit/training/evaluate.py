@@ -22,6 +22,7 @@ from torch import Tensor
 
 from gptkit.errors import ConfigError, ContextLengthError, DataError
 from gptkit.models.gpt import GPT
+from gptkit.models.pooling import right_pad
 
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Tokenizer
@@ -234,8 +235,7 @@ def lambada_accuracy(
     with _eval_mode(model), _bar(len(items), "examples", progress) as bar:
         for start in range(0, len(items), batch_size):
             group = items[start : start + batch_size]
-            T = max(len(e.ids) for e in group)
-            batch = torch.tensor([e.ids + [0] * (T - len(e.ids)) for e in group], device=device)  # (B, T)
+            batch = right_pad([e.ids for e in group], 0, device=device)  # (B, T)
             hidden = model(batch, return_logits=False).last_hidden_state  # (B, T, C)
             for row, example in enumerate(group):
                 n = len(example.ids)
