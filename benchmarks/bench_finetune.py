@@ -195,25 +195,26 @@ def make_initial_model(folder: Path) -> None:
 def run_gptkit(
     bench: Bench, init: str, train_file: str, eval_file: str, run_dir: str, steps: int | None, grouped: bool, seed: int
 ) -> dict[str, Any]:
-    """`gptkit.finetune.finetune`; its spans come from the times its metrics records arrive."""
+    """`gptkit.finetune.finetune`; its spans come from the times its events arrive."""
     import torch
 
     from gptkit.tasks.config import TaskConfig
     from gptkit.tasks.finetune import finetune
     from gptkit.training.config import TrainConfig
+    from gptkit.training.events import EvalEvent, StepEvent
 
     marks: dict[str, tuple[float, float]] = {}  # name -> (wall, cpu)
     step_elapsed: dict[str, float] = {}
 
-    def on_log(record: dict[str, Any]) -> None:
+    def on_event(event: Any) -> None:
         now = (time.perf_counter(), cpu_seconds())
-        if "val_loss" in record:
+        if isinstance(event, EvalEvent):
             marks["eval_end"] = now
-        elif "loss" in record:
+        elif isinstance(event, StepEvent) and (event.step % LOG_EVERY == 0 or event.step == event.max_steps):
             marks.setdefault("first_log", now)
-            marks["last_step"], step_elapsed["elapsed"] = now, record["elapsed"]
-            step_elapsed["loss"] = record["loss"]
-            log(f"gptkit {bench.name} step {record['step']} loss {record['loss']:.4f} ({record['elapsed']:.1f} s)")
+            marks["last_step"], step_elapsed["elapsed"] = now, event.elapsed
+            step_elapsed["loss"] = event.loss
+            log(f"gptkit {bench.name} step {event.step} loss {event.loss:.4f} ({event.elapsed:.1f} s)")
 
     task = TaskConfig(
         task=bench.task,
@@ -224,7 +225,6 @@ def run_gptkit(
         group_by_length=grouped,
     )
     train = TrainConfig(
-        data="",
         out_dir=run_dir,
         init_from="pretrained",
         model=init,
@@ -250,7 +250,7 @@ def run_gptkit(
     )
     torch.manual_seed(seed)  # the head's initialisation and the dropout masks
     t0 = time.perf_counter()
-    result = finetune(task, train, on_log=on_log)
+    result = finetune(task, train, on_event=on_event)
     t_end = time.perf_counter()
     train_seconds = step_elapsed["elapsed"]
     loop_start = marks["last_step"][0] - train_seconds

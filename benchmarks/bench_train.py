@@ -7,7 +7,7 @@ so the loss has something to learn) tokenized by `gptkit.training.data.prepare` 
 engines draw the same windows from it with gptkit's WindowSampler.
 
 * gptkit runs its real training code: `gptkit.training.train.train(TrainConfig(...))` with log_interval=1; the
-  per-step `elapsed` in its metrics records gives the time of the steps after the warm-up.
+  per-step `elapsed` of its StepEvents gives the time of the steps after the warm-up.
 * transformers runs the loop people write by hand: `GPT2LMHeadModel(GPT2Config())` in train mode with
   its default attention implementation, `model(input_ids=x, labels=x).loss.backward()`, clip,
   `torch.optim.AdamW(model.parameters(), ...)` with torch's defaults, `zero_grad()`.
@@ -119,19 +119,20 @@ def make_data(root: Path, n_chars: int) -> Path:
 def run_gptkit(data_dir: str, out_dir: str, dtype: str, warmup: int, total: int) -> dict[str, Any]:
     """gptkit's own loop, `gptkit.training.train.train`; timing from its per-step metrics records."""
     from gptkit.training.config import TrainConfig
+    from gptkit.training.events import StepEvent
     from gptkit.training.train import train
 
     records: list[dict[str, Any]] = []
     rss: dict[str, float] = {}
     cpu: dict[int, float] = {}
 
-    def on_log(record: dict[str, Any]) -> None:
-        if "tokens_per_second" in record:
-            records.append(record)
-            log(f"gptkit {dtype} step {record['step']}/{total} loss {record['loss']:.4f} ({record['elapsed']:.1f} s)")
-            if record["step"] in (warmup, total):
-                cpu[record["step"]] = cpu_seconds()
-            if record["step"] == total:
+    def on_event(event: Any) -> None:
+        if isinstance(event, StepEvent):
+            records.append({"step": event.step, "loss": event.loss, "elapsed": event.elapsed})
+            log(f"gptkit {dtype} step {event.step}/{total} loss {event.loss:.4f} ({event.elapsed:.1f} s)")
+            if event.step in (warmup, total):
+                cpu[event.step] = cpu_seconds()
+            if event.step == total:
                 rss["peak"] = peak_rss_mb()  # before the end-of-run evaluation and checkpoint
 
     config = TrainConfig(
@@ -158,7 +159,7 @@ def run_gptkit(data_dir: str, out_dir: str, dtype: str, warmup: int, total: int)
         progress=False,
         seed=SEED,
     )
-    train(config, on_log=on_log)
+    train(config, on_event=on_event)
     by_step = {r["step"]: r for r in records}
     times = [by_step[s]["elapsed"] - (by_step[s - 1]["elapsed"] if s > 1 else 0.0) for s in range(1, total + 1)]
     seconds = by_step[total]["elapsed"] - by_step[warmup]["elapsed"]
@@ -169,7 +170,7 @@ def run_gptkit(data_dir: str, out_dir: str, dtype: str, warmup: int, total: int)
         "losses": losses,
         "timed_cpu_seconds": cpu[total] - cpu[warmup],
         "peak_rss_mb": rss["peak"],
-        "path": "gptkit.training.train.train (the real loop; on_log elapsed per step)",
+        "path": "gptkit.training.train.train (the real loop; StepEvent elapsed per step)",
     }
 
 

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from gptkit.models.gpt import IGNORE_INDEX
+from gptkit.models.lora import LoRAConfig
 from gptkit.tasks.bundle import load
 from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.finetune import EpochSampler, _base_model, collate, finetune
 from gptkit.training.config import TrainConfig
+from gptkit.training.events import StepEvent
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "dull"]
@@ -147,7 +149,7 @@ def test_lora_classifier_saves_a_peft_adapter_that_peft_loads(tmp_path: Path):
 
     train_file = str(write_sentiment(tmp_path / "train.tsv", 64, 0))
     task = TaskConfig(task="classify", train_file=train_file, max_length=16, epochs=None)
-    train = small_train(tmp_path, "lora", max_steps=6, lora_r=4, lora_targets="c_attn,c_fc")
+    train = small_train(tmp_path, "lora", max_steps=6, lora=LoRAConfig(r=4, alpha=16.0, targets=("c_attn", "c_fc")))
     result = finetune(task, train)
     run = result.run_dir
     assert (run / "adapter_config.json").is_file() and (run / "adapter_model.safetensors").is_file()
@@ -274,7 +276,7 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     (tmp_path / "pc.jsonl").write_text("\n".join(json.dumps(x) for x in pairs) + "\n")
     result = finetune(
         TaskConfig(task="instruct", train_file=str(tmp_path / "pc.jsonl"), max_length=16, epochs=1),
-        small_train(tmp_path, "instruct", lora_r=2),
+        small_train(tmp_path, "instruct", lora=LoRAConfig(r=2, alpha=16.0)),
     )
     assert "val_perplexity" in result.metrics
     from gptkit.text.chat_template import load_chat_template
@@ -530,7 +532,7 @@ def test_finetune_steps_equal_a_transformers_training_loop(
         device="cpu",
         seed=0,
     )
-    run = finetune(task, train, on_log=lambda r: ours.append(r["loss"]) if "loss" in r else None).run_dir
+    run = finetune(task, train, on_event=lambda e: ours.append(e.loss) if isinstance(e, StepEvent) else None).run_dir
 
     decay = set(
         transformers.Trainer(
@@ -575,3 +577,54 @@ def test_finetune_steps_equal_a_transformers_training_loop(
         torch.testing.assert_close(ours_weight, weight, rtol=1e-3, atol=1e-5, msg=name)
     moved = max((getattr(theirs, head).state_dict()[k] - v).abs().max() for k, v in start.items())
     assert moved > 1e-3  # it trained: not a comparison of two frozen models
+
+
+def test_a_finetune_stopped_between_steps_resumes_to_the_uninterrupted_one(tmp_path: Path):
+    from process_state import global_state
+
+    train_file = str(write_sentiment(tmp_path / "train.tsv", 64, 0))
+    task = TaskConfig(task="classify", train_file=train_file, max_length=16, epochs=None)
+    whole = small_train(tmp_path, "whole", max_steps=12, eval_interval=6, log_interval=1, dropout=0.1)
+    torch.manual_seed(42)
+    before = global_state()
+    finetune(task, whole)
+    assert global_state() == before  # the caller's RNGs (and the rest) as they were
+    steps: list[StepEvent] = []
+    part = whole.replace(out_dir=str(tmp_path / "part"))
+
+    def listen(event) -> None:
+        if isinstance(event, StepEvent):
+            steps.append(event)
+
+    stopped = finetune(task, part, on_event=listen, should_stop=lambda: len(steps) >= 7)
+    assert stopped.train.stopped and stopped.train.step == 7
+    finetune(task, part.replace(init_from="resume"), on_event=listen)
+    assert [e.step for e in steps] == list(range(1, 13))
+    assert metrics_losses(tmp_path / "part") == metrics_losses(tmp_path / "whole") == [e.loss for e in steps]
+    ours, theirs = (
+        load(tmp_path / "part", merge_lora=False).model.state_dict(),
+        load(tmp_path / "whole", merge_lora=False).model,
+    )
+    assert all(torch.equal(ours[k], v) for k, v in theirs.state_dict().items())
+
+
+def test_finetune_prints_nothing_counts_bad_rows_and_takes_the_world_size_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from gptkit.cli import main
+    from gptkit.training.distributed import DistInfo
+
+    path = write_sentiment(tmp_path / "train.tsv", 40, 0)
+    path.write_text(path.read_text() + "a row without a label\n")
+    task = TaskConfig(task="classify", train_file=str(path), max_length=16, epochs=1, on_error="skip")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun's variable: read by DistInfo.from_env only, not by finetune
+    result = finetune(task, small_train(tmp_path, "run"), dist=DistInfo())
+    assert result.skipped_rows == 1
+    assert result.train.step == -(-36 // 8)  # one epoch of the 36 training rows (a tenth held out), one process
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.delenv("WORLD_SIZE")
+    argv = ["finetune", "classify", "--train", str(path), "--on-error", "skip", "--init-from", "scratch"]
+    argv += ["--model", "gpt2-tiny", "--max-length", "16", "--max-steps", "1", "--out-dir", str(tmp_path / "cli")]
+    argv += ["--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    assert "skipped 1 bad rows (see --on-error)" in capsys.readouterr().out

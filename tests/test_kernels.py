@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,7 @@ from gptkit.models import kernels
 from gptkit.models.config import GPTConfig
 from gptkit.models.gpt import GPT
 
-needs_onednn = pytest.mark.skipif(kernels._OP is None, reason="this torch build has no oneDNN linear")
+needs_onednn = pytest.mark.skipif(kernels.onednn_op() is None, reason="this torch build has no oneDNN linear")
 
 
 def _grads(fn, x, weight, bias, grad):
@@ -52,15 +54,15 @@ def test_strided_input_and_only_some_gradients() -> None:
     torch.testing.assert_close(weight.grad, torch.ones(32, 5).t() @ x)
 
 
-def test_other_dtypes_autocast_and_the_switch_use_f_linear_exactly(monkeypatch) -> None:
+def test_other_dtypes_autocast_and_the_switch_use_f_linear_exactly() -> None:
     x, weight = torch.randn(4, 16), torch.randn(8, 16)
     bf16 = kernels.linear(x.bfloat16(), weight.bfloat16())
     assert torch.equal(bf16, F.linear(x.bfloat16(), weight.bfloat16()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = kernels.linear(x, weight)
         assert auto.dtype == torch.bfloat16 and torch.equal(auto, F.linear(x, weight))
-    monkeypatch.setattr(kernels, "_OP", None)  # what GPTKIT_ONEDNN=0 or a build without oneDNN gives
-    assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
+    with kernels.use_onednn(False):  # what GPTKIT_ONEDNN=0 or a build without oneDNN gives
+        assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
 
 
 def test_linear_module_is_an_nn_linear_with_the_same_state_dict() -> None:
@@ -73,7 +75,7 @@ def test_linear_module_is_an_nn_linear_with_the_same_state_dict() -> None:
     torch.testing.assert_close(ours(x), plain(x), rtol=1e-6, atol=1e-6)
 
 
-def test_a_training_step_matches_the_f_linear_model(monkeypatch) -> None:
+def test_a_training_step_matches_the_f_linear_model() -> None:
     """The whole GPT's loss and gradients, oneDNN against F.linear, with a tied head and dropout off."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=512)).eval()
@@ -86,8 +88,42 @@ def test_a_training_step_matches_the_f_linear_model(monkeypatch) -> None:
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     loss, grads = step()
-    monkeypatch.setattr(kernels, "_OP", None)
-    ref_loss, ref_grads = step()
+    with kernels.use_onednn(False):
+        ref_loss, ref_grads = step()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_onednn
+def test_the_onednn_switch_is_decided_per_call_and_scoped_to_the_thread() -> None:
+    from process_state import onednn_in_use
+
+    assert onednn_in_use()  # on by default
+    with kernels.use_onednn(False):
+        assert not onednn_in_use()
+        with kernels.use_onednn(True):
+            assert onednn_in_use()
+        assert not onednn_in_use()
+        seen: list[bool] = []
+        thread = threading.Thread(target=lambda: seen.append(onednn_in_use()))
+        thread.start()
+        thread.join()
+        assert seen == [True]  # another thread keeps its own setting
+    assert onednn_in_use()
+
+
+def test_keep_freed_memory_holds_only_inside_its_scopes() -> None:
+    from process_state import large_malloc_is_mmapped
+
+    if large_malloc_is_mmapped() is None:
+        pytest.skip("glibc's mallinfo2 is not available here")
+    assert large_malloc_is_mmapped()  # glibc's default: a 64 MB block is mmapped and unmapped on free
+    with kernels.keep_freed_memory() as kept:
+        assert kept and not large_malloc_is_mmapped()
+        with kernels.keep_freed_memory():  # nested (or another thread's run): the outer one still holds after
+            assert not large_malloc_is_mmapped()
+        assert not large_malloc_is_mmapped()
+    assert large_malloc_is_mmapped()
+    with kernels.keep_freed_memory(False) as kept:
+        assert not kept and large_malloc_is_mmapped()

@@ -14,6 +14,7 @@ import torch
 from gptkit import GPT
 from gptkit.training.config import TrainConfig
 from gptkit.training.data import PrepareConfig, prepare
+from gptkit.training.events import CheckpointEvent, DoneEvent, EvalEvent, StartEvent, StepEvent
 from gptkit.training.train import TrainingError, train
 
 TEXT = (
@@ -88,12 +89,12 @@ def test_a_killed_and_resumed_run_equals_the_uninterrupted_one(char_data: Path, 
     train(_config(char_data, whole))
     broken = tmp_path / "broken"
 
-    def crash(record: dict) -> None:
-        if record.get("step") == 25 and "loss" in record:
+    def crash(event) -> None:
+        if isinstance(event, StepEvent) and event.step == 25:
             raise KeyboardInterrupt  # killed after step 25; the last checkpoint is step 20
 
     with pytest.raises(KeyboardInterrupt):
-        train(_config(char_data, broken), on_log=crash)
+        train(_config(char_data, broken), on_event=crash)
     train(_config(char_data, broken, init_from="resume"))
     assert _curve(broken) == _curve(whole)
     assert _curve(broken, "val_loss") == _curve(whole, "val_loss")
@@ -290,3 +291,113 @@ def test_config_files_and_flags(tmp_path: Path) -> None:
         TrainConfig.from_file(path)
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         TrainConfig(data="d", batch_size=0)
+
+
+def _events_of(events: list, kind: type) -> list:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_events_report_the_run_as_metrics_jsonl_and_the_checkpoints_do(char_data: Path, tmp_path: Path) -> None:
+    run, events = tmp_path / "run", []
+    result = train(_config(char_data, run), on_event=events.append)
+    assert isinstance(events[0], StartEvent) and (events[0].step, events[0].max_steps) == (0, 30)
+    assert isinstance(events[-1], DoneEvent) and events[-1].result is result and not result.stopped
+    steps = _events_of(events, StepEvent)
+    assert [(e.step, e.loss) for e in steps] == _curve(run) and [e.step for e in steps] == list(range(1, 31))
+    assert [e.lr for e in steps] == [_config(char_data, run).lr_at(s) for s in range(30)]
+    assert steps[-1].tokens == 30 * 8 * 32 and all(e.tokens_per_second > 0 for e in steps)
+    evals = _events_of(events, EvalEvent)
+    assert [(e.step, e.metrics["val_loss"]) for e in evals] == _curve(run, "val_loss")
+    assert all(e.sample is not None for e in evals)
+    saved = _events_of(events, CheckpointEvent)
+    assert [(e.step, e.path.name) for e in saved] == [(s, f"step-{s:07d}") for s in (10, 20, 30)]
+    vals = [v for _, v in _curve(run, "val_loss")]
+    assert [e.best for e in saved] == [v < min(vals[:i], default=float("inf")) for i, v in enumerate(vals)]
+
+
+def test_a_run_stopped_between_steps_resumes_to_the_uninterrupted_one(char_data: Path, tmp_path: Path) -> None:
+    train(_config(char_data, tmp_path / "whole"))
+    events: list = []
+    part = tmp_path / "part"
+    stopped = train(
+        _config(char_data, part),
+        on_event=events.append,
+        should_stop=lambda: len(_events_of(events, StepEvent)) >= 13,  # asked before each step
+    )
+    assert stopped.stopped and stopped.step == 13 and events[-1].result is stopped
+    assert [e.step for e in _events_of(events, CheckpointEvent)] == [10, 13]  # the stop leaves step 13 to resume
+    resumed = train(_config(char_data, part, init_from="resume"))
+    assert resumed.step == 30 and not resumed.stopped
+    assert _curve(part) == _curve(tmp_path / "whole")
+    assert _curve(part, "val_loss") == _curve(tmp_path / "whole", "val_loss")
+    ours, theirs = GPT.from_pretrained(part).state_dict(), GPT.from_pretrained(tmp_path / "whole").state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_run_leaves_the_callers_global_state_as_it_found_it(char_data: Path, tmp_path: Path) -> None:
+    """RNGs, the flush-denormal flag, matplotlib's backend and malloc's settings: set for the run, then restored;
+    the oneDNN switch follows the config inside the run only."""
+    import random
+
+    import matplotlib
+
+    from gptkit.models import kernels
+    from gptkit.training.scopes import denormals_flushed
+    from process_state import global_state, large_malloc_is_mmapped, onednn_in_use
+
+    backend = dict.__getitem__(matplotlib.rcParams, "backend")
+    try:
+        torch.manual_seed(12345)
+        random.seed(6789)
+        torch.set_flush_denormal(True)  # a caller's own setting, not the default: it must survive the run
+        dict.__setitem__(matplotlib.rcParams, "backend", "pdf")
+        for onednn, keep in ((True, True), (False, False)):
+            before, inside = global_state(), []
+
+            def look(event, inside=inside) -> None:
+                if isinstance(event, StepEvent) and event.step == 1:
+                    inside.append((denormals_flushed(), large_malloc_is_mmapped(), onednn_in_use()))
+
+            config = _config(char_data, tmp_path / f"run{onednn}", max_steps=3, eval_interval=2, sample_tokens=4)
+            train(config.replace(onednn=onednn, keep_freed_memory=keep), on_event=look)
+            assert (tmp_path / f"run{onednn}" / "curves.png").is_file()
+            assert global_state() == before
+            mmapped = None if large_malloc_is_mmapped() is None else not keep
+            assert inside == [(True, mmapped, onednn and kernels.onednn_op() is not None)]
+        torch.set_flush_denormal(False)
+        before = global_state()
+        train(_config(char_data, tmp_path / "default", max_steps=2, eval_interval=0, sample_tokens=0))
+        assert global_state() == before and not before["denormals_flushed"]
+    finally:
+        torch.set_flush_denormal(False)
+        dict.__setitem__(matplotlib.rcParams, "backend", backend)
+
+
+def test_the_onednn_switch_changes_products_not_the_run(char_data: Path, tmp_path: Path) -> None:
+    a = train(_config(char_data, tmp_path / "on", max_steps=6, eval_interval=0, sample_tokens=0))
+    b = train(_config(char_data, tmp_path / "off", max_steps=6, eval_interval=0, sample_tokens=0, onednn=False))
+    assert [s for s, _ in _curve(a.run_dir)] == [s for s, _ in _curve(b.run_dir)]
+    assert all(abs(x - y) < 1e-4 for (_, x), (_, y) in zip(_curve(a.run_dir), _curve(b.run_dir), strict=True))
+
+
+def test_lora_settings_nested_or_flat(tmp_path: Path) -> None:
+    from gptkit import ConfigError
+    from gptkit.models.lora import LoRAConfig
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"data": "d", "lora": {"r": 4, "targets": ["c_attn", "c_fc"]}}))
+    assert TrainConfig.from_file(path).lora == LoRAConfig(r=4, targets=("c_attn", "c_fc"))
+    assert TrainConfig.from_file(path).trainable_mode == "lora"
+    path.write_text(json.dumps({"data": "d", "lora_r": 2, "lora_targets": "c_attn, c_proj"}))  # the older flat keys
+    assert TrainConfig.from_file(path).lora == LoRAConfig(r=2, alpha=16.0, targets=("c_attn", "c_proj"))
+    path.write_text(json.dumps({"data": "d", "lora_r": 0}))
+    assert TrainConfig.from_file(path).lora is None and TrainConfig.from_file(path).trainable_mode == "all"
+    path.write_text(json.dumps({"data": "d", "lora_r": 2, "lora": {"r": 2}}))
+    with pytest.raises(ConfigError, match="either as lora or as lora_r"):
+        TrainConfig.from_file(path)
+    with pytest.raises(ConfigError, match=r"TrainConfig.lora: unknown LoRAConfig field\(s\) \['rank'\]"):
+        TrainConfig(lora={"rank": 2})
+    with pytest.raises(ConfigError, match="trainable is lora but TrainConfig.lora is None"):
+        TrainConfig(trainable="lora")
+    with pytest.raises(ConfigError, match="TrainConfig.data: language modelling needs a data directory"):
+        train(TrainConfig(out_dir=str(tmp_path / "nodata")))

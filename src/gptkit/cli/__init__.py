@@ -8,6 +8,7 @@ library lazily, so that `gptkit --help` and `import gptkit` stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -22,7 +23,10 @@ def _build_parser() -> argparse.ArgumentParser:
             "GPT-1 and GPT-2 in one small toolkit: OpenAI's tokenizers, OpenAI and Hugging Face checkpoints, "
             "generation."
         ),
-        epilog="Run `gptkit COMMAND --help` for the flags of one command.",
+        epilog=(
+            "Run `gptkit COMMAND --help` for the flags of one command. Environment: GPTKIT_ONEDNN=0 sends fp32 CPU "
+            "matrix products to MKL instead of oneDNN; GPTKIT_MALLOPT=0 lets glibc unmap freed memory while training."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (models, training, tasks):  # this order is the order of the subcommands in `gptkit --help`
@@ -35,13 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        return _with_environment(func, args)
     except GptkitError as exc:
         print(f"gptkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gptkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _with_environment(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run `func(args)` with GPTKIT_ONEDNN=0 honoured (the library reads no environment: the CLI does)."""
+    if os.environ.get("GPTKIT_ONEDNN") != "0":
+        return func(args)
+    from gptkit.models.kernels import use_onednn
+
+    with use_onednn(False):
+        return func(args)
 
 
 __all__ = ["main"]

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, load_for_inference
-from gptkit.cli.training import _MODEL_FLAGS, _TRAIN_HELP
+from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
-from gptkit.training.config import TrainConfig
 
 TASKS = ("classify", "tag", "qa", "choice", "instruct")
 _TASK_HELP = {
@@ -32,34 +31,23 @@ _TASK_HELP = {
     "chat_template": "instruct: a Jinja chat template (default: gptkit's plain-text one)",
     "on_error": "bad rows: stop (fail) or skip and count them",
 }
-_LORA_HELP = {
-    "trainable": "which parameters train: all, lora, head, last:N (blocks + head); auto = lora if --lora-r else all",
-    "lora_r": "rank of LoRA adapters (0 = no LoRA); saved in peft's format beside the model",
-    "lora_alpha": "LoRA scale numerator (scale = alpha / r)",
-    "lora_dropout": "dropout on the LoRA input",
-    "lora_targets": "comma-separated module names for adapters, e.g. c_attn,c_proj,c_fc",
-}
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from gptkit.tasks.finetune import finetune
+    from gptkit.training.progress import ProgressBar
 
     task_fields = {f.name for f in dataclasses.fields(TaskConfig)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"data"}
     task = TaskConfig(**{k: v for k, v in vars(args).items() if k in task_fields and v is not None})
-    given = {k: v for k, v in vars(args).items() if k in train_fields and v is not None}
-    shape = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
-    if shape:
-        given["model_overrides"] = shape
-    if "max_steps" in given and args.epochs is None:
+    if args.max_steps is not None and args.epochs is None:
         task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
-    given.setdefault("init_from", "pretrained")
-    given.setdefault("out_dir", f"runs/{args.task}")
-    given.setdefault("sample_tokens", 0)
-    train = TrainConfig.from_file(args.config, data="", **given) if args.config else TrainConfig(data="", **given)
-    result = finetune(task, train)
+    defaults = {"init_from": "pretrained", "out_dir": f"runs/{args.task}", "sample_tokens": 0}
+    train = train_config(args, defaults)
+    result = finetune(task, train, on_event=ProgressBar() if train.progress else None)
     if not result.train.is_main:
         return 0
+    if result.skipped_rows:
+        print(f"skipped {result.skipped_rows} bad rows (see --on-error)")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     print(
         f"fine-tuned {args.task} for {result.train.step} steps ({result.train.seconds:.0f} s): {shown}; "
@@ -154,19 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "init_from": "pretrained (default here), scratch (a preset) or resume (out-dir)",
         "out_dir": "run directory (default here: runs/TASK)",
     }
-    _add_dataclass_flags(
-        group,
-        TrainConfig,
-        {**_TRAIN_HELP, **_LORA_HELP, **defaults},
-        skip={"model_overrides", "data", "sample_prompt", "eval_batches", "block_size"},
-    )
-    for name in _MODEL_FLAGS:
-        group.add_argument(
-            "--" + name.replace("_", "-"),
-            default=None,
-            help=f"scratch models: GPTConfig.{name}",
-            type={"activation": str, "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int),
-        )
+    add_train_flags(group, {**TRAIN_HELP, **defaults}, skip={"data", "sample_prompt", "eval_batches", "block_size"})
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+from typing import Any
 
 from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, load_for_inference
 from gptkit.errors import GptkitError
-from gptkit.training.config import TrainConfig  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.training.config import FLAT_LORA_KEYS, TrainConfig, fold_lora_keys  # no torch: fast `gptkit --help`
 
-_TRAIN_HELP = {
+TRAIN_HELP = {
     "data": "data directory written by `gptkit prepare`",
     "out_dir": "run directory: checkpoints, metrics.jsonl, curves.png, the final model",
     "init_from": "scratch (a preset), pretrained (fine-tune a checkpoint/hub model), or resume (out-dir)",
@@ -33,8 +36,56 @@ _TRAIN_HELP = {
     "sample_tokens": "tokens generated at each evaluation (0 = none)",
     "save_interval": "checkpoint every N steps (default: at each evaluation)",
     "keep_last": "checkpoints kept besides best/",
+    "progress": "show a progress bar and a line per evaluation",
+    "onednn": "CPU: fp32 Linear layers through oneDNN instead of MKL (environment default: GPTKIT_ONEDNN=0 = off)",
+    "keep_freed_memory": "CPU: glibc keeps freed large blocks for the next step (environment default: "
+    "GPTKIT_MALLOPT=0 = off)",
+    "trainable": "which parameters train: all, lora, head, last:N (blocks + head); auto = lora if --lora-r else all",
 }
-_MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "n_inner", "activation", "bias")
+LORA_HELP = {
+    "lora_r": "rank of LoRA adapters (0 = no LoRA); saved in peft's format beside the model",
+    "lora_alpha": "LoRA scale numerator (scale = alpha / r) (default: 16.0)",
+    "lora_dropout": "dropout on the LoRA input (default: 0.0)",
+    "lora_targets": "comma-separated module names for adapters, e.g. c_attn,c_proj,c_fc (default: c_attn)",
+}
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "n_inner", "activation", "bias")
+ENV_DEFAULTS = {"onednn": "GPTKIT_ONEDNN", "keep_freed_memory": "GPTKIT_MALLOPT"}  # "0" turns the setting off
+
+
+def parse_bool(value: str) -> bool:
+    """A flag's yes/no value: 1, true or yes (any case) is True, anything else False."""
+    return value.lower() in ("1", "true", "yes")
+
+
+def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str], skip: set[str]) -> None:
+    """TrainConfig's flags (LoRA as --lora-r/--lora-alpha/--lora-dropout/--lora-targets) and the model-shape ones."""
+    _add_dataclass_flags(parser, TrainConfig, helps, skip={"model_overrides", "lora", *skip})
+    kinds = {"lora_r": int, "lora_alpha": float, "lora_dropout": float, "lora_targets": str}
+    for name in FLAT_LORA_KEYS:
+        parser.add_argument("--" + name.replace("_", "-"), type=kinds[name], default=None, help=LORA_HELP[name])
+    for name in MODEL_FLAGS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            default=None,
+            type={"activation": str, "bias": parse_bool}.get(name, int),
+            help=f"scratch models: GPTConfig.{name}",
+        )
+
+
+def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of `gptkit train`/`finetune`: `defaults` < --config file < environment < flags."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} | set(FLAT_LORA_KEYS)
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    shape = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
+    if shape:
+        given["model_overrides"] = shape
+    for name, variable in ENV_DEFAULTS.items():
+        if name not in given and os.environ.get(variable) == "0":
+            given[name] = False
+    given = fold_lora_keys(given)
+    if args.config:
+        return TrainConfig.from_file(args.config, **{**(defaults or {}), **given})
+    return TrainConfig(**{**(defaults or {}), **given})
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -70,25 +121,14 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    shape = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
-    if shape:
-        given["model_overrides"] = shape
-    if args.config:
-        return TrainConfig.from_file(args.config, **given)
-    if "data" not in given:
-        raise GptkitError("--data is required (or a --config file that names it)")
-    return TrainConfig(**given)
-
-
 def _train(args: argparse.Namespace) -> int:
+    from gptkit.training.progress import ProgressBar
     from gptkit.training.train import train
 
-    result = train(_train_config(args))
+    config = train_config(args)
+    if config.data is None:
+        raise GptkitError("--data is required (or a --config file that names it)")
+    result = train(config, on_event=ProgressBar() if config.progress else None)
     if not result.is_main:
         return 0
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
@@ -223,14 +263,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", help="JSON or YAML file of training settings")
-    _add_dataclass_flags(p, TrainConfig, _TRAIN_HELP, skip={"model_overrides"})
-    for name in _MODEL_FLAGS:
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            default=None,
-            type={"activation": str, "bias": lambda v: v.lower() in ("1", "true", "yes")}.get(name, int),
-            help=f"scratch models: GPTConfig.{name}",
-        )
+    add_train_flags(p, TRAIN_HELP, skip=set())
     p.set_defaults(func=_train)
 
     p = sub.add_parser(

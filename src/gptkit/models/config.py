@@ -1,9 +1,11 @@
-"""`GPTConfig`: the one typed description of a GPT-1 or GPT-2 shaped model, with named presets."""
+"""`GPTConfig`: the one typed description of a GPT-1 or GPT-2 shaped model, with named presets; `LoRAConfig`
+for its adapters (no torch here, so training and CLI configs can hold them)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,3 +190,39 @@ _PRESET_ALIASES = {
     "openai-community/gpt2-large": "gpt2-large",
     "openai-community/gpt2-xl": "gpt2-xl",
 }
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Which Linear layers get adapters, and their rank and scale (peft's defaults).
+
+    targets: module names matched as peft's `target_modules` list does: a module whose path equals a target
+        or ends with "." + target, so "c_proj" matches both attention and MLP projections of GPT-2 and
+        "attn.c_proj" only the attention one.
+    rslora: scale by alpha / sqrt(r) instead of alpha / r (peft's `use_rslora`).
+    """
+
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("c_attn",)
+    rslora: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            raise ConfigError(f"LoRAConfig.r must be a positive integer, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ConfigError(f"LoRAConfig.alpha must be a positive number, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ConfigError(
+                f"LoRAConfig.targets must be a non-empty list of module names such as ('c_attn', 'c_proj'), "
+                f"got {self.targets!r}"
+            )
+        object.__setattr__(self, "targets", targets)  # accept a list (from JSON/YAML), store a tuple
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)

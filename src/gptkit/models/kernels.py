@@ -7,7 +7,8 @@ what PyTorch already uses for bf16) reaches ~390 GFLOP/s and ~30 GB/s. `linear` 
 products to oneDNN's linear primitive, forward and backward, and everything else (GPU, bf16/fp16,
 autocast, torch.compile, a torch without oneDNN) to `F.linear`. The results are fp32 products summed
 in another order: equal to F.linear's to rounding (tests check both values and gradients).
-Set `GPTKIT_ONEDNN=0` to turn it off.
+It is on by default; `with use_onednn(False):` turns it off for the calls made inside (this thread or task
+only: the switch is a context variable, set and restored by the `with`).
 
 `keep_freed_memory` is the other half: PyTorch's CPU tensors come straight from malloc, and glibc hands
 blocks over 32 MB (an embedding's gradient, a batch of logits) back to the OS on free, so every training
@@ -17,16 +18,24 @@ step page-faults them in again (measured: 10-15% of a small-model fine-tuning st
 from __future__ import annotations
 
 import ctypes
-import os
+import functools
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_ONEDNN_ON: ContextVar[bool] = ContextVar("gptkit_onednn", default=True)
 
-def _onednn_op():  # the primitive behind inductor's CPU linear lowering; absent from builds without oneDNN
-    if os.environ.get("GPTKIT_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+
+@functools.cache
+def onednn_op() -> Callable[..., Tensor] | None:
+    """The primitive behind inductor's CPU linear lowering, looked up once; None in builds without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
         return None
     try:
         return torch.ops.mkldnn._linear_pointwise.default
@@ -34,12 +43,19 @@ def _onednn_op():  # the primitive behind inductor's CPU linear lowering; absent
         return None
 
 
-_OP = _onednn_op()
+@contextmanager
+def use_onednn(enabled: bool) -> Iterator[None]:
+    """Send fp32 CPU products to oneDNN (True, the default) or to `F.linear` (False) inside the `with`."""
+    token = _ONEDNN_ON.set(enabled)
+    try:
+        yield
+    finally:
+        _ONEDNN_ON.reset(token)
 
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x (..., in) @ weight (out, in)^T + bias through oneDNN; operands may be strided views."""
-    return _OP(x, weight, bias, "none", [], "")
+    return onednn_op()(x, weight, bias, "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -66,8 +82,9 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def _applies(x: Tensor, weight: Tensor) -> bool:
     return (
-        _OP is not None
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
+        and _ONEDNN_ON.get()
+        and onednn_op() is not None
         and x.dtype == weight.dtype == torch.float32
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
@@ -92,23 +109,52 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+# glibc's mallopt parameters (malloc.h) and their defaults: 128 KiB each (mmap's threshold then adapts)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+_KEEPING = {"depth": 0}  # mirrors the process-wide malloc setting: nested/concurrent scopes restore once
+_KEEPING_LOCK = threading.Lock()
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed large blocks in the heap for the next step instead of unmapping them.
-
-    Process-wide and meant for training processes (the resident size then stays at its peak, which a
-    training step reaches every step anyway). Linux with glibc only; returns whether it took effect.
-    `GPTKIT_MALLOPT=0` turns it off.
-    """
-    if sys.platform != "linux" or os.environ.get("GPTKIT_MALLOPT", "1") == "0":
-        return False
+def _libc() -> ctypes.CDLL | None:
+    if sys.platform != "linux":
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (musl, ...)
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        return None
+
+
+@contextmanager
+def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
+    """Inside the `with`, glibc keeps freed large blocks in the heap for the next step instead of unmapping them.
+
+    malloc's settings are process-wide, so the scope is too (scopes may nest or overlap across threads: the
+    setting holds until the last one ends). Meant for training (the resident size then stays at its peak,
+    which a training step reaches every step anyway). Yields whether it took effect (Linux with glibc only).
+
+    On leaving, M_MMAP_THRESHOLD and M_TRIM_THRESHOLD go back to glibc's defaults (128 KiB) and the kept
+    memory is trimmed. What cannot be restored: glibc offers no way to read the previous values (a process
+    that set its own, or started with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, gets the defaults back),
+    and setting the mmap threshold once turns off its dynamic adjustment for the rest of the process (freed
+    mmapped blocks of up to 32 MB no longer raise it), which only changes where later blocks come from.
+    """
+    libc = _libc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    with _KEEPING_LOCK:
+        _KEEPING["depth"] += 1
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    try:
+        yield ok
+    finally:
+        with _KEEPING_LOCK:
+            _KEEPING["depth"] -= 1
+            if _KEEPING["depth"] == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+                libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+                libc.malloc_trim(0)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:

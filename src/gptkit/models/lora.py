@@ -17,7 +17,6 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,48 +24,13 @@ from torch import Tensor, nn
 
 from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import atomic_write, atomic_write_text, read_json
+from gptkit.models.config import LoRAConfig  # defined beside GPTConfig (no torch); also importable here
 from gptkit.models.kernels import Linear, linear
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel -> LoraModel -> the wrapped model
 _LORA_KEY = re.compile(r"\.lora_[AB]\.weight$")
-
-
-@dataclass(frozen=True)
-class LoRAConfig:
-    """Which Linear layers get adapters, and their rank and scale (peft's defaults).
-
-    targets: module names matched as peft's `target_modules` list does: a module whose path equals a target
-        or ends with "." + target, so "c_proj" matches both attention and MLP projections of GPT-2 and
-        "attn.c_proj" only the attention one.
-    rslora: scale by alpha / sqrt(r) instead of alpha / r (peft's `use_rslora`).
-    """
-
-    r: int = 8
-    alpha: float = 8
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("c_attn",)
-    rslora: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise ConfigError(f"LoRAConfig.r must be a positive integer, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise ConfigError(f"LoRAConfig.alpha must be a positive number, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        if not targets or not all(isinstance(t, str) and t for t in targets):
-            raise ConfigError(
-                f"LoRAConfig.targets must be a non-empty list of module names such as ('c_attn', 'c_proj'), "
-                f"got {self.targets!r}"
-            )
-        object.__setattr__(self, "targets", targets)  # accept a list (from JSON/YAML), store a tuple
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
 
 
 class LoRALinear(nn.Module):

@@ -12,8 +12,8 @@ from gptkit.errors import ConfigError
 class TaskConfig:
     """What `gptkit finetune TASK` learns from: the task, its files and how their examples are read.
 
-    The training settings (model, optimizer, LoRA, checkpoints) are a TrainConfig beside it; its `data` field
-    is ignored by fine-tuning, which reads `train_file`.
+    The training settings (model, optimizer, LoRA, checkpoints) are a TrainConfig beside it; fine-tuning reads
+    its examples from `train_file` and `eval_file` here, never from TrainConfig.data (language modelling's).
     """
 
     task: Literal["classify", "tag", "qa", "choice", "instruct"]

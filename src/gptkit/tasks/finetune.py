@@ -12,8 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,10 @@ from gptkit.tasks.heads import TaskModel, load_task_model, save_task_model
 from gptkit.tasks.recipes import Recipe, Row
 from gptkit.tasks.registry import TASK_TYPES, TaskSpec
 from gptkit.training.config import TrainConfig
-from gptkit.training.loop import Batch, Objective, TrainingError, TrainResult, fit
+from gptkit.training.distributed import DistInfo
+from gptkit.training.evaluate import eval_mode
+from gptkit.training.events import OnEvent, ShouldStop, TrainResult
+from gptkit.training.loop import Batch, Objective, TrainingError, fit
 
 LENGTH_GROUP = 50  # global batches per length-sorted group (transformers' group_by_length megabatch)
 
@@ -109,6 +111,7 @@ class FinetuneResult:
     train: TrainResult
     metrics: dict[str, float]
     run_dir: Path
+    skipped_rows: int = 0  # bad rows skipped while reading the files (TaskConfig.on_error == "skip")
 
 
 # -- model setup ----------------------------------------------------------------------------------
@@ -139,15 +142,6 @@ def _base_model(train: TrainConfig, max_length: int) -> tuple[GPT, Any]:
     if train.dropout is not None:
         model = with_dropout(model, train.dropout)
     return model, tokenizer
-
-
-def lora_config(train: TrainConfig) -> lora.LoRAConfig:
-    targets = tuple(t.strip() for t in train.lora_targets.split(",") if t.strip())
-    return lora.LoRAConfig(r=train.lora_r, alpha=train.lora_alpha, dropout=train.lora_dropout, targets=targets)
-
-
-def trainable_mode(train: TrainConfig) -> str:
-    return ("lora" if train.lora_r else "all") if train.trainable == "auto" else train.trainable
 
 
 def file_fingerprint(*paths: str | None, settings: dict[str, Any]) -> str:
@@ -194,15 +188,15 @@ def _build_model(
         model = load_model(resume_from) if spec is None else load_task_model(resume_from)
         if isinstance(model, TaskModel):
             model.aux_lm_weight = task.aux_lm_weight
-        if train.lora_r:
+        if train.lora is not None:
             lora.load_adapter(model, resume_from)
     else:
         gpt, _ = _base_model(train, task.max_length)
-        torch.manual_seed(train.seed)  # the new head's initialisation (and dropout) repeat from run to run
+        torch.manual_seed(train.seed)  # the new head's initialisation (and dropout) repeat (fit's RNG scope)
         model = gpt if spec is None else TaskModel(gpt, spec, aux_lm_weight=task.aux_lm_weight)
-        if train.lora_r:
-            lora.apply_lora(model, lora_config(train))
-    lora.mark_trainable(model, trainable_mode(train))
+        if train.lora is not None:
+            lora.apply_lora(model, train.lora)
+    lora.mark_trainable(model, train.trainable_mode)
     return model.to(device).train()
 
 
@@ -222,12 +216,10 @@ def predict_outputs(
 ) -> tuple[float, dict[str, list[Tensor]]]:
     """Mean loss over the rows' targets and, per row, the output fields asked for (on the CPU)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     # in order of length, so that batches hold similar lengths and little padding; outputs in row order
     order = sorted(range(len(rows)), key=lambda i: _size(rows[i]["input_ids"]))
     total, outputs = 0.0, {name: [torch.empty(0)] * len(rows) for name in fields}
-    with torch.inference_mode():
+    with torch.inference_mode(), eval_mode(model):
         for first in range(0, len(order), batch_size):
             picked = order[first : first + batch_size]
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in picked], pad_id).items()}
@@ -238,7 +230,6 @@ def predict_outputs(
             for name in fields:
                 for i, value in zip(picked, getattr(out, name).float().cpu().unbind(0), strict=True):
                     outputs[name][i] = value
-    model.train(was_training)
     return total / max(sum(targets), 1), outputs
 
 
@@ -260,13 +251,20 @@ def _tokenizer(train: TrainConfig) -> Any:
 
 
 def finetune(
-    task: TaskConfig, train: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None
+    task: TaskConfig,
+    train: TrainConfig,
+    *,
+    on_event: OnEvent | None = None,
+    should_stop: ShouldStop | None = None,
+    dist: DistInfo | None = None,
 ) -> FinetuneResult:
     """Fine-tune train.model on task.train_file for task.task with the one training loop; return the figures.
 
     The run directory (train.out_dir) ends up holding the model as the matching `transformers` class (plus a
-    peft adapter when LoRA is on), task.json, the tokenizer, metrics.jsonl and curves.png. With task.epochs
-    set, train.max_steps becomes the steps of that many passes over the training rows.
+    peft adapter when train.lora is set), task.json, the tokenizer, metrics.jsonl and curves.png. With
+    task.epochs set, train.max_steps becomes the steps of that many passes over the training rows (on every
+    process of `dist`). The data comes from `task` alone (train.data is for language modelling). `on_event`,
+    `should_stop` and `dist` are `loop.fit`'s; bad rows skipped are counted in the result.
     """
     recipe = TASK_TYPES[task.task].recipe
     if train.fsdp:
@@ -282,10 +280,10 @@ def finetune(
     train_set = recipe.encode(task, train_examples, tokenizer, labels)
     eval_set = recipe.encode(task, eval_examples, tokenizer, labels)
     rows, targets = train_set.rows, torch.tensor(train_set.targets)
-    per_step = train.batch_size * train.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))  # examples per step
+    info = dist if dist is not None else DistInfo.from_env()
+    per_step = train.batch_size * train.grad_accum * info.world_size  # examples per step
     if task.epochs is not None:
         train = train.replace(max_steps=max(1, math.ceil(task.epochs * len(rows) / per_step)))
-    train = train.replace(data=task.train_file)
     language_model = recipe.head(task, labels) is None  # instruct
     last: dict[str, float] = {}
 
@@ -331,12 +329,11 @@ def finetune(
             fingerprint=file_fingerprint(
                 task.train_file, task.eval_file, settings={"task": asdict(task), "model": config.model}
             ),
+            data=task.train_file,
         )
 
-    result = fit(train, build, on_log=on_log)
-    if skipped and result.is_main:
-        print(f"skipped {skipped} bad rows (see --on-error)")
-    return FinetuneResult(result, dict(last), Path(train.out_dir))
+    result = fit(train, build, on_event=on_event, should_stop=should_stop, dist=info)
+    return FinetuneResult(result, dict(last), Path(train.out_dir), skipped)
 
 
 def _save(
@@ -355,12 +352,12 @@ def _save(
         from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE, save_chat_template
 
         save_chat_template(directory, task.chat_template or DEFAULT_CHAT_TEMPLATE)
-    if train.lora_r:
+    if train.lora is not None:
         kind = TASK_TYPES[task.task]
         lora.save_adapter(
             model,
             directory,
-            config=lora_config(train),
+            config=train.lora,
             base_model_name_or_path=train.model,
             task_type=kind.peft_task_type,
             modules_to_save=(kind.head_name,) if kind.head is not None else (),
@@ -368,7 +365,7 @@ def _save(
     description = {
         "task": asdict(task),
         "labels": None if labels is None else list(labels.labels),
-        "lora": bool(train.lora_r),
+        "lora": train.lora is not None,
         "base_model": train.model,
     }
     atomic_write_text(directory / TASK_FILE, json.dumps(description, indent=2) + "\n")

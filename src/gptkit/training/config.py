@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptkit.errors import ConfigError
+from gptkit.models.config import LoRAConfig
+
+FLAT_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")  # the CLI's flags, older config files
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,7 @@ class TrainConfig:
     It lives here, beside GPTConfig, so that building the CLI does not import torch.
     """
 
-    data: str  # a directory written by `gptkit prepare`
+    data: str | None = None  # language modelling: a directory written by `gptkit prepare` (fine-tuning: TaskConfig)
     out_dir: str = "runs/gptkit"
     init_from: Literal["scratch", "pretrained", "resume"] = "scratch"
     model: str = "gpt2-tiny"  # scratch: a GPTConfig preset; pretrained: a hub name or checkpoint folder
@@ -52,18 +55,26 @@ class TrainConfig:
     save_interval: int | None = None  # None: at each evaluation
     keep_last: int = 2
     seed: int = 1337
-    progress: bool = True
-    trainable: str = "auto"  # all, lora, head, last:N (the last N blocks and the head); auto: lora if lora_r else all
-    lora_r: int = 0  # > 0: add LoRA adapters of this rank to lora_targets (saved in peft's format)
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: str = "c_attn"  # comma-separated module names, as peft's target_modules (c_attn,c_proj,c_fc)
+    progress: bool = True  # the CLI draws a progress bar from the run's events (library calls print nothing)
+    onednn: bool = True  # CPU: fp32 Linear layers through oneDNN during the run (gptkit.models.kernels.use_onednn)
+    keep_freed_memory: bool = True  # CPU: glibc keeps freed large blocks during the run (kernels.keep_freed_memory)
+    trainable: str = "auto"  # all, lora, head, last:N (the last N blocks and the head); auto: lora if lora else all
+    lora: LoRAConfig | None = None  # adapters to add (saved in peft's format); a mapping of LoRAConfig fields is read
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|all|lora|head|last:[1-9][0-9]*", self.trainable):
             raise ConfigError(f"TrainConfig.trainable must be auto, all, lora, head or last:N, got {self.trainable!r}")
-        if self.lora_r < 0 or (self.lora_r == 0 and self.trainable == "lora"):
-            raise ConfigError(f"TrainConfig.lora_r must be > 0 to train LoRA adapters, got {self.lora_r!r}")
+        if isinstance(self.lora, dict):
+            unknown = sorted(set(self.lora) - {f.name for f in dataclasses.fields(LoRAConfig)})
+            if unknown:
+                raise ConfigError(f"TrainConfig.lora: unknown LoRAConfig field(s) {unknown}")
+            object.__setattr__(self, "lora", LoRAConfig(**self.lora))
+        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
+            raise ConfigError(
+                f"TrainConfig.lora must be a LoRAConfig, a mapping of its fields, or None, got {self.lora!r}"
+            )
+        if self.lora is None and self.trainable == "lora":
+            raise ConfigError("TrainConfig.trainable is lora but TrainConfig.lora is None: give adapters to train")
         positive = ("block_size", "batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval")
         for name in positive:
             if getattr(self, name) < 1:
@@ -76,6 +87,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"TrainConfig.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    @property
+    def trainable_mode(self) -> str:
+        """Which parameters train: `trainable`, with auto resolved (lora with adapters, else all)."""
+        return ("lora" if self.lora is not None else "all") if self.trainable == "auto" else self.trainable
 
     @property
     def final_lr(self) -> float:
@@ -98,7 +114,10 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a JSON or YAML file of TrainConfig fields; keyword overrides win (the CLI's flags)."""
+        """Read a JSON or YAML file of TrainConfig fields; keyword overrides win (the CLI's flags).
+
+        LoRA is `lora: {r: 8, alpha: 16, ...}` (LoRAConfig's fields), or the older flat keys (see `fold_lora_keys`).
+        """
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -117,8 +136,29 @@ class TrainConfig:
             raise ConfigError(f"{path}: cannot parse ({exc})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(FLAT_LORA_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}")
-        return cls(**{**data, **overrides})
+        return cls(**{**fold_lora_keys(data), **overrides})
+
+
+def fold_lora_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the flat LoRA settings (lora_r, lora_alpha, lora_dropout, lora_targets: the CLI's flags and
+    older config files) folded into one `lora` LoRAConfig, with those settings' own defaults (alpha 16, c_attn).
+
+    lora_r 0 or absent means no adapters; a `lora` given in `values` as well is an error.
+    """
+    flat = {k: values[k] for k in FLAT_LORA_KEYS if values.get(k) is not None}
+    rest = {k: v for k, v in values.items() if k not in FLAT_LORA_KEYS}
+    if not flat:
+        return rest
+    if rest.get("lora") is not None:
+        raise ConfigError(f"give LoRA either as lora or as {', '.join(flat)}, not both")
+    if not flat.get("lora_r"):
+        return rest
+    targets = tuple(t.strip() for t in str(flat.get("lora_targets", "c_attn")).split(",") if t.strip())
+    lora = LoRAConfig(
+        r=flat["lora_r"], alpha=flat.get("lora_alpha", 16.0), dropout=flat.get("lora_dropout", 0.0), targets=targets
+    )
+    return {**rest, "lora": lora}

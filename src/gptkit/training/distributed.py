@@ -23,11 +23,15 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        """This process's place as torchrun describes it (RANK, WORLD_SIZE, LOCAL_RANK); one process without."""
+        env = os.environ
+        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
 
-def setup(device: str) -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun describes in the environment (if any); pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+def setup(device: str, info: DistInfo) -> torch.device:
+    """Join the process group `info` describes (if distributed and not joined yet); pick this rank's device."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and info.enabled:
@@ -37,7 +41,7 @@ def setup(device: str) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(chosen)
     if info.enabled and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
-    return info, chosen
+    return chosen
 
 
 def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> float:
@@ -46,6 +50,15 @@ def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> flo
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / info.world_size
+
+
+def any_across_ranks(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if `flag` is True on any (so that all ranks stop at the same step)."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 def barrier(info: DistInfo) -> None:

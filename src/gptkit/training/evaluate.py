@@ -105,7 +105,7 @@ def perplexity(
     x = _as_ids(ids).to(model.lm_head.weight.device)
     windows = sliding_windows(len(x), max_length, stride)
     nll_sum, tokens = 0.0, 0
-    with _eval_mode(model), _bar(len(windows), "windows", progress) as bar:
+    with eval_mode(model), _bar(len(windows), "windows", progress) as bar:
         for group in _same_length_groups(windows, batch_size):
             for window, nll in zip(group, _window_nll(model, x, group), strict=True):
                 if window.scored:  # a lone final token: the docs' loop would add 0 * nan here
@@ -232,7 +232,7 @@ def lambada_accuracy(
         raise DataError("no LAMBADA examples to evaluate")
     device = model.lm_head.weight.device
     correct, nll_sum = 0, 0.0
-    with _eval_mode(model), _bar(len(items), "examples", progress) as bar:
+    with eval_mode(model), _bar(len(items), "examples", progress) as bar:
         for start in range(0, len(items), batch_size):
             group = items[start : start + batch_size]
             batch = right_pad([e.ids for e in group], 0, device=device)  # (B, T)
@@ -284,7 +284,7 @@ def read_lambada(path: str | os.PathLike[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: GPT) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Dropout off while evaluating; the model's training flag is restored afterwards."""
     was_training = model.training
     model.eval()

@@ -4,7 +4,8 @@ What is trained is an `Objective`: the model, a sampler of items (token windows,
 become a batch, the loss, the evaluation and how the model is saved. Language modelling (train.py) and the
 tasks (finetune.py) only build objectives; the loop does the rest: AdamW over the trainable parameters, the
 learning-rate schedule, gradient accumulation, clipping, mixed precision, DDP/FSDP, evaluation, atomic
-checkpoints with keep-last-k and best, resume, metrics, curves and the progress bar.
+checkpoints with keep-last-k and best, resume, metrics and curves. It prints nothing: it reports typed events
+(events.py) to `on_event`, and stops cleanly at a step boundary when `should_stop()` says so.
 
 Losses are weighted by their number of targets (tokens, examples), so accumulated micro-batches and ranks
 give the gradient of one big batch even when micro-batches hold different numbers of targets (instruction
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +29,24 @@ from torch import Tensor, nn
 
 from gptkit.errors import ConfigError, GptkitError
 from gptkit.io import atomic_write_text
-from gptkit.models.kernels import keep_freed_memory
+from gptkit.models import kernels
 from gptkit.training import distributed
 from gptkit.training.checkpoints import latest_training_checkpoint, load_trainer_state, save_training_checkpoint
 from gptkit.training.config import TrainConfig
+from gptkit.training.events import (
+    CheckpointEvent,
+    DoneEvent,
+    EvalEvent,
+    Event,
+    OnEvent,
+    ShouldStop,
+    StartEvent,
+    StepEvent,
+    TrainResult,
+)
 from gptkit.training.optim import make_adamw
 from gptkit.training.runlog import append_metrics, plot_curves, truncate_metrics
+from gptkit.training.scopes import flushing_denormals, private_rng, rng_state, set_rng_state
 
 TRAIN_CONFIG_FILE = "train_config.json"
 PLOT_EVERY = 30.0  # seconds between redraws of curves.png (~0.4 s each on a CPU); always drawn at the end
@@ -74,56 +86,42 @@ class Objective:
     save: Callable[[nn.Module, dict[str, Tensor], Path], None]  # (model, full state dict, directory)
     fingerprint: str  # identifies the training data; a resume on other data is refused
     sample: Callable[[nn.Module], str] | None = None  # a generated text to look at after each evaluation
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    train_loss: float
-    val_loss: float | None
-    best_val_loss: float | None
-    tokens_per_second: float  # targets per second: tokens for language modelling, examples for most tasks
-    seconds: float
-    is_main: bool = True  # False on the other ranks of a distributed run
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the last evaluation
+    data: str = "the training data"  # what `fingerprint` identifies, for messages
 
 
 Build = Callable[[TrainConfig, torch.device, "Path | None"], Objective]
 
 
-def fit(config: TrainConfig, build: Build, *, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def fit(
+    config: TrainConfig,
+    build: Build,
+    *,
+    on_event: OnEvent | None = None,
+    should_stop: ShouldStop | None = None,
+    dist: distributed.DistInfo | None = None,
+) -> TrainResult:
     """Train the objective `build(config, device, resume_dir)` returns, as `config` says.
 
-    resume_dir is the latest training checkpoint when config.init_from == "resume", else None.
-    `on_log` receives every metrics record.
+    resume_dir is the latest training checkpoint when config.init_from == "resume", else None. `on_event`
+    receives the run's events (events.py) on the main process. `should_stop()` is asked before each step; when
+    it says True the run writes a checkpoint of its last completed step (unless it has one) and returns with
+    `stopped` set, and `init_from="resume"` continues it exactly. `dist` is this process's place in a
+    distributed run (default: what torchrun describes). Global state is the caller's: the run seeds and uses
+    its own scope of torch's RNG, and restores the flush-denormal flag, malloc's settings and the oneDNN switch.
     """
-    info, device = distributed.setup(config.device)
-    # Tiny gradients and Adam moments become subnormal floats, which x86 CPUs process ~100x slower:
-    # measured 6x slower steps on the Shakespeare recipe. Flushing them to zero changes nothing visible.
-    flushing = device.type == "cpu" and torch.set_flush_denormal(True)
-    if device.type == "cpu":
-        keep_freed_memory()  # no page faults on each step's large tensors (see kernels.py)
+    info = dist if dist is not None else distributed.DistInfo.from_env()
+    device = distributed.setup(config.device, info)
+    cpu = device.type == "cpu"
     try:
-        return _fit(config, build, info, device, on_log)
+        with (
+            private_rng(config.seed),
+            flushing_denormals(cpu),
+            kernels.keep_freed_memory(cpu and config.keep_freed_memory),  # no page faults on each step's tensors
+            kernels.use_onednn(config.onednn),
+        ):
+            return _fit(config, build, info, device, on_event, should_stop)
     finally:
-        if flushing:
-            torch.set_flush_denormal(False)
         distributed.teardown(info)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _fit(
@@ -131,7 +129,8 @@ def _fit(
     build: Build,
     info: distributed.DistInfo,
     device: torch.device,
-    on_log: Callable[[dict[str, Any]], None] | None,
+    on_event: OnEvent | None,
+    should_stop: ShouldStop | None,
 ) -> TrainResult:
     run_dir = Path(config.out_dir)
     resume_from = latest_training_checkpoint(run_dir) if config.init_from == "resume" else None
@@ -159,11 +158,11 @@ def _fit(
         state = load_trainer_state(resume_from)
         if state.get("data_fingerprint") != objective.fingerprint:
             raise TrainingError(
-                f"{config.data} is not the data {run_dir} was trained on (its contents or its tokenizer differ)"
+                f"{objective.data} is not the data {run_dir} was trained on (its contents or its tokenizer differ)"
             )
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         objective.sampler.load_state(state["sampler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step, best_val = state["step"], state["best_val_loss"]
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -179,13 +178,17 @@ def _fit(
     def log(record: dict[str, Any]) -> None:
         if info.is_main:
             append_metrics(run_dir, record)
-        if on_log is not None:
-            on_log(record)
+
+    def emit(event: Event) -> None:
+        if info.is_main and on_event is not None:
+            on_event(event)
+
+    saved_step = step if resume_from is not None else -1  # the step the newest checkpoint holds
 
     last_plot = [-math.inf]
 
     def checkpoint(val_loss: float | None, final: bool) -> None:
-        nonlocal best_val
+        nonlocal best_val, saved_step
         is_best = val_loss is not None and val_loss < best_val
         best_val = min(best_val, val_loss) if val_loss is not None else best_val
         model_state, optimizer_state = distributed.full_state(model, optimizer)  # every rank takes part
@@ -194,13 +197,13 @@ def _fit(
                 "step": step,
                 "optimizer": optimizer_state,
                 "sampler": objective.sampler.state(),
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "best_val_loss": best_val,
                 "data_fingerprint": objective.fingerprint,
                 "config": dataclasses.asdict(config),
             }
             try:
-                save_training_checkpoint(
+                path = save_training_checkpoint(
                     run_dir,
                     step,
                     lambda d: objective.save(model, model_state, d),
@@ -216,20 +219,19 @@ def _fit(
             if final or time.perf_counter() - last_plot[0] >= PLOT_EVERY:
                 plot_curves(run_dir)
                 last_plot[0] = time.perf_counter()
+            emit(CheckpointEvent(step, path, is_best))
+        saved_step = step
         distributed.barrier(info)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=config.max_steps,
-        initial=step,
-        disable=not (config.progress and info.is_main),
-        dynamic_ncols=True,
-        unit="step",
-    )
+    emit(StartEvent(run_dir, step, config.max_steps))
     start, loss_value, val_loss, metrics = time.perf_counter(), math.nan, None, {}
-    steps_done = targets_done = 0
+    targets_done, stopped = 0, False
     while step < config.max_steps:
+        if should_stop is not None and distributed.any_across_ranks(should_stop(), info, device):
+            if saved_step != step:
+                checkpoint(None, True)
+            stopped = True
+            break
         lr = config.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -262,12 +264,9 @@ def _fit(
                 f"is in {run_dir / 'checkpoints'}; try a lower --lr, --grad-clip 1, or --dtype bfloat16"
             )
         step += 1
-        steps_done += 1
         targets_done += n_global
         elapsed = time.perf_counter() - start
         rate = targets_done / elapsed
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
         last = step == config.max_steps
         if step % config.log_interval == 0 or last:
             log(
@@ -280,25 +279,23 @@ def _fit(
                     "elapsed": elapsed,
                 }
             )
+        emit(StepEvent(step, config.max_steps, loss_value, lr, targets_done, rate, elapsed))
         evaluate_now = last or (config.eval_interval > 0 and step % config.eval_interval == 0)
         if evaluate_now:
             metrics = objective.evaluate(model, autocast)
             val_loss = metrics["val_loss"]
             record: dict[str, Any] = {"step": step, **metrics}
+            sample = None
             # a sharded model needs every rank in each forward pass, so all ranks sample under FSDP
             if config.sample_tokens > 0 and (info.is_main or config.fsdp) and objective.sample is not None:
-                record["sample"] = objective.sample(model)
-                if config.progress:
-                    bar.write(f"step {step}: val loss {val_loss:.4f}\n{record['sample']}\n")
-            elif config.progress and info.is_main:
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                sample = record["sample"] = objective.sample(model)
             log(record)
+            emit(EvalEvent(step, dict(metrics), sample))
         interval = config.save_interval or config.eval_interval
         if last or (interval > 0 and step % interval == 0):
             checkpoint(val_loss if evaluate_now else None, last)
-    bar.close()
     seconds = time.perf_counter() - start
-    return TrainResult(
+    result = TrainResult(
         run_dir,
         step,
         loss_value,
@@ -308,4 +305,7 @@ def _fit(
         seconds,
         info.is_main,
         metrics,
+        stopped,
     )
+    emit(DoneEvent(result))
+    return result

@@ -81,7 +81,9 @@ def quickstart(
     config = TrainConfig(
         data=str(data_dir), out_dir=str(run_dir), progress=progress, dtype=quick_dtype(), **{**RECIPE, **overrides}
     )
-    result = train(config)
+    from gptkit.training.progress import ProgressBar
+
+    result = train(config, on_event=ProgressBar() if progress else None)
     from gptkit.models.bundle import load_pretrained
 
     model, tokenizer = load_pretrained(run_dir)

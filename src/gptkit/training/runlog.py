@@ -31,19 +31,22 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
 
 
 def plot_curves(run_dir: Path) -> Path | None:
-    """Draw train/validation loss and learning rate against step into curves.png (None without matplotlib)."""
-    try:
-        import matplotlib
+    """Draw train/validation loss and learning rate against step into curves.png (None without matplotlib).
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    With matplotlib's object API and its Agg canvas: no pyplot, no backend switch, nothing global touched.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     records = read_metrics(run_dir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     lrs = [(r["step"], r["lr"]) for r in records if "lr" in r]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
+    fig = Figure(figsize=(8, 6))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     if train:
         ax_loss.plot(*zip(*train, strict=True), label="train", linewidth=1)
     if val:
@@ -60,5 +63,4 @@ def plot_curves(run_dir: Path) -> Path | None:
     fig.tight_layout()
     path = run_dir / CURVES_FILE
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
     return path

@@ -8,7 +8,6 @@ with the task fine-tuning of finetune.py. A resumed run continues the uninterrup
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gptkit.errors import ConfigError
 from gptkit.models.bundle import load_pretrained
 from gptkit.models.config import GPTConfig
 from gptkit.models.gpt import GPT, build_model, load_model, save_model, with_dropout
 from gptkit.training.config import TrainConfig
-from gptkit.training.loop import TRAIN_CONFIG_FILE, Objective, TrainingError, TrainResult, fit
+from gptkit.training.distributed import DistInfo
+from gptkit.training.evaluate import eval_mode
+from gptkit.training.events import OnEvent, ShouldStop, TrainResult
+from gptkit.training.loop import TRAIN_CONFIG_FILE, Objective, TrainingError, fit
 
 __all__ = ["TRAIN_CONFIG_FILE", "TrainResult", "TrainingError", "WindowSampler", "language_modelling", "train"]
 
@@ -54,6 +57,8 @@ class WindowSampler:
 def _open_data(config: TrainConfig) -> Any:
     from gptkit.training.data import TokenData
 
+    if not config.data:
+        raise ConfigError("TrainConfig.data: language modelling needs a data directory written by `gptkit prepare`")
     data = TokenData.open(config.data)
     need = config.block_size + 1
     for split in ("train", "val"):
@@ -77,7 +82,7 @@ def _build_model(config: TrainConfig, data: Any, device: torch.device) -> tuple[
             **config.model_overrides,
         }
         model_config = GPTConfig.from_name(config.model, **overrides)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # fit's own RNG scope, not the caller's
         model, tokenizer = GPT(model_config), data.tokenizer
     else:
         model, tokenizer = load_pretrained(config.model)
@@ -159,12 +164,19 @@ def _check_resumed_settings(config: TrainConfig, model_config: GPTConfig, resume
         )
 
 
-def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    on_event: OnEvent | None = None,
+    should_stop: ShouldStop | None = None,
+    dist: DistInfo | None = None,
+) -> TrainResult:
     """Pre-train or fine-tune a language model as `config` says; return the final figures.
 
-    `on_log` receives every metrics record (the lines of metrics.jsonl).
+    `on_event` receives the run's progress events; `should_stop()`, asked before each step, ends the run early
+    with a checkpoint to resume from; `dist` places this process in a distributed run (see `loop.fit`).
     """
-    return fit(config, language_modelling, on_log=on_log)
+    return fit(config, language_modelling, on_event=on_event, should_stop=should_stop, dist=dist)
 
 
 def _evaluate(model: GPT, data: Any, config: TrainConfig, autocast: Any) -> dict[str, float]:
@@ -179,19 +191,17 @@ def _evaluate(model: GPT, data: Any, config: TrainConfig, autocast: Any) -> dict
 @torch.inference_mode()
 def estimate_loss(model: GPT, data: Any, config: TrainConfig, device: torch.device, autocast: Any) -> dict[str, float]:
     """Mean loss over `eval_batches` windows per split; the same windows at every evaluation."""
-    was_training = model.training
-    model.eval()
     out = {}
-    for split in ("train", "val"):
-        sampler = WindowSampler(getattr(data, split), config.block_size, config.seed + 1)
-        losses = []
-        for _ in range(config.eval_batches):
-            batch = sampler.draw(config.batch_size).to(device)
-            with autocast:
-                logits = model(batch[:, :-1]).logits
-            losses.append(F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()).item())
-        out[split] = sum(losses) / len(losses)
-    model.train(was_training)
+    with eval_mode(model):
+        for split in ("train", "val"):
+            sampler = WindowSampler(getattr(data, split), config.block_size, config.seed + 1)
+            losses = []
+            for _ in range(config.eval_batches):
+                batch = sampler.draw(config.batch_size).to(device)
+                with autocast:
+                    logits = model(batch[:, :-1]).logits
+                losses.append(F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()).item())
+            out[split] = sum(losses) / len(losses)
     return out
 
 
@@ -200,14 +210,12 @@ def sample_text(model: GPT, tokenizer: Any, config: TrainConfig) -> str:
     from gptkit.generation.generate import generate
     from gptkit.generation.sampling import SamplingParams
 
-    was_training = model.training
-    model.eval()
     params = SamplingParams(
         max_new_tokens=min(config.sample_tokens, model.config.n_positions - 1),
         seed=config.seed,
         top_k=200,
         truncate=True,
     )
-    text = generate(model, config.sample_prompt, params, tokenizer=tokenizer, allow_special=True)[0].text
-    model.train(was_training)
+    with eval_mode(model):
+        text = generate(model, config.sample_prompt, params, tokenizer=tokenizer, allow_special=True)[0].text
     return config.sample_prompt + text

@@ -1,0 +1,69 @@
+"""What a training run reports while it runs (typed events for an `on_event` callback) and when it ends.
+
+`fit` (and so `train` and `finetune`) calls `on_event` on the main process with, in order: one `StartEvent`,
+then per optimizer step a `StepEvent`, an `EvalEvent` after each evaluation and a `CheckpointEvent` after each
+checkpoint written, and finally one `DoneEvent` holding the `TrainResult` it returns. The CLI's progress bar,
+the server's job stream and benchmarks all listen to the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    step: int
+    train_loss: float
+    val_loss: float | None
+    best_val_loss: float | None
+    tokens_per_second: float  # targets per second: tokens for language modelling, examples for most tasks
+    seconds: float
+    is_main: bool = True  # False on the other ranks of a distributed run
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    stopped: bool = False  # should_stop() ended the run before max_steps (a checkpoint of `step` was left to resume)
+
+
+@dataclass(frozen=True)
+class StartEvent:
+    run_dir: Path
+    step: int  # the step training starts from: 0, or the resumed checkpoint's
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: int  # optimizer steps completed
+    max_steps: int
+    loss: float  # this step's training loss (mean over its targets, all processes)
+    lr: float  # the learning rate this step used
+    tokens: int  # targets trained on since this call started (tokens, or examples for most tasks)
+    tokens_per_second: float
+    elapsed: float  # seconds since this call's first step started
+
+
+@dataclass(frozen=True)
+class EvalEvent:
+    step: int
+    metrics: dict[str, float]  # val_loss and the objective's metrics
+    sample: str | None = None  # a generated text, when the run samples
+
+
+@dataclass(frozen=True)
+class CheckpointEvent:
+    step: int
+    path: Path  # checkpoints/step-N: a directory `init_from="resume"` continues from
+    best: bool  # also copied to best/ (the lowest validation loss so far)
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    result: TrainResult
+
+
+Event = StartEvent | StepEvent | EvalEvent | CheckpointEvent | DoneEvent
+OnEvent = Callable[[Event], None]
+ShouldStop = Callable[[], bool]
