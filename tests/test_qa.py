@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from gptkit.errors import ConfigError, DataError
-from gptkit.tasks.qa import BadQuestion, QAExample, QAFeature, best_spans, encode_qa, iter_squad, read_squad
+from gptkit.tasks.qa import QAExample, QAFeature, best_spans, encode_qa, iter_squad, read_squad
 from gptkit.text.tokenizer import Tokenizer
+from gptkit.training.corpus import BadRow
 
 SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_sample.json"
 CONTEXT = "The Normans gave their name to Normandy, a region in France. Their leader was Rollo."
@@ -130,7 +131,7 @@ def test_mismatched_answer_names_file_id_line_and_what_is_there(tmp_path: Path) 
         "on_error='skip'",
     ):
         assert part in message
-    skipped: list[BadQuestion] = []
+    skipped: list[BadRow] = []
     assert [e.id for e in read_squad(path, on_error="skip", skipped=skipped)] == ["ok"]
     assert len(skipped) == 1 and skipped[0].where == "line 2"
     nested = {
@@ -192,7 +193,7 @@ def test_repeated_ids_and_bad_json(tmp_path: Path) -> None:
     items = list(iter_squad(tmp_path / "dup.jsonl"))
     assert isinstance(items[0], QAExample)
     assert str(items[1]).endswith("line 2: question 'same': the id is repeated (first at line 1); ids must be unique")
-    assert isinstance(items[2], BadQuestion) and "not valid JSON" in items[2].reason
+    assert isinstance(items[2], BadRow) and "not valid JSON" in items[2].reason
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(DataError, match="broken.json: not valid JSON"):
         read_squad(tmp_path / "broken.json")

@@ -28,7 +28,7 @@ from gptkit.training.corpus import BadRow, iter_records
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Encoding, Tokenizer
 
-__all__ = ["BadQuestion", "QAExample", "QAFeature", "best_spans", "encode_qa", "iter_squad", "read_squad"]
+__all__ = ["QAExample", "QAFeature", "best_spans", "encode_qa", "iter_squad", "read_squad"]
 
 SquadFormat = Literal["auto", "json", "jsonl"]
 
@@ -49,18 +49,6 @@ class QAExample:
     @property
     def is_impossible(self) -> bool:
         return not self.answers
-
-
-@dataclass(frozen=True)
-class BadQuestion:
-    """A question read_squad could not use: the file, where in it ("line 7" or "data[0].paragraphs[2].qas[1]")."""
-
-    source: str
-    where: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.where}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -89,7 +77,7 @@ class QAFeature:
 
 
 class _Bad(Exception):
-    """Why one question is unusable; becomes a BadQuestion."""
+    """Why one question is unusable; becomes a BadRow."""
 
 
 def _field(obj: Any, name: str, kind: type | tuple[type, ...], qid: str | None = None) -> Any:
@@ -184,8 +172,8 @@ def _json_questions(path: Path) -> Iterator[tuple[str, Any, str | None, bool]]:
                 yield f"{where}.qas[{q}]", qa, paragraph["context"], impossible
 
 
-def iter_squad(path: str | os.PathLike[str], fmt: SquadFormat = "auto") -> Iterator[QAExample | BadQuestion]:
-    """Every question of a SQuAD file, in order, or a BadQuestion saying why it is unusable.
+def iter_squad(path: str | os.PathLike[str], fmt: SquadFormat = "auto") -> Iterator[QAExample | BadRow]:
+    """Every question of a SQuAD file, in order, or a BadRow saying why it is unusable.
 
     Formats: the official nested JSON (v1.1, and v2.0 with is_impossible), the flat JSON
     {"data": [{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}]} (empty lists:
@@ -207,6 +195,7 @@ def iter_squad(path: str | os.PathLike[str], fmt: SquadFormat = "auto") -> Itera
     else:
         items = ((*q, i) for i, q in enumerate(_json_questions(path)))
     for where, obj, context, impossible, position in items:
+        line = position if jsonl else None
         try:
             if isinstance(obj, BadRow):
                 raise _Bad(obj.reason)
@@ -218,7 +207,7 @@ def iter_squad(path: str | os.PathLike[str], fmt: SquadFormat = "auto") -> Itera
                     f"question {example.id!r}: the id is repeated (first at {seen[example.id]}); ids must be unique"
                 )
         except _Bad as bad:
-            yield BadQuestion(str(path), where, str(bad))
+            yield BadRow(str(path), line, str(bad), where=where)
             continue
         seen[example.id] = where
         yield example
@@ -229,7 +218,7 @@ def read_squad(
     *,
     fmt: SquadFormat = "auto",
     on_error: Literal["fail", "skip"] = "fail",
-    skipped: list[BadQuestion] | None = None,
+    skipped: list[BadRow] | None = None,
 ) -> list[QAExample]:
     """The questions of a SQuAD file (see iter_squad). A bad question raises DataError with on_error="fail";
     with "skip" it is left out and, if a `skipped` list is given, appended to it (so callers can count them).

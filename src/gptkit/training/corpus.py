@@ -64,14 +64,20 @@ class Document:
 
 @dataclass(frozen=True)
 class BadRow:
-    """A row that made no document: where it is and why."""
+    """A row (or record) that made no document or example: where it is and why.
+
+    `where` names a place that is not just a line, e.g. "data[0].paragraphs[2].qas[1]" inside a SQuAD JSON
+    document (line is then None); the message then reads "source: where: reason" instead of "source:line: reason".
+    """
 
     source: str
-    line: int
+    line: int | None
     reason: str
+    where: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}"
+        place = f" {self.where}:" if self.where else f"{self.line}:"
+        return f"{self.source}:{place} {self.reason}"
 
 
 class MissingColumnsError(DataError):
