@@ -306,7 +306,10 @@ def prepare(config: PrepareConfig, *, progress: bool = True) -> DataInfo:
             "tokenizer_fingerprint": fingerprint,
             "tokens": counts,
             "documents": sum(s.documents for s in sources),
-            "skipped": {"count": sum(s.skipped for s in sources), "rows": [asdict(b) for b in bad]},
+            "skipped": {
+                "count": sum(s.skipped for s in sources),
+                "rows": [{k: v for k, v in asdict(b).items() if v is not None} for b in bad],
+            },
             "sources": [
                 {
                     "path": str(s.path),
