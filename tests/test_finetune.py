@@ -14,7 +14,7 @@ from gptkit.models.gpt import IGNORE_INDEX
 from gptkit.models.lora import LoRAConfig
 from gptkit.tasks.bundle import load
 from gptkit.tasks.config import TaskConfig
-from gptkit.tasks.finetune import EpochSampler, _base_model, collate, finetune
+from gptkit.tasks.finetune import EpochSampler, base_model, collate, finetune
 from gptkit.training.config import TrainConfig
 from gptkit.training.events import StepEvent
 
@@ -167,7 +167,7 @@ def test_lora_classifier_saves_a_peft_adapter_that_peft_loads(tmp_path: Path):
     with torch.no_grad():
         assert torch.allclose(merged.eval()(ids).logits, theirs(ids).logits, atol=1e-5)
     # only the adapters and the head were trained: the backbone still equals its initialisation
-    initial, _ = _base_model(train, task.max_length)
+    initial, _ = base_model(train, task.max_length)
     backbone = {k: v for k, v in ours.state_dict().items() if k.startswith("transformer.") and "lora_" not in k}
     assert backbone.keys() == {"transformer." + k for k in initial.transformer.state_dict()}
     assert all(torch.equal(v, initial.state_dict()[k]) for k, v in backbone.items())
@@ -329,16 +329,16 @@ def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: 
     a = load(one.run_dir, merge_lora=False).model.state_dict()
     b = load(two.run_dir, merge_lora=False).model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
-    initial = _base_model(small_train(tmp_path, "x"), 16)[0].state_dict()
+    initial = base_model(small_train(tmp_path, "x"), 16)[0].state_dict()
     assert not torch.equal(a["transformer.wte.weight"], initial["transformer.wte.weight"])  # it did train
     assert one.train.train_loss == pytest.approx(two.train.train_loss, rel=1e-5)
 
     # the loss is the mean over completion tokens only: recompute it by hand at the initial weights
-    from gptkit.tasks.finetune import _tokenizer
+    from gptkit.tasks.finetune import run_tokenizer
     from gptkit.tasks.instruct import encode_instruct, read_prompt_completion
 
     train = small_train(tmp_path, "check")
-    model, tok = _base_model(train, 16)[0].eval(), _tokenizer(train)
+    model, tok = base_model(train, 16)[0].eval(), run_tokenizer(train)
     features = encode_instruct(tok, read_prompt_completion(tmp_path / "pc.jsonl"), max_length=16)
     total, count = 0.0, 0
     for ids, labels in zip(features.input_ids, features.labels, strict=True):

@@ -123,7 +123,7 @@ def _tokenizer_for(family: str | None) -> Any:
     return Tokenizer.from_pretrained("openai-gpt" if family == "openai-gpt" else "gpt2")
 
 
-def _base_model(train: TrainConfig, max_length: int) -> tuple[GPT, Any]:
+def base_model(train: TrainConfig, max_length: int) -> tuple[GPT, Any]:
     """The GPT to fine-tune and its tokenizer: a checkpoint (pretrained) or a fresh preset (scratch)."""
     if train.init_from == "pretrained":
         bundle = load(train.model, lm=True)
@@ -191,7 +191,7 @@ def _build_model(
         if train.lora is not None:
             lora.load_adapter(model, resume_from)
     else:
-        gpt, _ = _base_model(train, task.max_length)
+        gpt, _ = base_model(train, task.max_length)
         torch.manual_seed(train.seed)  # the new head's initialisation (and dropout) repeat (fit's RNG scope)
         model = gpt if spec is None else TaskModel(gpt, spec, aux_lm_weight=task.aux_lm_weight)
         if train.lora is not None:
@@ -233,7 +233,7 @@ def predict_outputs(
     return total / max(sum(targets), 1), outputs
 
 
-def _tokenizer(train: TrainConfig) -> Any:
+def run_tokenizer(train: TrainConfig) -> Any:
     """The tokenizer the run uses: the resumed checkpoint's, the pretrained model's, or its family's."""
     from gptkit.models.checkpoint import load_tokenizer, read_config, resolve
     from gptkit.text.tokenizer import Tokenizer
@@ -275,7 +275,7 @@ def finetune(
             "separate head; use --lora-r N, --trainable last:N or all"
         )
     train_examples, eval_examples, labels, skipped = _read_sets(task, recipe, train.seed)
-    tokenizer = _tokenizer(train)
+    tokenizer = run_tokenizer(train)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     train_set = recipe.encode(task, train_examples, tokenizer, labels)
     eval_set = recipe.encode(task, eval_examples, tokenizer, labels)
