@@ -129,6 +129,8 @@ class ClassificationHead(nn.Module):
     """Sequence classification: the last real token's hidden state -> Linear(C, L) without bias."""
 
     candidates = False  # inputs are (B, T); a multiple-choice head takes (B, K, T)
+    weight: nn.Parameter  # transformers' names, adopted from a Linear (see _adopt)
+    bias: nn.Parameter | None
 
     def __init__(self, n_embd: int, spec: HeadSpec, *, std: float, **factory: Any) -> None:
         super().__init__()
@@ -144,6 +146,8 @@ class TokenClassificationHead(nn.Module):
     """Token classification: dropout, then Linear(C, L) at every position."""
 
     candidates = False
+    weight: nn.Parameter  # transformers' names, adopted from a Linear (see _adopt)
+    bias: nn.Parameter | None
 
     def __init__(self, n_embd: int, spec: HeadSpec, *, std: float, **factory: Any) -> None:
         super().__init__()
@@ -160,6 +164,8 @@ class QuestionAnsweringHead(nn.Module):
     """Extractive QA: Linear(C, 2) at every position, the start and end scores of the answer span."""
 
     candidates = False
+    weight: nn.Parameter  # transformers' names, adopted from a Linear (see _adopt)
+    bias: nn.Parameter | None
 
     def __init__(self, n_embd: int, spec: HeadSpec, *, std: float, **factory: Any) -> None:
         super().__init__()
@@ -177,7 +183,9 @@ class QuestionAnsweringHead(nn.Module):
         start, end = logits.unbind(dim=-1)  # (B, T) each
         if (start_positions is None) != (end_positions is None):
             raise ValueError("qa needs both start_positions and end_positions, or neither")
-        loss = None if start_positions is None else qa_loss(start, end, start_positions, end_positions)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = qa_loss(start, end, start_positions, end_positions)
         return TaskOutput(logits, loss, start_logits=start, end_logits=end)
 
 

@@ -127,7 +127,7 @@ def config_from_hf(hf: dict[str, Any], *, source: str) -> GPTConfig:
     if missing:
         raise CheckpointError(f"{source}: config.json lacks required field(s) {missing}")
     if model_type == "gpt2":
-        family = dict(
+        family: dict[str, Any] = dict(
             pre_norm=True,
             final_norm=True,
             n_inner=hf.get("n_inner"),

@@ -55,7 +55,9 @@ def use_onednn(enabled: bool) -> Iterator[None]:
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x (..., in) @ weight (out, in)^T + bias through oneDNN; operands may be strided views."""
-    return onednn_op()(x, weight, bias, "none", [], "")
+    op = onednn_op()
+    assert op is not None  # callers checked `_applies`
+    return op(x, weight, bias, "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +44,7 @@ class LoRALinear(nn.Module):
         self.scaling = config.scaling
         self.weight = base.weight  # the same Parameters: state dict keys and optimizer groups stay valid
         self.bias = base.bias
-        kwargs = dict(bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        kwargs: dict[str, Any] = dict(bias=False, device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Linear(self.in_features, config.r, **kwargs)
         self.lora_B = nn.Linear(config.r, self.out_features, **kwargs)
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -134,7 +135,9 @@ def merge_lora(model: nn.Module) -> list[str]:
     """
     names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
     for name in names:
-        _replace(model, name, model.get_submodule(name).merged())
+        module = model.get_submodule(name)
+        assert isinstance(module, LoRALinear)
+        _replace(model, name, module.merged())
     return names
 
 
@@ -251,7 +254,7 @@ def save_adapter(
             {f"{PEFT_PREFIX}{name}.{k}": v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
         )
     conv1d = any(n.startswith("transformer.h.") for n in layers)  # HF's GPT-1/GPT-2 blocks use Conv1D
-    adapter_config = {
+    adapter_config: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
@@ -332,7 +335,7 @@ def read_adapter_config(directory: str | os.PathLike[str], model: nn.Module) -> 
             r=raw.get("r", 8),
             alpha=raw.get("lora_alpha", 8),
             dropout=raw.get("lora_dropout", 0.0),
-            targets=tuple(targets) if isinstance(targets, (list, tuple)) else targets,
+            targets=tuple(targets) if isinstance(targets, (list, tuple)) else targets,  # type: ignore[arg-type]
             rslora=bool(raw.get("use_rslora", False)),
         )
     except ConfigError as exc:

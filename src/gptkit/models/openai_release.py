@@ -299,7 +299,7 @@ def _read_shapes(path: Path) -> list[Shape]:
 
 def _read_shards(folder: Path, *, total: int, shapes_file: Path) -> np.ndarray:
     """params_0.npy, params_1.npy, ... (as many as exist from 0), concatenated: (total,) float32."""
-    paths = []
+    paths: list[Path] = []
     while (folder / GPT1_SHARD.format(len(paths))).is_file():
         paths.append(folder / GPT1_SHARD.format(len(paths)))
     if not paths:

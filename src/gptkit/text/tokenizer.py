@@ -80,16 +80,16 @@ class Tokenizer:
         if path.is_dir():
             backend, kind, eos = tkfiles.load_dir(path)
             return cls(backend, kind, eos_token=eos)
-        kind = PRETRAINED_NAMES.get(str(name_or_dir))
-        if kind is None:
+        pretrained = PRETRAINED_NAMES.get(str(name_or_dir))
+        if pretrained is None:
             raise ModelNotFoundError(
                 f"no tokenizer named {str(name_or_dir)!r} and no such directory; "
                 f"known names: {', '.join(PRETRAINED_NAMES)}"
             )
-        vocab, merges = _read_assets(kind)
-        if kind == "gpt2":
-            return cls(tkfiles.gpt2_backend(vocab, merges, [tkfiles.GPT2_EOS]), kind, eos_token=tkfiles.GPT2_EOS)
-        return cls(tkfiles.openai_gpt_backend(vocab, merges), kind)
+        vocab, merges = _read_assets(pretrained)
+        if pretrained == "gpt2":
+            return cls(tkfiles.gpt2_backend(vocab, merges, [tkfiles.GPT2_EOS]), pretrained, eos_token=tkfiles.GPT2_EOS)
+        return cls(tkfiles.openai_gpt_backend(vocab, merges), pretrained)
 
     @classmethod
     def char_level(cls, text_or_chars: str | Iterable[str], *, special_tokens: Sequence[str] = ()) -> Tokenizer:
