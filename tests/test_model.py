@@ -88,7 +88,9 @@ def test_kv_cache_with_per_row_positions_equals_each_row_alone(preset: str) -> N
     lengths = [3, 7, 5]  # each row written from slot 0, so rows sit at different positions all along
     rows = [random_ids(300, 1, 20)[0] for _ in lengths]
     cache = KVCache(model.config, batch_size=3, max_len=24)
-    ids = torch.stack([torch.cat([r[:n], torch.zeros(7 - n, dtype=torch.long)]) for r, n in zip(rows, lengths)])
+    ids = torch.stack(
+        [torch.cat([r[:n], torch.zeros(7 - n, dtype=torch.long)]) for r, n in zip(rows, lengths, strict=True)]
+    )
     with torch.no_grad():
         got = model(ids, cache=cache, cache_position=torch.arange(7).expand(3, 7)).logits  # right padding
         for b, n in enumerate(lengths):
