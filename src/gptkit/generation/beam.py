@@ -13,15 +13,13 @@ import torch
 from gptkit.generation.decode import (
     Completion,
     TextStream,
-    _model_device_dtype,
-    _process,
-    _stop_ids,
     decode_step,
-    left_pad,
+    model_device_dtype,
     prefill,
     score_tokens,
+    stop_token_ids,
 )
-from gptkit.generation.sampling import SamplingParams
+from gptkit.generation.sampling import RowParams, SamplingParams, process
 from gptkit.models.gpt import GPT, KVCache
 
 _LOW = -1.0e9  # transformers' stand-in for "impossible" beam scores
@@ -32,13 +30,14 @@ def beam_search(
     model: GPT, prompt: list[int], params: SamplingParams, *, prompt_index: int = 0, tokenizer: Any = None
 ) -> list[Completion]:
     """Beam search for one prompt, following transformers' `_beam_search` (same scores, same ties)."""
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     K, V, L = params.num_beams, model.config.vocab_size, params.max_new_tokens
-    stop_ids = sorted(_stop_ids(model, params))
+    stop_ids = sorted(stop_token_ids(model, params))
     keep = max(2, 1 + len(stop_ids)) * K
     top_k_mask = torch.arange(keep, device=device) < K
-    batch = left_pad([prompt] * K, device)
     P = len(prompt)
+    row_params = RowParams.of([params] * K, V, device)
+    counts = torch.zeros(K, V, dtype=torch.int32, device=device)
     cache = KVCache(model.config, K, P + L, dtype=dtype, device=device)
 
     running = torch.zeros(K, L, dtype=torch.long, device=device)  # generated tokens per running beam
@@ -51,16 +50,14 @@ def beam_search(
     improvable = True
     stop_tensor = torch.tensor(stop_ids, dtype=torch.long, device=device)
 
-    logits = prefill(model, batch, cache)
+    logits = prefill(model, cache, range(K), [prompt] * K)
     for cur in range(L):
         log_probs = logits.float().log_softmax(dim=-1)
         seqs = [prompt + running[b, :cur].tolist() for b in range(K)]
-        seen = None
-        if params.repetition_penalty != 1.0:
-            seen = torch.zeros(K, V, dtype=torch.bool, device=device)
-            for b, seq in enumerate(seqs):
-                seen[b, seq] = True
-        log_probs = _process(log_probs, params, seqs, seen, None)
+        seen = torch.zeros(K, V, dtype=torch.bool, device=device)
+        for b, seq in enumerate(seqs):
+            seen[b, seq] = True
+        log_probs = process(log_probs, row_params, seqs, seen, counts)
         scores = (log_probs + running_scores[:, None]).reshape(-1)  # (K*V,)
         top_scores, top_index = torch.topk(scores, keep)
         origin, tokens = top_index // V, top_index % V
@@ -98,8 +95,7 @@ def beam_search(
         if not (improvable and open_beam and not bool(hits.all())):
             break
         cache.reorder(beam_origin)
-        positions = torch.full((K,), P + cur, device=device)
-        logits = decode_step(model, running[:, cur], None, positions, torch.tensor([P + cur], device=device), cache)
+        logits = decode_step(model, running[:, cur], torch.full((K,), P + cur, device=device), cache)
 
     return [
         _beam_completion(
