@@ -98,5 +98,7 @@ def test_a_request_that_does_not_fit_is_refused_naming_the_parameter() -> None:
     state = DecodeState(model, 1, 16)
     with pytest.raises(ContextLengthError, match="max_new_tokens"):
         state.add([Request([1] * 10, SamplingParams(max_new_tokens=8))])
+    with pytest.raises(ValueError, match="prompt_ids"):
+        state.add([Request([], SamplingParams(max_new_tokens=2))])
     with pytest.raises(ValueError, match="requests"):
         state.add([Request([1], SamplingParams(max_new_tokens=2))] * 2)

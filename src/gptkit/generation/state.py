@@ -119,7 +119,9 @@ class DecodeState:
     def _check_fits(self, request: Request) -> None:
         n, need, window = len(request.prompt_ids), request.params.max_new_tokens, self.model.config.n_positions
         slides = request.params.truncate and self.cache.max_len == window and n <= window
-        if n == 0 or (n + need > self.cache.max_len and not slides):
+        if n == 0:
+            raise ValueError("prompt_ids must hold at least one token (GPT-2 users often start with <|endoftext|>)")
+        if n + need > self.cache.max_len and not slides:
             raise ContextLengthError(
                 f"prompt of {n} tokens + max_new_tokens {need} does not fit the decode state's "
                 f"{self.cache.max_len} cache slots; lower max_new_tokens or set truncate (with a cache of "
