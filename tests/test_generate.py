@@ -174,3 +174,73 @@ def test_prompt_longer_than_context_errors_or_slides_the_window() -> None:
         batched[1].token_ids
         == generate(model, long_prompt, GREEDY.replace(max_new_tokens=40, truncate=True))[0].token_ids
     )
+
+
+def test_beam_logprobs_equal_score_tokens(pair) -> None:
+    _, model = pair
+    params = GREEDY.replace(max_new_tokens=12, num_beams=3, num_return_sequences=2, logprobs=3)
+    for completion in generate(model, PROMPTS[0], params):
+        scored = score_tokens(model, PROMPTS[0] + completion.token_ids, top_n=3)[len(PROMPTS[0]) :]
+        assert completion.logprobs == pytest.approx([lp for lp, _ in scored], abs=1e-5)
+        for got, (_, expected) in zip(completion.top_logprobs, scored, strict=True):
+            assert list(got) == list(expected) and list(got.values()) == pytest.approx(
+                list(expected.values()), abs=1e-5
+            )
+
+
+class _OpenAIPenalties:
+    """The oracle's presence/frequency penalties, as a transformers logits processor over generated tokens."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float) -> None:
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, input_ids[:, self.prompt_len :], torch.ones_like(input_ids[:, self.prompt_len :], dtype=scores.dtype)
+        )
+        return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
+
+
+def test_beam_search_with_presence_and_frequency_penalties_equals_transformers(pair) -> None:
+    reference, model = pair
+    from transformers import LogitsProcessorList
+
+    for prompt in PROMPTS[:2]:
+        penalties = LogitsProcessorList([_OpenAIPenalties(len(prompt), 0.8, 0.6)])
+        expected = _hf_new_tokens(reference, prompt, do_sample=False, num_beams=3, logits_processor=penalties)
+        params = GREEDY.replace(num_beams=3, presence_penalty=0.8, frequency_penalty=0.6)
+        assert [c.token_ids for c in generate(model, prompt, params)] == expected
+
+
+def test_beam_search_stop_string_acts_like_the_stop_token_that_spells_it(tok) -> None:
+    model = _tiny_model()
+    # length_penalty 0 scores beams by their summed log-probability: beams that stop early tend to win
+    params = GREEDY.replace(max_new_tokens=16, num_beams=3, num_return_sequences=3, length_penalty=0.0)
+    free = generate(model, PROMPTS[0], params, tokenizer=tok)
+    merges = "".join(tok.decode([i]) for i in range(256, 300))  # the tiny vocabulary's multi-byte tokens
+    spelled = {t for c in free for t in c.token_ids if t < 256 and tok.decode_bytes([t])[0] < 128}  # one ASCII byte
+    tried = 0
+    for token in sorted(t for t in spelled if tok.decode([t]) not in merges):  # its character comes only from it
+        by_id = generate(model, PROMPTS[0], params.replace(stop_token_ids=(token,), ignore_eos=False), tokenizer=tok)
+        if not any(c.finish_reason == "stop" for c in by_id):
+            continue  # the beams that stop on it lose to others: the stop string is not put to work
+        by_string = generate(model, PROMPTS[0], params.replace(stop=(tok.decode([token]),)), tokenizer=tok)
+        assert [(c.token_ids, c.text, c.finish_reason) for c in by_string] == [
+            (c.token_ids, c.text, c.finish_reason) for c in by_id
+        ]
+        assert all(tok.decode([token]) not in c.text for c in by_string)
+        tried += 1
+    assert tried >= 1
+
+
+def test_beam_search_slides_the_window_with_truncate() -> None:
+    model = _tiny_model()  # context 128
+    prompt = list(range(1, 121))
+    out = generate(model, prompt, GREEDY.replace(max_new_tokens=20, num_beams=2, truncate=True, logprobs=0))[0]
+    ids = prompt + out.token_ids  # the oracle: each token scored on the last 128 tokens before it
+    with torch.no_grad():
+        expected = [
+            float(model(torch.tensor([ids[:i][-128:]])).logits[0, -1].log_softmax(-1)[ids[i]])
+            for i in range(len(prompt), len(ids))
+        ]
+    assert len(out.token_ids) == 20 and out.logprobs == pytest.approx(expected, abs=1e-4)

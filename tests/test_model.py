@@ -81,6 +81,32 @@ def test_kv_cache_decode_equals_full_recomputation(preset: str) -> None:
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "openai-gpt-tiny"])
+def test_kv_cache_with_per_row_positions_equals_each_row_alone(preset: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name(preset, vocab_size=300)).eval()
+    lengths = [3, 7, 5]  # each row written from slot 0, so rows sit at different positions all along
+    rows = [random_ids(300, 1, 20)[0] for _ in lengths]
+    cache = KVCache(model.config, batch_size=3, max_len=24)
+    ids = torch.stack(
+        [torch.cat([r[:n], torch.zeros(7 - n, dtype=torch.long)]) for r, n in zip(rows, lengths, strict=True)]
+    )
+    with torch.no_grad():
+        got = model(ids, cache=cache, cache_position=torch.arange(7).expand(3, 7)).logits  # right padding
+        for b, n in enumerate(lengths):
+            assert torch.allclose(got[b, :n], model(rows[b][None, :n]).logits[0], atol=1e-5), f"prefill row {b}"
+        position = torch.tensor(lengths)
+        for width in (1, 2, 1, 3, 1):  # decode steps and per-row chunks of several tokens
+            slots = position[:, None] + torch.arange(width)  # (B, width)
+            chunk = torch.stack([rows[b][slots[b]] for b in range(3)])
+            got = model(chunk, cache=cache, cache_position=slots).logits
+            for b in range(3):
+                end = int(slots[b, -1]) + 1
+                alone = model(rows[b][None, :end]).logits[0, -width:]
+                assert torch.allclose(got[b], alone, atol=1e-5), f"row {b} at slot {end - 1}"
+            position = position + width
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=100)).eval()
     with pytest.raises(ContextLengthError, match="129 tokens is longer than the model's context of 128"):

@@ -9,6 +9,7 @@ import torch
 
 from gptkit import ConfigError
 from gptkit.generation.sampling import (
+    RowParams,
     SamplingParams,
     apply_logit_bias,
     apply_min_p,
@@ -18,6 +19,8 @@ from gptkit.generation.sampling import (
     apply_top_p,
     banned_ngram_tokens,
     choose,
+    process,
+    warp,
 )
 
 NEG = float("-inf")
@@ -102,3 +105,28 @@ def test_temperature_zero_is_greedy_and_params_are_validated() -> None:
     ]:
         with pytest.raises(ConfigError, match=field):
             SamplingParams(**bad)
+
+
+def test_per_row_params_give_each_row_exactly_what_its_params_give_alone() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 300) * 3
+    ids = torch.randint(0, 300, (5, 12))
+    seen = torch.zeros(5, 300, dtype=torch.bool).scatter_(1, ids, True)
+    counts = torch.randint(0, 3, (5, 300), dtype=torch.int32)
+    rows = [
+        SamplingParams(),
+        SamplingParams(temperature=0.7, top_p=0.7, repetition_penalty=1.3),
+        SamplingParams(temperature=1.3, top_k=17, min_p=0.05, presence_penalty=0.5, frequency_penalty=-0.3),
+        SamplingParams(temperature=0, top_k=3, logit_bias={4: 2.5, 9: -100}, no_repeat_ngram_size=2),
+        SamplingParams(top_p=0.33, top_k=299, min_p=0.2, repetition_penalty=0.8, frequency_penalty=1.0),
+    ]
+    params = RowParams.of(rows, 300)
+    batched = process(logits, params, ids.tolist(), seen, counts)
+    for b, row in enumerate(rows):  # the oracle: the scalar processors, checked against transformers above
+        alone = apply_logit_bias(logits[b : b + 1], row.logit_bias)
+        alone = apply_repetition_penalty(alone, seen[b : b + 1], row.repetition_penalty)
+        alone = apply_presence_frequency(alone, counts[b : b + 1], row.presence_penalty, row.frequency_penalty)
+        banned = banned_ngram_tokens(ids[b].tolist(), row.no_repeat_ngram_size)
+        alone[0, banned] = NEG
+        assert torch.equal(batched[b : b + 1], alone), f"process row {b}"
+        assert torch.equal(warp(batched, params)[b : b + 1], warp(alone, row)), f"warp row {b}"

@@ -13,7 +13,7 @@ from gptkit.errors import GptkitError
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
     """`auto` -> cuda when available, else cpu; any other name is passed through."""
     if name != "auto":
         return name
@@ -29,16 +29,21 @@ def load_for_inference(args: argparse.Namespace) -> Any:
     from gptkit.tasks.bundle import load
 
     bundle = load(
-        args.model, device=_device(args.device), dtype=getattr(torch, args.dtype), tokenizer=args.tokenizer, lm=True
+        args.model,
+        device=resolve_device(args.device),
+        dtype=getattr(torch, args.dtype),
+        tokenizer=args.tokenizer,
+        lm=True,
     )
     if bundle.tokenizer is None:
         raise GptkitError(f"{args.model} has no tokenizer files; name one with --tokenizer (e.g. gpt2)")
     return bundle
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: set[str]) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: set[str]) -> None:
     """One --flag per dataclass field; default None so that only flags the user gives override a --config."""
     import dataclasses
+    import types
     import typing
 
     hints = typing.get_type_hints(cls)
@@ -50,10 +55,26 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict
         default = f.default if f.default is not dataclasses.MISSING else None
         text = f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default!r})"
         args = typing.get_args(hint)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = [a for a in args if a is not type(None)] if union else [hint]  # X | None -> X
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(hint) is typing.Literal:
             parser.add_argument(flag, choices=args, default=None, help=text)
+        elif len(options) == 1 and typing.get_origin(options[0]) is tuple:  # tuple[X, ...]: a repeatable flag
+            item = typing.get_args(options[0])[0]
+            parser.add_argument(flag, action="append", type=item, default=None, help=text + "; repeatable")
+        elif bool in options:  # bool | Literal[...]: true, false or one of the literals
+            words = {"true": True, "false": False} | {w: w for o in options for w in typing.get_args(o)}
+            parser.add_argument(flag, type=words.__getitem__, default=None, help=text + f" ({', '.join(words)})")
         else:
             kind = next((a for a in args if a in (int, float, str)), hint if hint in (int, float, str) else str)
             parser.add_argument(flag, type=kind, default=None, help=text)
+
+
+def dataclass_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` that the user gave as flags (see `add_dataclass_flags`); the rest keep cls's defaults."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None}

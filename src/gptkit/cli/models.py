@@ -6,7 +6,30 @@ import argparse
 import json
 import sys
 
-from gptkit.cli.common import DTYPES, load_for_inference
+from gptkit.cli.common import DTYPES, add_dataclass_flags, dataclass_values, load_for_inference
+from gptkit.generation.params import SamplingParams  # a plain dataclass, no torch: safe for `gptkit --help`
+
+_SAMPLING_HELP = {
+    "max_new_tokens": "tokens to generate per sequence",
+    "temperature": "0 = greedy",
+    "top_k": "keep the k most likely tokens (0 = off)",
+    "top_p": "nucleus sampling mass (1 = off)",
+    "min_p": "drop tokens below min-p x top probability",
+    "repetition_penalty": "transformers' penalty (1 = off)",
+    "presence_penalty": "OpenAI presence penalty",
+    "frequency_penalty": "OpenAI frequency penalty",
+    "no_repeat_ngram_size": "forbid repeating n-grams (0 = off)",
+    "seed": "seed for reproducible sampling",
+    "stop": "stop string, not printed",
+    "stop_token_ids": "token id that ends a sequence; none given: the model's end-of-text",
+    "ignore_eos": "keep going past the end-of-text token",
+    "logprobs": "with --json: top-N alternatives per token",
+    "num_beams": "beam search width (needs --temperature 0)",
+    "length_penalty": "beam score / length**penalty",
+    "early_stopping": "beam search: stop once num-beams beams finished",
+    "num_return_sequences": "sequences per prompt",
+    "truncate": "slide the context window (drop the oldest tokens) when prompt + new tokens exceed it",
+}
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -67,28 +90,11 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts or ["<|endoftext|>"]
 
 
-def _sampling_params(args: argparse.Namespace):
-    from gptkit.generation.sampling import SamplingParams
-
-    return SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-        num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
-        num_return_sequences=args.num_return_sequences,
-        stop=tuple(args.stop),
-        seed=args.seed,
-        logprobs=args.logprobs if args.json else None,
-        ignore_eos=args.ignore_eos,
-        truncate=args.truncate,
-    )
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    given = dataclass_values(args, SamplingParams)
+    if not args.json:
+        given.pop("logprobs", None)
+    return SamplingParams(**given)
 
 
 def _chat_prompts(bundle, prompts: list[str]) -> list[str]:
@@ -107,7 +113,7 @@ def _chat_prompts(bundle, prompts: list[str]) -> list[str]:
 def _generate(args: argparse.Namespace) -> int:
     from gptkit.generation.generate import stream
 
-    params = _sampling_params(args)
+    params = sampling_params(args)
     prompts = _read_prompts(args)
     bundle = load_for_inference(args)
     model, tokenizer = bundle.model, bundle.tokenizer
@@ -193,35 +199,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate text from a model (streams to the terminal)",
         description=(
             "Continue each PROMPT with MODEL. One prompt streams live; several (arguments, --prompt-file, "
-            "or lines on stdin) run as one batch. Sampling flags are named as in transformers' generate; "
-            "--temperature 0 is greedy decoding."
+            "or lines on stdin) run as one batch. The sampling flags are SamplingParams' fields, named as in "
+            "transformers' generate; --temperature 0 is greedy decoding."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("prompt", nargs="*", help="prompt text (default: read stdin, else <|endoftext|>)")
     p.add_argument("--model", required=True, help="hub name or checkpoint folder")
     p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
     p.add_argument("--prompt-file", metavar="FILE", help="one prompt per line ('-' = stdin; \\n for newlines)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sequence")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x top probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="transformers' penalty (1 = off)")
-    p.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI presence penalty")
-    p.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI frequency penalty")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating n-grams (0 = off)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search width (needs --temperature 0)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**penalty")
-    p.add_argument("--num-return-sequences", type=int, default=1, help="sequences per prompt")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
-    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
-    p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
-    p.add_argument(
-        "--truncate",
-        action="store_true",
-        help="slide the context window (drop the oldest tokens) when prompt + new tokens exceed it",
-    )
+    add_dataclass_flags(p, SamplingParams, _SAMPLING_HELP, skip={"logit_bias"})
     p.add_argument(
         "--chat",
         action="store_true",
@@ -229,7 +215,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`gptkit finetune instruct`, else gptkit's default) and generate the assistant's answer",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
-    p.add_argument("--logprobs", type=int, default=None, help="with --json: top-N alternatives per token")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
     p.set_defaults(func=_generate)

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, load_for_inference
+from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
 from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
@@ -60,7 +60,7 @@ def _predict(args: argparse.Namespace) -> int:
     from gptkit.tasks.bundle import load
     from gptkit.tasks.predict import predict, write_jsonl
 
-    bundle = load(args.model, device=_device(args.device), merge_lora=False)
+    bundle = load(args.model, device=resolve_device(args.device), merge_lora=False)
     source = args.input if args.input != "-" else "/dev/stdin"
     records = predict(bundle, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     if args.out:
@@ -136,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", dest="eval_file", metavar="FILE", help="evaluation examples (same format)")
     p.add_argument("--config", help="JSON or YAML file of training settings (TrainConfig fields)")
     group = p.add_argument_group("task data")
-    _add_dataclass_flags(group, TaskConfig, _TASK_HELP, skip={"task", "train_file", "eval_file"})
+    add_dataclass_flags(group, TaskConfig, _TASK_HELP, skip={"task", "train_file", "eval_file"})
     group = p.add_argument_group("training (as gptkit train)")
     defaults = {
         "init_from": "pretrained (default here), scratch (a preset) or resume (out-dir)",

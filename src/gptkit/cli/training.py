@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from gptkit.cli.common import DTYPES, _add_dataclass_flags, _device, load_for_inference
+from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
 from gptkit.errors import GptkitError
 from gptkit.training.config import FLAT_LORA_KEYS, TrainConfig, fold_lora_keys  # no torch: fast `gptkit --help`
 
@@ -59,7 +59,7 @@ def parse_bool(value: str) -> bool:
 
 def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str], skip: set[str]) -> None:
     """TrainConfig's flags (LoRA as --lora-r/--lora-alpha/--lora-dropout/--lora-targets) and the model-shape ones."""
-    _add_dataclass_flags(parser, TrainConfig, helps, skip={"model_overrides", "lora", *skip})
+    add_dataclass_flags(parser, TrainConfig, helps, skip={"model_overrides", "lora", *skip})
     kinds = {"lora_r": int, "lora_alpha": float, "lora_dropout": float, "lora_targets": str}
     for name in FLAT_LORA_KEYS:
         parser.add_argument("--" + name.replace("_", "-"), type=kinds[name], default=None, help=LORA_HELP[name])
@@ -150,7 +150,9 @@ def _eval(args: argparse.Namespace) -> int:
         from gptkit.tasks.predict import evaluate_file
 
         scores = evaluate_file(
-            load(args.model, device=_device(args.device), merge_lora=False), args.labelled, batch_size=args.batch_size
+            load(args.model, device=resolve_device(args.device), merge_lora=False),
+            args.labelled,
+            batch_size=args.batch_size,
         )
         if args.json:
             print(json.dumps({"task": "labelled", "model": args.model, "file": args.labelled, **scores}))

@@ -1,5 +1,5 @@
-"""Decoding primitives shared by sampling and beam search: tokens in and text out, left-padded batches,
-prefill and one decode step over the static KV cache, the sequence-dependent logit processors, scoring.
+"""Decoding primitives shared by sampling and beam search: tokens in and text out (incrementally), prefill
+into rows of the static KV cache and one decode step at per-row positions, scoring.
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ import torch
 from torch import Tensor
 
 from gptkit.errors import ContextLengthError, TokenizerError
-from gptkit.generation.sampling import (
-    SamplingParams,
-    apply_logit_bias,
-    apply_no_repeat_ngram,
-    apply_presence_frequency,
-    apply_repetition_penalty,
-)
+from gptkit.generation.sampling import SamplingParams
 from gptkit.models.gpt import GPT, KVCache
+from gptkit.text.tokenizer_files import BYTE_LEVEL_KINDS
 
 FinishReason = Literal["stop", "length"]
 Prompt = str | Sequence[int]
@@ -55,43 +50,53 @@ class Completion:
 
 
 class TextStream:
-    """Turns a growing list of token ids into text deltas that are safe to show.
+    """Turns a growing list of token ids into text deltas that are safe to show, decoding only the new bytes.
 
     Text is released only up to a whole UTF-8 character (byte-level BPE splits characters across
     tokens), and any tail that could still become a stop string is held back until it cannot.
     """
 
+    CONTEXT = 3  # tokens decoded before a new one by tokenizers whose text is not a concatenation of tokens'
+
     def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(stop)
         self.ids: list[int] = []
-        self.shown = ""
+        self.pending = ""  # decoded text not shown yet: a possible start of a stop string
         self.stopped = False
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._byte_level = tokenizer is not None and getattr(tokenizer, "kind", None) in BYTE_LEVEL_KINDS
 
-    def _decoded(self, final: bool) -> str:
+    def _new_bytes(self) -> bytes:
+        """The bytes the last token adds to the decoded sequence."""
         if self.tokenizer is None:
-            return ""
-        raw = self.tokenizer.decode_bytes(self.ids)
-        return codecs.getincrementaldecoder("utf-8")("replace").decode(raw, final=final)
+            return b""
+        if self._byte_level:
+            return self.tokenizer.decode_bytes(self.ids[-1:])
+        # e.g. GPT-1's BPE joins words with a space only once the next token comes: decode a short window
+        window = self.ids[-self.CONTEXT - 1 :]
+        before, after = self.tokenizer.decode_bytes(window[:-1]), self.tokenizer.decode_bytes(window)
+        return after[len(before) :] if after.startswith(before) else b""
 
     def push(self, token_id: int) -> str:
         """Add a token; return the newly visible text. Sets `stopped` when a stop string completes."""
         self.ids.append(token_id)
-        text = self._decoded(final=False)
-        cut = min((i for s in self.stop if (i := text.find(s, len(self.shown))) >= 0), default=-1)
+        self.pending += self._utf8.decode(self._new_bytes())
+        cut = min((i for s in self.stop if (i := self.pending.find(s)) >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
-            return self._release(text[:cut])
-        return self._release(text[: len(text) - _held_back(text, self.stop)])
+            return self._release(cut)
+        return self._release(len(self.pending) - _held_back(self.pending, self.stop))
 
     def flush(self) -> str:
         """At the end of a sequence: release whatever was held back (not past a stop)."""
-        return "" if self.stopped else self._release(self._decoded(final=True))
-
-    def _release(self, visible: str) -> str:
-        if not visible.startswith(self.shown):  # a decoder that rewrote earlier text: show nothing new now
+        if self.stopped:
             return ""
-        delta, self.shown = visible[len(self.shown) :], visible
+        self.pending += self._utf8.decode(b"", final=True)
+        return self._release(len(self.pending))
+
+    def _release(self, n: int) -> str:
+        delta, self.pending = self.pending[:n], self.pending[n:]
         return delta
 
 
@@ -145,90 +150,54 @@ def fit_to_context(ids: list[int], max_new_tokens: int, n_positions: int, trunca
     )
 
 
-def _stop_ids(model: GPT, params: SamplingParams) -> set[int]:
+def stop_token_ids(model: GPT, params: SamplingParams) -> frozenset[int]:
+    """The token ids that end a sequence: params.stop_token_ids, else the model's eos (none with ignore_eos)."""
     if params.ignore_eos:
-        return set()
+        return frozenset()
     if params.stop_token_ids is not None:
-        return set(params.stop_token_ids)
+        return frozenset(params.stop_token_ids)
     eos = model.config.eos_token_id
-    return set() if eos is None else {eos}
+    return frozenset() if eos is None else frozenset({eos})
 
 
-@dataclass
-class _Batch:
-    ids: Tensor  # (B, T) left-padded
-    mask: Tensor  # (B, T) 1 = real token
-    positions: Tensor  # (B, T)
-
-
-def left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> _Batch:
-    T = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, T - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, T - len(row) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return _Batch(ids.to(device), mask.to(device), positions.to(device))
-
-
-def _model_device_dtype(model: GPT) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: GPT) -> tuple[torch.device, torch.dtype]:
     weight = model.transformer.wte.weight
     return weight.device, weight.dtype
 
 
-def prefill(model: GPT, batch: _Batch, cache: KVCache) -> Tensor:
-    """Run the prompts through the model, filling cache slots [0, T); return last-position logits (B, V)."""
-    T = batch.ids.shape[1]
-    out = model(
-        batch.ids,
-        attention_mask=batch.mask,
-        position_ids=batch.positions,
-        cache=cache,
-        cache_position=torch.arange(T, device=batch.ids.device),
-        return_logits=False,
-    )
-    return model.lm_logits(out.last_hidden_state[:, -1])
+# -- the model over the cache ----------------------------------------------------------------------
 
 
-def decode_step(
-    model: GPT, tokens: Tensor, mask: Tensor | None, positions: Tensor, slot: Tensor, cache: KVCache
-) -> Tensor:
-    """One new token per row (B,) at cache slot `slot` (1,); return its logits (B, V).
+def prefill(model: GPT, cache: KVCache, rows: Sequence[int], prompts: Sequence[Sequence[int]]) -> Tensor:
+    """Run prompts through the model into cache rows `rows`, each from slot 0; return their last logits (n, V).
 
-    mask: (B, cache.max_len) padding mask over all slots, or None when no row is padded."""
-    out = model(tokens[:, None], attention_mask=mask, position_ids=positions[:, None], cache=cache, cache_position=slot)
-    return out.logits[:, -1]
-
-
-def _process(
-    logits: Tensor, params: SamplingParams, seqs: list[list[int]], seen: Tensor | None, counts: Tensor | None
-) -> Tensor:
-    """The sequence-dependent processors, in transformers' order where both define them."""
-    logits = apply_logit_bias(logits, params.logit_bias)
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if counts is not None:
-        logits = apply_presence_frequency(logits, counts, params.presence_penalty, params.frequency_penalty)
-    return apply_no_repeat_ngram(logits, seqs, params.no_repeat_ngram_size)
+    The prompts go through as one right-padded batch into a scratch cache, copied into the rows after:
+    each row's queries see only its own earlier slots, and the padding's slots are overwritten as it decodes.
+    """
+    device, dtype = model_device_dtype(model)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    n, T = len(prompts), int(lengths.max())
+    ids = torch.zeros(n, T, dtype=torch.long, device=device)
+    for i, prompt in enumerate(prompts):
+        ids[i, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long, device=device)
+    scratch = KVCache(model.config, n, T, dtype=dtype, device=device)
+    out = model(ids, cache=scratch, cache_position=torch.arange(T, device=device), return_logits=False)
+    cache.copy_rows(torch.tensor(list(rows), device=device), scratch)
+    return model.lm_logits(out.last_hidden_state[torch.arange(n, device=device), lengths - 1])  # (n, V)
 
 
-def _top(logprobs: Tensor, n: int | None) -> dict[int, float] | None:
+def decode_step(model: GPT, tokens: Tensor, slots: Tensor, cache: KVCache) -> Tensor:
+    """One new token per row (B,), written at each row's own cache slot (B,); return the next logits (B, V)."""
+    return model(tokens[:, None], cache=cache, cache_position=slots[:, None]).logits[:, -1]
+
+
+def top_logprobs(logprobs: Tensor, n: int | None) -> dict[int, float] | None:
     if n is None:
         return None
     if n == 0:
         return {}
     values, ids = logprobs.topk(n)
     return dict(zip(ids.tolist(), values.tolist(), strict=True))
-
-
-def _generator(params: SamplingParams, sample: int, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    if params.seed is None:
-        generator.seed()
-    else:  # one stream per (seed, sample): a prompt draws the same in a batch as alone
-        generator.manual_seed(params.seed * 1_000_003 + sample)
-    return generator
 
 
 # -- scoring (echo) --------------------------------------------------------------------------------
@@ -248,9 +217,9 @@ def score_tokens(
             f"text of {len(ids)} tokens is longer than the context of {model.config.n_positions}; "
             "score it in windows (see perplexity with a stride)"
         )
-    device, _ = _model_device_dtype(model)
+    device, _ = model_device_dtype(model)
     x = torch.tensor([ids], dtype=torch.long, device=device)
     logprobs = model(x).logits[0, :-1].float().log_softmax(dim=-1)  # (T-1, V)
     chosen = logprobs.gather(1, x[0, 1:, None])[:, 0].tolist()
     first: tuple[float, dict[int, float] | None] = (float("nan"), {} if top_n is not None else None)
-    return [first] + [(chosen[t], _top(logprobs[t], top_n)) for t in range(len(ids) - 1)]
+    return [first] + [(chosen[t], top_logprobs(logprobs[t], top_n)) for t in range(len(ids) - 1)]

@@ -1,4 +1,6 @@
-"""`SamplingParams` and the logit processors it drives: small pure functions over (B, V) logits.
+"""The logit processors `SamplingParams` drives: small pure functions over (B, V) logits.
+
+(`SamplingParams` itself lives in gptkit.generation.params, torch-free, and is importable from here.)
 
 Definitions follow the places users know them from:
 * repetition_penalty, no_repeat_ngram_size, top_k, top_p, min_p: Hugging Face `transformers`
@@ -7,92 +9,95 @@ Definitions follow the places users know them from:
 * presence_penalty, frequency_penalty, logit_bias: the OpenAI API (over generated tokens only):
   `logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty`, `logit[j] += bias[j]`.
 * temperature 0 means greedy.
+
+Every parameter is a Python number for all rows or a per-row column from `RowParams` (rows in one batch
+with different params get exactly what each gets alone). Per-row values are kept in float64, as Python
+floats are, and rounded to the logits' dtype where used, as Python scalars are.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from gptkit.errors import ConfigError
+from gptkit.generation.params import SamplingParams
 
 NEG_INF = float("-inf")
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Everything that controls one generation request. Immutable; build a new one with `.replace`."""
+# -- per-row parameters -----------------------------------------------------------------------------
 
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: Mapping[int, float] = field(default_factory=dict)
-    no_repeat_ngram_size: int = 0  # 0 = off
-    seed: int | None = None
-    stop: tuple[str, ...] = ()  # stop strings: never emitted, caught across token boundaries
-    stop_token_ids: tuple[int, ...] | None = None  # None = the model's eos_token_id
-    ignore_eos: bool = False
-    logprobs: int | None = None  # None = none; n >= 0 = chosen token's log-prob plus the top n alternatives
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool | Literal["never"] = False
-    num_return_sequences: int = 1
-    truncate: bool = False  # slide the context window (drop the oldest tokens) instead of failing when full
+IDLE = SamplingParams(temperature=0)  # what an unused row of a batch carries: greedy, nothing to draw
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if self.stop_token_ids is not None:
-            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        object.__setattr__(self, "logit_bias", {int(k): float(v) for k, v in dict(self.logit_bias).items()})
-        checks: list[tuple[str, bool, str]] = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
-            ("temperature", self.temperature >= 0, ">= 0 (0 means greedy)"),
-            ("top_k", self.top_k >= 0, ">= 0 (0 turns it off)"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
-            ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1 turns it off)"),
-            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2] as in the OpenAI API"),
-            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2] as in the OpenAI API"),
-            ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, ">= 0"),
-            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "None or in [0, 20]"),
-            ("num_beams", self.num_beams >= 1, ">= 1"),
-            ("num_return_sequences", self.num_return_sequences >= 1, ">= 1"),
-            ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values in [-100, 100]"),
-            ("stop", all(isinstance(s, str) and s for s in self.stop), "non-empty strings"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"SamplingParams.{name} must be {expected}, got {getattr(self, name)!r}")
-        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            raise ConfigError(
-                f"SamplingParams.num_return_sequences ({self.num_return_sequences}) cannot exceed "
-                f"num_beams ({self.num_beams}) in beam search"
+
+@dataclass
+class RowParams:
+    """The logit pipeline's parameters of a batch, one row per sequence, as tensors (float64, see above)."""
+
+    rows: list[SamplingParams]
+    temperature: Tensor  # (B, 1), 0 = greedy
+    top_k: Tensor  # (B,) long, 0 = off
+    top_p: Tensor  # (B, 1)
+    min_p: Tensor  # (B, 1)
+    repetition_penalty: Tensor  # (B, 1)
+    presence_penalty: Tensor  # (B, 1)
+    frequency_penalty: Tensor  # (B, 1)
+    logit_bias: Tensor  # (B, V)
+
+    @classmethod
+    def of(cls, rows: Sequence[SamplingParams], vocab_size: int, device: torch.device | str | None = None) -> RowParams:
+        B = len(rows)
+        column = lambda: torch.zeros(B, 1, dtype=torch.float64, device=device)  # noqa: E731
+        out = cls(
+            rows=list(rows),
+            temperature=column(),
+            top_k=torch.zeros(B, dtype=torch.long, device=device),
+            top_p=column(),
+            min_p=column(),
+            repetition_penalty=column(),
+            presence_penalty=column(),
+            frequency_penalty=column(),
+            logit_bias=torch.zeros(B, vocab_size, dtype=torch.float64, device=device),
+        )
+        for row, params in enumerate(rows):
+            out.set(row, params)
+        return out
+
+    def set(self, row: int, params: SamplingParams) -> None:
+        """Give row `row` the parameters `params` (a batch's rows change as sequences come and go)."""
+        self.rows[row] = params
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            getattr(self, name)[row] = getattr(params, name)
+        self.top_k[row] = params.top_k
+        self.logit_bias[row] = 0.0
+        if params.logit_bias:
+            self.logit_bias[row, list(params.logit_bias)] = torch.tensor(
+                list(params.logit_bias.values()), dtype=torch.float64, device=self.logit_bias.device
             )
-        if self.num_beams > 1 and self.temperature != 0:
-            raise ConfigError("beam search is deterministic: set temperature=0 with num_beams > 1")
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+    def uses(self, name: str, off: Any) -> bool:
+        """Whether any row sets `name` to something other than `off` (processors no row uses are skipped)."""
+        return any(getattr(p, name) != off for p in self.rows)
 
-    def replace(self, **changes: Any) -> SamplingParams:
-        return dataclasses.replace(self, **changes)
+
+Param = float | Tensor  # one value for every row, or a per-row column (B, 1)
+
+
+def _rounded(value: Param, like: Tensor) -> Param:
+    return value.to(like.dtype) if isinstance(value, Tensor) else value
 
 
 # -- processors that depend on the sequence so far -------------------------------------------------
 
 
-def apply_logit_bias(logits: Tensor, bias: Mapping[int, float]) -> Tensor:
+def apply_logit_bias(logits: Tensor, bias: Mapping[int, float] | Tensor) -> Tensor:
+    """bias: {token: value} for every row, or per-row (B, V)."""
+    if isinstance(bias, Tensor):
+        return logits + bias.to(logits.dtype)
     if not bias:
         return logits
     ids = torch.tensor(list(bias), device=logits.device)
@@ -100,19 +105,21 @@ def apply_logit_bias(logits: Tensor, bias: Mapping[int, float]) -> Tensor:
     return logits.index_add(1, ids, values.expand(logits.shape[0], -1))
 
 
-def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Param) -> Tensor:
     """seen: (B, V) bool, tokens present in each row's prompt or output."""
-    if penalty == 1.0:
+    if not isinstance(penalty, Tensor) and penalty == 1.0:
         return logits
+    penalty = _rounded(penalty, logits)
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, penalised, logits)
 
 
-def apply_presence_frequency(logits: Tensor, counts: Tensor, presence: float, frequency: float) -> Tensor:
+def apply_presence_frequency(logits: Tensor, counts: Tensor, presence: Param, frequency: Param) -> Tensor:
     """counts: (B, V) how often each token was generated so far in each row."""
-    if presence == 0 and frequency == 0:
+    if not isinstance(presence, Tensor) and not isinstance(frequency, Tensor) and presence == 0 and frequency == 0:
         return logits
     counts = counts.to(logits.dtype)
+    presence, frequency = _rounded(presence, logits), _rounded(frequency, logits)
     return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
 
 
@@ -124,67 +131,124 @@ def banned_ngram_tokens(sequence: Sequence[int], n: int) -> list[int]:
     return [sequence[i + n - 1] for i in range(len(sequence) - n + 1) if tuple(sequence[i : i + n - 1]) == prefix]
 
 
-def apply_no_repeat_ngram(logits: Tensor, sequences: Sequence[Sequence[int]], n: int) -> Tensor:
-    if n <= 0:
+def apply_no_repeat_ngram(logits: Tensor, sequences: Sequence[Sequence[int]], n: int | Sequence[int]) -> Tensor:
+    """n: one n-gram size for every row, or one per row (0 = off)."""
+    sizes = [n] * len(sequences) if isinstance(n, int) else list(n)
+    if not any(size > 0 for size in sizes):
         return logits
     logits = logits.clone()
-    for row, sequence in enumerate(sequences):
-        banned = banned_ngram_tokens(sequence, n)
+    for row, (sequence, size) in enumerate(zip(sequences, sizes, strict=True)):
+        banned = banned_ngram_tokens(sequence, size)
         if banned:
             logits[row, banned] = NEG_INF
     return logits
 
 
+def process(
+    logits: Tensor, params: RowParams, sequences: Sequence[Sequence[int]], seen: Tensor, counts: Tensor
+) -> Tensor:
+    """The sequence-dependent processors, in transformers' order where both define them.
+
+    sequences: each row's prompt + output; seen (B, V) bool: tokens in them; counts (B, V): generated counts.
+    """
+    if params.uses("logit_bias", {}):
+        logits = apply_logit_bias(logits, params.logit_bias)
+    if params.uses("repetition_penalty", 1.0):
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.uses("presence_penalty", 0.0) or params.uses("frequency_penalty", 0.0):
+        logits = apply_presence_frequency(logits, counts, params.presence_penalty, params.frequency_penalty)
+    return apply_no_repeat_ngram(logits, sequences, [p.no_repeat_ngram_size for p in params.rows])
+
+
 # -- warpers that reshape the distribution ----------------------------------------------------------
 
 
-def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
-    return logits if temperature in (0.0, 1.0) else logits / temperature
+def apply_temperature(logits: Tensor, temperature: Param) -> Tensor:
+    """Divide by the temperature; 0 (greedy) and 1 leave the logits alone."""
+    if not isinstance(temperature, Tensor):
+        return logits if temperature in (0.0, 1.0) else logits / temperature
+    return logits / torch.where(temperature == 0, 1.0, temperature).to(logits.dtype)
 
 
-def apply_top_k(logits: Tensor, k: int) -> Tensor:
-    """Keep tokens whose logit is >= the k-th largest (ties with the k-th are kept)."""
-    if k <= 0 or k >= logits.shape[-1]:
+def apply_top_k(logits: Tensor, k: int | Tensor) -> Tensor:
+    """Keep tokens whose logit is >= the k-th largest (ties with the k-th are kept). k: int or per-row (B,)."""
+    V = logits.shape[-1]
+    if not isinstance(k, Tensor):
+        if k <= 0 or k >= V:
+            return logits
+        k = torch.full(logits.shape[:1], k, device=logits.device)
+    on = (k > 0) & (k < V)  # (B,)
+    widest = int(k.masked_fill(~on, 0).max())
+    if widest == 0:
         return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
+    kth = torch.topk(logits, widest, dim=-1).values.gather(-1, (k.clamp(1, widest) - 1)[:, None])  # (B, 1)
+    kth = kth.masked_fill(~on[:, None], NEG_INF)
     return logits.masked_fill(logits < kth, NEG_INF)
 
 
-def apply_top_p(logits: Tensor, p: float) -> Tensor:
+def apply_top_p(logits: Tensor, p: Param) -> Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches p (at least one token)."""
-    if p >= 1.0:
+    if not isinstance(p, Tensor) and p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cumulative <= 1 - p
+    remove_sorted = cumulative <= _rounded(1 - p, cumulative)
     remove_sorted[..., -1] = False  # the most likely token always stays
+    if isinstance(p, Tensor):
+        remove_sorted &= p < 1  # rows with p = 1 keep everything
     remove = remove_sorted.scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, NEG_INF)
 
 
-def apply_min_p(logits: Tensor, min_p: float) -> Tensor:
+def apply_min_p(logits: Tensor, min_p: Param) -> Tensor:
     """Drop tokens whose probability is below min_p times the most likely token's."""
-    if min_p <= 0:
+    if not isinstance(min_p, Tensor) and min_p <= 0:
         return logits
     probs = logits.softmax(dim=-1)
-    threshold = min_p * probs.max(dim=-1, keepdim=True).values
+    threshold = _rounded(min_p, probs) * probs.max(dim=-1, keepdim=True).values
     return logits.masked_fill(probs < threshold, NEG_INF)
 
 
-def warp(logits: Tensor, params: SamplingParams) -> Tensor:
+def warp(logits: Tensor, params: SamplingParams | RowParams) -> Tensor:
     """Temperature, then top-k, top-p and min-p, in transformers' order."""
-    logits = apply_temperature(logits, params.temperature)
-    logits = apply_top_k(logits, params.top_k)
-    logits = apply_top_p(logits, params.top_p)
-    return apply_min_p(logits, params.min_p)
+    if isinstance(params, RowParams):  # skip what no row uses
+        used = lambda name, off: getattr(params, name) if params.uses(name, off) else off  # noqa: E731
+        temperature, top_k, top_p, min_p = (
+            used("temperature", 1.0),
+            used("top_k", 0),
+            used("top_p", 1.0),
+            used("min_p", 0.0),
+        )
+    else:
+        temperature, top_k, top_p, min_p = params.temperature, params.top_k, params.top_p, params.min_p
+    logits = apply_temperature(logits, temperature)
+    logits = apply_top_k(logits, top_k)
+    logits = apply_top_p(logits, top_p)
+    return apply_min_p(logits, min_p)
 
 
-def choose(logits: Tensor, params: SamplingParams, generators: Sequence[torch.Generator | None]) -> Tensor:
-    """Next token per row (B,): argmax when greedy, else a draw from the warped distribution.
+def choose(
+    logits: Tensor,
+    params: SamplingParams | RowParams,
+    generators: Sequence[torch.Generator | None],
+    shared: torch.Generator | None = None,
+) -> Tensor:
+    """Next token per row (B,): argmax for greedy rows, else a draw from the row's warped distribution.
 
-    Each row draws from its own generator, so a row's sample does not depend on its batch mates.
+    A row with its own generator draws from it alone, so its sample does not depend on its batch mates;
+    the rows without one draw together in one multinomial from `shared` (torch's default generator if None).
     """
-    if params.greedy:
-        return logits.argmax(dim=-1)
+    if isinstance(params, SamplingParams):
+        params = RowParams.of([params] * logits.shape[0], logits.shape[-1], logits.device)
+    tokens = logits.argmax(dim=-1)
+    sampled = [row for row, p in enumerate(params.rows) if not p.greedy]
+    if not sampled:
+        return tokens
     probs = warp(logits.float(), params).softmax(dim=-1)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    together = [row for row in sampled if generators[row] is None]
+    if together:
+        tokens[together] = torch.multinomial(probs[together], 1, generator=shared)[:, 0]
+    for row in sampled:
+        if generators[row] is not None:
+            tokens[row] = torch.multinomial(probs[row], 1, generator=generators[row])[0]
+    return tokens

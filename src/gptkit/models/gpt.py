@@ -40,8 +40,9 @@ class KVCache(nn.Module):
     """A static key/value cache: preallocated (n_layer, B, nh, max_len, hs), written at explicit slots.
 
     Shapes never change while decoding, so a decode step can be captured by torch.compile / CUDA graphs.
-    Slot indices (`cache_position`) are positions in the padded batch, not position ids: with left
-    padding, row b's position id is its slot minus its padding.
+    Slots (`cache_position`) are (T,), the same for every row, or (B, T), each row writing at its own
+    slots (rows at different positions, as in continuous batching). With left padding, a row's position
+    id is its slot minus its padding; rows written from slot 0 have position id = slot.
     """
 
     def __init__(
@@ -72,10 +73,20 @@ class KVCache(nn.Module):
         return self.k.shape[3]
 
     def update(self, layer: int, cache_position: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, nh, T, hs) at slots `cache_position` (T,); return the whole layer cache."""
-        self.k[layer].index_copy_(2, cache_position, k)
-        self.v[layer].index_copy_(2, cache_position, v)
+        """Write k, v (B, nh, T, hs) at slots `cache_position` (T,) or (B, T); return the whole layer cache."""
+        if cache_position.dim() == 1:
+            self.k[layer].index_copy_(2, cache_position, k)
+            self.v[layer].index_copy_(2, cache_position, v)
+        else:
+            index = cache_position[:, None, :, None].expand_as(k)  # (B, nh, T, hs)
+            self.k[layer].scatter_(2, index, k)
+            self.v[layer].scatter_(2, index, v)
         return self.k[layer], self.v[layer]
+
+    def copy_rows(self, rows: Tensor, source: KVCache) -> None:
+        """Write `source`'s rows (n,) into rows `rows` (n,) of this cache, slots [0, source.max_len)."""
+        self.k[:, rows, :, : source.max_len] = source.k
+        self.v[:, rows, :, : source.max_len] = source.v
 
     def reorder(self, rows: Tensor) -> None:
         """Keep batch rows `rows` (B,) in that order (beam search reshuffles its beams)."""
@@ -172,7 +183,7 @@ class GPTModel(nn.Module):
         if cache_position is None:
             cache_position = torch.arange(T, device=input_ids.device)
         if position_ids is None:
-            position_ids = cache_position.unsqueeze(0).expand(B, T)
+            position_ids = cache_position.expand(B, T)  # (T,) or (B, T)
         mask = self._attention_mask(attention_mask, cache, cache_position, T)
 
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
@@ -205,20 +216,22 @@ class GPTModel(nn.Module):
     def _attention_mask(
         attention_mask: Tensor | None, cache: KVCache | None, cache_position: Tensor, T: int
     ) -> Tensor | None:
-        """A boolean (B, 1, T, S) mask: causal over slots, padding removed. None = plain causal."""
+        """A boolean (B|1, 1, T, S) mask: row b's query at slot p sees its slots <= p, padding removed.
+
+        cache_position is (T,) for every row or (B, T) per row. None = plain causal."""
         if cache is None and attention_mask is None:
             return None  # SDPA's is_causal fast path
         S = cache.max_len if cache is not None else T
         slots = torch.arange(S, device=cache_position.device)
-        allowed = slots[None, :] <= cache_position[:, None]  # (T, S) causal
-        mask = allowed[None, None]  # (1, 1, T, S)
+        query_slots = cache_position.view(-1, 1, T, 1)  # (B|1, 1, T, 1)
+        mask = slots <= query_slots  # (B|1, 1, T, S) causal
         if attention_mask is not None:
             pad = attention_mask.to(torch.bool)
             if pad.shape[1] < S:  # slots not yet written are causally masked anyway
                 pad = F.pad(pad, (0, S - pad.shape[1]), value=True)
             mask = mask & pad[:, None, None, :S]  # (B, 1, T, S)
             # A padding query may see no key at all; let it see itself so softmax stays finite.
-            mask = mask | (slots[None, :] == cache_position[:, None])[None, None]
+            mask = mask | (slots == query_slots)
         return mask
 
 
@@ -270,7 +283,8 @@ class GPT(nn.Module):
             S = number of cache slots in use (or all of them) with one.
         position_ids: (B, T); defaults to the slot index (right for unpadded input).
         labels: (B, T) next-token targets aligned with input_ids (shifted inside), IGNORE_INDEX ignored.
-        cache, cache_position: a KVCache and the slots (T,) these tokens are written to.
+        cache, cache_position: a KVCache and the slots these tokens are written to, (T,) for every row or
+            (B, T) per row.
         """
         out = self.transformer(
             input_ids,
