@@ -118,10 +118,10 @@ def encode_prompts(
     prompts: Prompt | Sequence[Prompt], tokenizer: Any, *, allow_special: bool = False
 ) -> list[list[int]]:
     """Normalise one prompt or many (text or token ids) into lists of ids."""
-    if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)):
-        prompts = [prompts]  # type: ignore[list-item]
+    one = isinstance(prompts, str) or (isinstance(prompts, Sequence) and bool(prompts) and isinstance(prompts[0], int))
+    many: Sequence[Prompt] = [prompts] if one else prompts  # type: ignore[list-item,assignment]
     out = []
-    for prompt in prompts:  # type: ignore[union-attr]
+    for prompt in many:
         if isinstance(prompt, str):
             if tokenizer is None:
                 raise TokenizerError("text prompts need a tokenizer; pass tokenizer=... or token ids")

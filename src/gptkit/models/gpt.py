@@ -45,6 +45,9 @@ class KVCache(nn.Module):
     id is its slot minus its padding; rows written from slot 0 have position id = slot.
     """
 
+    k: Tensor  # buffers, registered in __init__
+    v: Tensor
+
     def __init__(
         self,
         config: GPTConfig,
@@ -110,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:
+        if cache is not None and cache_position is not None:
             k, v = cache.update(self.layer, cache_position, k, v)  # (B, nh, S, hs)
         y = attention(q, k, v, mask, self.attn_pdrop if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -296,7 +299,7 @@ class GPT(nn.Module):
         )
         x = out.last_hidden_state
         logits = self.lm_logits(x) if return_logits or labels is not None else None  # (B, T, vocab)
-        out.loss = lm_loss(logits, labels) if labels is not None else None
+        out.loss = lm_loss(logits, labels) if logits is not None and labels is not None else None
         out.logits = logits if return_logits else None
         return out
 
@@ -338,7 +341,7 @@ def with_dropout(model: GPT, p: float) -> GPT:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = p
-        if hasattr(module, "attn_pdrop"):
+        if isinstance(module, CausalSelfAttention):
             module.attn_pdrop = p
     return model
 
