@@ -13,8 +13,8 @@ import torch
 
 from gptkit import GPT, CheckpointError, GPTConfig, ModelNotFoundError
 from gptkit.cli import main as cli
-from gptkit.models.bundle import describe
 from gptkit.models.gpt import load_model, save_model
+from gptkit.models.loading import describe
 
 from conftest import SHAPES, hf_model, random_ids
 

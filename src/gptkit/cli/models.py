@@ -48,7 +48,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from gptkit.models.bundle import describe
+    from gptkit.models.loading import describe
 
     info = describe(args.model)
     if args.json:

@@ -4,7 +4,7 @@ A bundle holds the model (a GPT, or a TaskModel where the directory holds a task
 chat template, the task it predicts, and for a fine-tuning run (a directory with task.json) what it was
 trained on and its label names. The CLI, prediction, evaluation, fine-tuning and the server load through it.
 It sits on the tasks floor because a task model is built from the task registry; the server and the CLI
-above import it, and the training floor below loads language models with gptkit.models.bundle.
+above import it, and the training floor below loads language models with gptkit.models.loading.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from torch import nn
 from gptkit.errors import CheckpointError
 from gptkit.io import read_json
 from gptkit.models import checkpoint
-from gptkit.models.bundle import apply_adapter, tokenizer_for
 from gptkit.models.config import CONFIG_FILE
 from gptkit.models.gpt import load_model
+from gptkit.models.loading import apply_adapter, tokenizer_for
 from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.data import LabelMap
 from gptkit.tasks.heads import TaskModel, load_task_model

@@ -84,7 +84,7 @@ def quickstart(
     from gptkit.training.progress import ProgressBar
 
     result = train(config, on_event=ProgressBar() if progress else None)
-    from gptkit.models.bundle import load_pretrained
+    from gptkit.models.loading import load_pretrained
 
     model, tokenizer = load_pretrained(run_dir)
     params = SamplingParams(

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gptkit.errors import ConfigError
-from gptkit.models.bundle import load_pretrained
 from gptkit.models.config import GPTConfig
 from gptkit.models.gpt import GPT, build_model, load_model, save_model, with_dropout
+from gptkit.models.loading import load_pretrained
 from gptkit.training.config import TrainConfig
 from gptkit.training.distributed import DistInfo
 from gptkit.training.evaluate import eval_mode
