@@ -146,71 +146,15 @@ def test_two_process_ddp_and_fsdp_match_one_process_with_the_same_global_batch(c
         "cpu",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gptkit",
-            "train",
-            *common,
-            "--out-dir",
-            str(tmp_path / "single"),
-            "--batch-size",
-            "4",
-            "--grad-accum",
-            "2",
-        ],
-        check=True,
-        env=env,
-        timeout=300,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "gptkit",
-            "train",
-            *common,
-            "--out-dir",
-            str(tmp_path / "ddp"),
-            "--batch-size",
-            "4",
-            "--grad-accum",
-            "1",
-        ],
-        check=True,
-        env=env,
-        timeout=300,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "gptkit",
-            "train",
-            *common,
-            "--out-dir",
-            str(tmp_path / "fsdp"),
-            "--batch-size",
-            "4",
-            "--grad-accum",
-            "1",
-            "--fsdp",
-        ],
-        check=True,
-        env=env,
-        timeout=300,
-    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    runs = {  # name: (launcher, batch size, grad accum, more flags): the same 8 sequences per step
+        "single": ([sys.executable], "4", "2", []),
+        "ddp": (torchrun, "4", "1", []),
+        "fsdp": (torchrun, "4", "1", ["--fsdp"]),
+    }
+    for name, (launcher, batch, accum, more) in runs.items():
+        out = ["--out-dir", str(tmp_path / name), "--batch-size", batch, "--grad-accum", accum, *more]
+        subprocess.run([*launcher, "-m", "gptkit", "train", *common, *out], check=True, env=env, timeout=300)
     single = _curve(tmp_path / "single")
     assert [s for s, _ in single] == list(range(1, 7))
     for name in ("ddp", "fsdp"):
