@@ -153,17 +153,7 @@ def _fit(
         decay_embeddings=config.decay_embeddings,
         device_type=device.type,
     )
-    step, best_val = 0, math.inf
-    if resume_from is not None:
-        state = load_trainer_state(resume_from)
-        if state.get("data_fingerprint") != objective.fingerprint:
-            raise TrainingError(
-                f"{objective.data} is not the data {run_dir} was trained on (its contents or its tokenizer differ)"
-            )
-        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
-        objective.sampler.load_state(state["sampler"])
-        set_rng_state(state["rng"])
-        step, best_val = state["step"], state["best_val_loss"]
+    step, best_val = _resume(resume_from, objective, optimizer, run_dir) if resume_from is not None else (0, math.inf)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / TRAIN_CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
@@ -172,8 +162,6 @@ def _fit(
 
     scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
     autocast = torch.autocast(device.type, dtype=getattr(torch, config.dtype), enabled=config.dtype != "float32")
-    micro, world = config.grad_accum, info.world_size
-    rows = config.batch_size
 
     def log(record: dict[str, Any]) -> None:
         if info.is_main:
@@ -183,81 +171,22 @@ def _fit(
         if info.is_main and on_event is not None:
             on_event(event)
 
-    saved_step = step if resume_from is not None else -1  # the step the newest checkpoint holds
-
-    last_plot = [-math.inf]
-
-    def checkpoint(val_loss: float | None, final: bool) -> None:
-        nonlocal best_val, saved_step
-        is_best = val_loss is not None and val_loss < best_val
-        best_val = min(best_val, val_loss) if val_loss is not None else best_val
-        model_state, optimizer_state = distributed.full_state(model, optimizer)  # every rank takes part
-        if info.is_main:
-            state = {
-                "step": step,
-                "optimizer": optimizer_state,
-                "sampler": objective.sampler.state(),
-                "rng": rng_state(),
-                "best_val_loss": best_val,
-                "data_fingerprint": objective.fingerprint,
-                "config": dataclasses.asdict(config),
-            }
-            try:
-                path = save_training_checkpoint(
-                    run_dir,
-                    step,
-                    lambda d: objective.save(model, model_state, d),
-                    state,
-                    keep_last=config.keep_last,
-                    best=is_best,
-                )
-            except OSError as exc:
-                raise TrainingError(
-                    f"could not write the checkpoint at step {step} ({exc}); the previous "
-                    f"checkpoint in {run_dir / 'checkpoints'} is intact"
-                ) from exc
-            if final or time.perf_counter() - last_plot[0] >= PLOT_EVERY:
-                plot_curves(run_dir)
-                last_plot[0] = time.perf_counter()
-            emit(CheckpointEvent(step, path, is_best))
-        saved_step = step
-        distributed.barrier(info)
+    saver = _Checkpoints(config, objective, optimizer, info, run_dir, emit, best_val)
+    saver.saved_step = step if resume_from is not None else -1
 
     emit(StartEvent(run_dir, step, config.max_steps))
     start, loss_value, val_loss, metrics = time.perf_counter(), math.nan, None, {}
     targets_done, stopped = 0, False
     while step < config.max_steps:
         if should_stop is not None and distributed.any_across_ranks(should_stop(), info, device):
-            if saved_step != step:
-                checkpoint(None, True)
+            if saver.saved_step != step:
+                saver.save(step, None, final=True)
             stopped = True
             break
         lr = config.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        items = objective.sampler.draw(rows * micro * world)
-        n_global = max(objective.count(items), 1)
-        total = 0.0
-        for k in range(micro):
-            first = (k * world + info.rank) * rows
-            batch = {
-                key: value.to(device, non_blocking=True)
-                for key, value in objective.collate(items[first : first + rows]).items()
-            }
-            with distributed.gradient_sync(trained, model, enabled=k == micro - 1):
-                with autocast:
-                    loss, n = objective.loss(trained, batch)
-                # DDP averages gradients over ranks; the factor `world` makes the sum the global mean.
-                weighted = loss.float() * (n / n_global)
-                scaler.scale(weighted * world).backward()
-            total += weighted.item()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = distributed.mean_across_ranks(total, info, device) * world
+        loss_value, n_global = _optimizer_step(objective, trained, optimizer, scaler, autocast, config, info, device)
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"the loss became {loss_value} at step {step + 1}; training stopped. The last good checkpoint "
@@ -293,14 +222,14 @@ def _fit(
             emit(EvalEvent(step, dict(metrics), sample))
         interval = config.save_interval or config.eval_interval
         if last or (interval > 0 and step % interval == 0):
-            checkpoint(val_loss if evaluate_now else None, last)
+            saver.save(step, val_loss if evaluate_now else None, final=last)
     seconds = time.perf_counter() - start
     result = TrainResult(
         run_dir,
         step,
         loss_value,
         val_loss,
-        best_val if math.isfinite(best_val) else None,
+        saver.best_val if math.isfinite(saver.best_val) else None,
         targets_done / max(seconds, 1e-9),
         seconds,
         info.is_main,
@@ -309,3 +238,112 @@ def _fit(
     )
     emit(DoneEvent(result))
     return result
+
+
+class _Checkpoints:
+    """Writes the run's training checkpoints (every rank takes part), keeps the best validation loss, redraws
+    curves.png at most every PLOT_EVERY seconds, and reports each checkpoint as an event."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer,
+        info: distributed.DistInfo,
+        run_dir: Path,
+        emit: Callable[[Event], None],
+        best_val: float,
+    ) -> None:
+        self.config, self.objective, self.optimizer, self.info = config, objective, optimizer, info
+        self.run_dir, self.emit, self.best_val = run_dir, emit, best_val
+        self.saved_step = -1  # the step the newest checkpoint holds
+        self.last_plot = -math.inf
+
+    def save(self, step: int, val_loss: float | None, *, final: bool) -> None:
+        is_best = val_loss is not None and val_loss < self.best_val
+        self.best_val = min(self.best_val, val_loss) if val_loss is not None else self.best_val
+        model = self.objective.model
+        model_state, optimizer_state = distributed.full_state(model, self.optimizer)  # every rank takes part
+        if self.info.is_main:
+            state = {
+                "step": step,
+                "optimizer": optimizer_state,
+                "sampler": self.objective.sampler.state(),
+                "rng": rng_state(),
+                "best_val_loss": self.best_val,
+                "data_fingerprint": self.objective.fingerprint,
+                "config": dataclasses.asdict(self.config),
+            }
+            try:
+                path = save_training_checkpoint(
+                    self.run_dir,
+                    step,
+                    lambda d: self.objective.save(model, model_state, d),
+                    state,
+                    keep_last=self.config.keep_last,
+                    best=is_best,
+                )
+            except OSError as exc:
+                raise TrainingError(
+                    f"could not write the checkpoint at step {step} ({exc}); the previous "
+                    f"checkpoint in {self.run_dir / 'checkpoints'} is intact"
+                ) from exc
+            if final or time.perf_counter() - self.last_plot >= PLOT_EVERY:
+                plot_curves(self.run_dir)
+                self.last_plot = time.perf_counter()
+            self.emit(CheckpointEvent(step, path, is_best))
+        self.saved_step = step
+        distributed.barrier(self.info)
+
+
+def _resume(
+    checkpoint_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer, run_dir: Path
+) -> tuple[int, float]:
+    """Restore the optimizer, sampler and RNG of a training checkpoint; return its step and best val loss."""
+    state = load_trainer_state(checkpoint_dir)
+    if state.get("data_fingerprint") != objective.fingerprint:
+        raise TrainingError(
+            f"{objective.data} is not the data {run_dir} was trained on (its contents or its tokenizer differ)"
+        )
+    distributed.load_optimizer_state(objective.model, optimizer, state["optimizer"])
+    objective.sampler.load_state(state["sampler"])
+    set_rng_state(state["rng"])
+    return state["step"], state["best_val_loss"]
+
+
+def _optimizer_step(
+    objective: Objective,
+    trained: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast: Any,
+    config: TrainConfig,
+    info: distributed.DistInfo,
+    device: torch.device,
+) -> tuple[float, int]:
+    """One optimizer step over grad_accum micro-batches on every rank; (the global mean loss, its targets)."""
+    rows, micro, world = config.batch_size, config.grad_accum, info.world_size
+    model = objective.model
+    items = objective.sampler.draw(rows * micro * world)
+    n_global = max(objective.count(items), 1)
+    total = 0.0
+    for k in range(micro):
+        first = (k * world + info.rank) * rows
+        batch = {
+            key: value.to(device, non_blocking=True)
+            for key, value in objective.collate(items[first : first + rows]).items()
+        }
+        with distributed.gradient_sync(trained, model, enabled=k == micro - 1):
+            with autocast:
+                loss, n = objective.loss(trained, batch)
+            # DDP averages gradients over ranks; the factor `world` makes the sum the global mean.
+            weighted = loss.float() * (n / n_global)
+            scaler.scale(weighted * world).backward()
+        total += weighted.item()
+    if config.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return distributed.mean_across_ranks(total, info, device) * world, n_global
