@@ -628,3 +628,20 @@ def test_finetune_prints_nothing_counts_bad_rows_and_takes_the_world_size_it_is_
     argv += ["--no-progress", "--device", "cpu"]
     assert main(argv) == 0
     assert "skipped 1 bad rows (see --on-error)" in capsys.readouterr().out
+
+
+def test_finetune_never_writes_into_its_base_model_or_over_a_run(tmp_path: Path):
+    from gptkit import ConfigError
+
+    train_file = str(write_sentiment(tmp_path / "train.tsv", 16, 0))
+    task = TaskConfig(task="classify", train_file=train_file, max_length=16, epochs=None)
+    base = small_train(tmp_path, "base", max_steps=2)
+    finetune(task, base)
+    weights = {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="already holds a run; pass --overwrite"):
+        finetune(task, base)
+    onto_base = base.replace(init_from="pretrained", model=base.out_dir, overwrite=True)
+    with pytest.raises(ConfigError, match="would write into the model the run reads"):
+        finetune(task, onto_base)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()} == weights
+    finetune(task, base.replace(overwrite=True))

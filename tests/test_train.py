@@ -345,3 +345,31 @@ def test_lora_settings_nested_or_flat(tmp_path: Path) -> None:
         TrainConfig(trainable="lora")
     with pytest.raises(ConfigError, match="TrainConfig.data: language modelling needs a data directory"):
         train(TrainConfig(out_dir=str(tmp_path / "nodata")))
+
+
+def test_a_used_out_dir_is_refused_unless_overwrite_or_resume(char_data: Path, tmp_path: Path) -> None:
+    from gptkit import ConfigError
+
+    run = tmp_path / "run"
+    short = dict(max_steps=4, eval_interval=2, sample_tokens=0)
+    train(_config(char_data, run, **short))
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=f"--out-dir {run} already holds a run; pass --overwrite"):
+        train(_config(char_data, run, **short, lr=1e-9))
+    assert (run / "metrics.jsonl").read_text() == before  # nothing touched
+    train(_config(char_data, run, overwrite=True, max_steps=2, eval_interval=1, sample_tokens=0))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 1, 2, 2]  # only the new run's records
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+    with pytest.raises(ConfigError, match="write into the model the run reads"):  # even with --overwrite
+        train(_config(char_data, run / "best", init_from="pretrained", model=str(run), overwrite=True))
+    with pytest.raises(ConfigError, match="write into the model the run reads"):
+        train(_config(char_data, run, init_from="pretrained", model=str(run), overwrite=True))
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty and holds no gptkit run"):
+        train(_config(char_data, other, overwrite=True))
+    assert (other / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="give one of them"):
+        _config(char_data, run, overwrite=True, init_from="resume")

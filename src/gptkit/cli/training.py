@@ -15,6 +15,7 @@ from gptkit.training.config import FLAT_LORA_KEYS, TrainConfig, fold_lora_keys  
 TRAIN_HELP = {
     "data": "data directory written by `gptkit prepare`",
     "out_dir": "run directory: checkpoints, metrics.jsonl, curves.png, the final model",
+    "overwrite": "out-dir holds an earlier run: remove its files and start afresh (without it: refused)",
     "init_from": "scratch (a preset), pretrained (fine-tune a checkpoint/hub model), or resume (out-dir)",
     "model": "scratch: GPTConfig preset (gpt2-tiny, gpt2, ...); pretrained: hub name or folder",
     "block_size": "tokens per training sequence",
@@ -91,7 +92,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
 def _quickstart(args: argparse.Namespace) -> int:
     from gptkit.training.quickstart import quickstart
 
-    result = quickstart(args.out_dir, max_steps=args.max_steps)
+    result = quickstart(args.out_dir, max_steps=args.max_steps, overwrite=args.overwrite)
     for i, sample in enumerate(result.samples):
         print(f"--- sample {i + 1} ---{sample}")
     print(
@@ -204,6 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out-dir", default="runs/shakespeare-char", help="run directory (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="shorter run for a quick look (default: 2000)")
+    p.add_argument("--overwrite", action="store_true", help="out-dir holds an earlier run: remove it, start afresh")
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser(

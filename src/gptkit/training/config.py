@@ -24,6 +24,7 @@ class TrainConfig:
 
     data: str | None = None  # language modelling: a directory written by `gptkit prepare` (fine-tuning: TaskConfig)
     out_dir: str = "runs/gptkit"
+    overwrite: bool = False  # out_dir holds an earlier run: remove its files and start afresh (else: refused)
     init_from: Literal["scratch", "pretrained", "resume"] = "scratch"
     model: str = "gpt2-tiny"  # scratch: a GPTConfig preset; pretrained: a hub name or checkpoint folder
     model_overrides: dict[str, Any] = field(default_factory=dict)  # scratch: GPTConfig fields
@@ -83,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr must be > 0 and min_lr >= 0, got {self.lr!r}, {self.min_lr!r}")
         if self.init_from not in ("scratch", "pretrained", "resume"):
             raise ConfigError(f"TrainConfig.init_from must be scratch, pretrained or resume, got {self.init_from!r}")
+        if self.overwrite and self.init_from == "resume":
+            raise ConfigError("--overwrite starts afresh and --init-from resume continues the run: give one of them")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
