@@ -645,3 +645,14 @@ def test_finetune_never_writes_into_its_base_model_or_over_a_run(tmp_path: Path)
         finetune(task, onto_base)
     assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()} == weights
     finetune(task, base.replace(overwrite=True))
+
+
+def test_epochs_and_max_steps_are_exclusive(tmp_path: Path, capsys):
+    from gptkit.cli import main
+
+    path = write_sentiment(tmp_path / "train.tsv", 16, 0)
+    argv = ["finetune", "classify", "--train", str(path), "--init-from", "scratch", "--model", "gpt2-tiny"]
+    argv += ["--max-length", "16", "--epochs", "1", "--max-steps", "20", "--out-dir", str(tmp_path / "cli")]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 2
+    assert "--epochs 1.0 and --max-steps 20 both set the run's length; give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
