@@ -373,3 +373,23 @@ def test_a_used_out_dir_is_refused_unless_overwrite_or_resume(char_data: Path, t
     assert (other / "notes.txt").read_text() == "keep me"
     with pytest.raises(ConfigError, match="give one of them"):
         _config(char_data, run, overwrite=True, init_from="resume")
+
+
+def test_resume_takes_the_runs_settings_and_refuses_other_ones(char_data: Path, tmp_path: Path, capsys) -> None:
+    from gptkit import ConfigError
+    from gptkit.cli import main
+
+    run = tmp_path / "run"
+    train(_config(char_data, run, max_steps=4, eval_interval=2, sample_tokens=0))
+    record = (run / "train_config.json").read_text()
+    with pytest.raises(ConfigError, match=r"--block-size 256 \(the run has 32\).* differ"):
+        train(TrainConfig(data=str(char_data), out_dir=str(run), init_from="resume", progress=False))
+    assert (run / "train_config.json").read_text() == record  # the record is kept
+    resume = ["train", "--init-from", "resume", "--out-dir", str(run), "--no-progress"]
+    assert main([*resume, "--block-size", "64", "--max-steps", "6"]) == 2
+    assert "--block-size 64 (the run has 32)" in capsys.readouterr().err
+    assert (run / "train_config.json").read_text() == record
+    assert main([*resume, "--max-steps", "6"]) == 0  # no --data, no --block-size: the run's own
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["max_steps"] == 6 and saved["block_size"] == 32 and saved["init_from"] == "resume"
+    assert "trained to step 6" in capsys.readouterr().out

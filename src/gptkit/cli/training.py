@@ -10,7 +10,12 @@ from typing import Any
 
 from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
 from gptkit.errors import GptkitError
-from gptkit.training.config import FLAT_LORA_KEYS, TrainConfig, fold_lora_keys  # no torch: fast `gptkit --help`
+from gptkit.training.config import (  # no torch: fast `gptkit --help`
+    FLAT_LORA_KEYS,
+    TrainConfig,
+    fold_lora_keys,
+    read_config_file,
+)
 
 TRAIN_HELP = {
     "data": "data directory written by `gptkit prepare`",
@@ -74,7 +79,11 @@ def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str]
 
 
 def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
-    """The TrainConfig of `gptkit train`/`finetune`: `defaults` < --config file < environment < flags."""
+    """The TrainConfig of `gptkit train`/`finetune`: `defaults` < --config file < environment < flags.
+
+    With --init-from resume it is the run's recorded TrainConfig, and the file and flags given may change only
+    what a resume may (TrainConfig.from_run); `defaults` give nothing but the run directory.
+    """
     fields = {f.name for f in dataclasses.fields(TrainConfig)} | set(FLAT_LORA_KEYS)
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     shape = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
@@ -85,8 +94,11 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
             given[name] = False
     given = fold_lora_keys(given)
     if args.config:
-        return TrainConfig.from_file(args.config, **{**(defaults or {}), **given})
-    return TrainConfig(**{**(defaults or {}), **given})
+        given = {**read_config_file(args.config), **given}
+    merged = {**(defaults or {}), **given}
+    if merged.get("init_from") == "resume":
+        return TrainConfig.from_run(merged.get("out_dir", TrainConfig.out_dir), **given)
+    return TrainConfig(**merged)
 
 
 def _quickstart(args: argparse.Namespace) -> int:

@@ -17,9 +17,9 @@ import torch
 from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import atomic_directory
 from gptkit.models.config import CONFIG_FILE
+from gptkit.training.config import RUN_CONFIG_FILE as TRAIN_CONFIG_FILE
 
 TRAINER_STATE = "trainer_state.pt"
-TRAIN_CONFIG_FILE = "train_config.json"  # the run's TrainConfig, at its root
 RUN_MARKERS = (TRAIN_CONFIG_FILE, "checkpoints")  # what makes a directory a run that --overwrite may clear
 
 

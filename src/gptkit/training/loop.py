@@ -39,7 +39,7 @@ from gptkit.training.checkpoints import (
     save_training_checkpoint,
     stale_run_files,
 )
-from gptkit.training.config import TrainConfig
+from gptkit.training.config import TrainConfig, check_resume_changes
 from gptkit.training.events import (
     CheckpointEvent,
     DoneEvent,
@@ -149,6 +149,11 @@ def _fit(
     resume_from = latest_training_checkpoint(run_dir) if config.init_from == "resume" else None
     if config.init_from == "resume" and resume_from is None:
         raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/step-* with a trainer state)")
+    if resume_from is not None and (run_dir / TRAIN_CONFIG_FILE).is_file():
+        # model_overrides are checked against the saved model itself, by the objective
+        wanted = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "model_overrides"}
+        check_resume_changes(TrainConfig.from_file(run_dir / TRAIN_CONFIG_FILE), wanted, run_dir)
+    distributed.barrier(info)  # every rank has looked at run_dir before the main one writes there
     if config.dtype == "float16" and device.type != "cuda":
         raise ConfigError("float16 training needs a GPU (loss scaling); use --dtype bfloat16 on CPU")
     objective = build(config, device, resume_from)
