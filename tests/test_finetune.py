@@ -656,3 +656,21 @@ def test_epochs_and_max_steps_are_exclusive(tmp_path: Path, capsys):
     assert main([*argv, "--no-progress", "--device", "cpu"]) == 2
     assert "--epochs 1.0 and --max-steps 20 both set the run's length; give one of them" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_cli_resume_takes_the_runs_settings_and_compares_only_the_data(tmp_path: Path, capsys):
+    from gptkit.cli import main
+
+    path = write_sentiment(tmp_path / "train.tsv", 40, 0)
+    dev = write_sentiment(tmp_path / "dev.tsv", 8, 1)
+    files = ["finetune", "classify", "--train", str(path), "--eval", str(dev), "--out-dir", str(tmp_path / "run")]
+    first = ["--init-from", "scratch", "--model", "gpt2-tiny", "--max-length", "16", "--max-steps", "2"]
+    assert main([*files, *first, "--no-progress", "--device", "cpu"]) == 0
+    resume = [*files, "--init-from", "resume", "--no-progress"]
+    assert main([*resume, "--max-steps", "4"]) == 0, capsys.readouterr().err  # no --model, no --max-length
+    assert "fine-tuned classify for 4 steps" in capsys.readouterr().out
+    assert main([*resume, "--max-steps", "5", "--max-length", "32"]) == 2
+    assert "--max-length 32 (the run has 16)" in capsys.readouterr().err
+    dev.write_text(dev.read_text() + "good good good good\t1\n")
+    assert main([*resume, "--max-steps", "5"]) == 2
+    assert "is not the data" in capsys.readouterr().err

@@ -42,11 +42,16 @@ def _finetune(args: argparse.Namespace) -> int:
         raise GptkitError(
             f"--epochs {args.epochs} and --max-steps {args.max_steps} both set the run's length; give one of them"
         )
-    task = TaskConfig(**{k: v for k, v in vars(args).items() if k in task_fields and v is not None})
-    if args.max_steps is not None and args.epochs is None:
-        task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
+    given = {k: v for k, v in vars(args).items() if k in task_fields and v is not None}
     defaults = {"init_from": "pretrained", "out_dir": f"runs/{args.task}", "sample_tokens": 0}
     train = train_config(args, defaults)
+    if train.init_from == "resume":  # the run's task settings, with the files (and length) given
+        from gptkit.tasks.finetune import saved_task
+
+        given = {**saved_task(Path(train.out_dir)), **given}
+    task = TaskConfig(**given)
+    if args.max_steps is not None and args.epochs is None:
+        task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
     result = finetune(task, train, on_event=ProgressBar() if train.progress else None)
     if not result.train.is_main:
         return 0
