@@ -628,3 +628,49 @@ def test_finetune_prints_nothing_counts_bad_rows_and_takes_the_world_size_it_is_
     argv += ["--no-progress", "--device", "cpu"]
     assert main(argv) == 0
     assert "skipped 1 bad rows (see --on-error)" in capsys.readouterr().out
+
+
+def test_finetune_never_writes_into_its_base_model_or_over_a_run(tmp_path: Path):
+    from gptkit import ConfigError
+
+    train_file = str(write_sentiment(tmp_path / "train.tsv", 16, 0))
+    task = TaskConfig(task="classify", train_file=train_file, max_length=16, epochs=None)
+    base = small_train(tmp_path, "base", max_steps=2)
+    finetune(task, base)
+    weights = {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="already holds a run; pass --overwrite"):
+        finetune(task, base)
+    onto_base = base.replace(init_from="pretrained", model=base.out_dir, overwrite=True)
+    with pytest.raises(ConfigError, match="would write into the model the run reads"):
+        finetune(task, onto_base)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()} == weights
+    finetune(task, base.replace(overwrite=True))
+
+
+def test_epochs_and_max_steps_are_exclusive(tmp_path: Path, capsys):
+    from gptkit.cli import main
+
+    path = write_sentiment(tmp_path / "train.tsv", 16, 0)
+    argv = ["finetune", "classify", "--train", str(path), "--init-from", "scratch", "--model", "gpt2-tiny"]
+    argv += ["--max-length", "16", "--epochs", "1", "--max-steps", "20", "--out-dir", str(tmp_path / "cli")]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 2
+    assert "--epochs 1.0 and --max-steps 20 both set the run's length; give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
+
+
+def test_cli_resume_takes_the_runs_settings_and_compares_only_the_data(tmp_path: Path, capsys):
+    from gptkit.cli import main
+
+    path = write_sentiment(tmp_path / "train.tsv", 40, 0)
+    dev = write_sentiment(tmp_path / "dev.tsv", 8, 1)
+    files = ["finetune", "classify", "--train", str(path), "--eval", str(dev), "--out-dir", str(tmp_path / "run")]
+    first = ["--init-from", "scratch", "--model", "gpt2-tiny", "--max-length", "16", "--max-steps", "2"]
+    assert main([*files, *first, "--no-progress", "--device", "cpu"]) == 0
+    resume = [*files, "--init-from", "resume", "--no-progress"]
+    assert main([*resume, "--max-steps", "4"]) == 0, capsys.readouterr().err  # no --model, no --max-length
+    assert "fine-tuned classify for 4 steps" in capsys.readouterr().out
+    assert main([*resume, "--max-steps", "5", "--max-length", "32"]) == 2
+    assert "--max-length 32 (the run has 16)" in capsys.readouterr().err
+    dev.write_text(dev.read_text() + "good good good good\t1\n")
+    assert main([*resume, "--max-steps", "5"]) == 2
+    assert "is not the data" in capsys.readouterr().err

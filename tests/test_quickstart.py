@@ -19,3 +19,14 @@ def test_quickstart_prepares_trains_saves_and_samples(tmp_path: Path) -> None:
     assert set("".join(result.samples)) <= set(data.tokenizer.decode(list(range(65))))
     assert GPT.from_pretrained(result.run_dir).config.n_embd == 128
     assert (result.run_dir / "curves.png").is_file() and (result.run_dir / "metrics.jsonl").is_file()
+
+
+def test_quickstart_refuses_a_used_out_dir_before_preparing(tmp_path: Path) -> None:
+    import pytest
+
+    from gptkit import ConfigError
+
+    (tmp_path / "qs" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already holds a run; pass --overwrite"):
+        quickstart(tmp_path / "qs", max_steps=1, progress=False)
+    assert not (tmp_path / "qs" / "data").exists()

@@ -345,3 +345,51 @@ def test_lora_settings_nested_or_flat(tmp_path: Path) -> None:
         TrainConfig(trainable="lora")
     with pytest.raises(ConfigError, match="TrainConfig.data: language modelling needs a data directory"):
         train(TrainConfig(out_dir=str(tmp_path / "nodata")))
+
+
+def test_a_used_out_dir_is_refused_unless_overwrite_or_resume(char_data: Path, tmp_path: Path) -> None:
+    from gptkit import ConfigError
+
+    run = tmp_path / "run"
+    short = dict(max_steps=4, eval_interval=2, sample_tokens=0)
+    train(_config(char_data, run, **short))
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=f"--out-dir {run} already holds a run; pass --overwrite"):
+        train(_config(char_data, run, **short, lr=1e-9))
+    assert (run / "metrics.jsonl").read_text() == before  # nothing touched
+    train(_config(char_data, run, overwrite=True, max_steps=2, eval_interval=1, sample_tokens=0))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 1, 2, 2]  # only the new run's records
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+    with pytest.raises(ConfigError, match="write into the model the run reads"):  # even with --overwrite
+        train(_config(char_data, run / "best", init_from="pretrained", model=str(run), overwrite=True))
+    with pytest.raises(ConfigError, match="write into the model the run reads"):
+        train(_config(char_data, run, init_from="pretrained", model=str(run), overwrite=True))
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty and holds no gptkit run"):
+        train(_config(char_data, other, overwrite=True))
+    assert (other / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="give one of them"):
+        _config(char_data, run, overwrite=True, init_from="resume")
+
+
+def test_resume_takes_the_runs_settings_and_refuses_other_ones(char_data: Path, tmp_path: Path, capsys) -> None:
+    from gptkit import ConfigError
+    from gptkit.cli import main
+
+    run = tmp_path / "run"
+    train(_config(char_data, run, max_steps=4, eval_interval=2, sample_tokens=0))
+    record = (run / "train_config.json").read_text()
+    with pytest.raises(ConfigError, match=r"--block-size 256 \(the run has 32\).* differ"):
+        train(TrainConfig(data=str(char_data), out_dir=str(run), init_from="resume", progress=False))
+    assert (run / "train_config.json").read_text() == record  # the record is kept
+    resume = ["train", "--init-from", "resume", "--out-dir", str(run), "--no-progress"]
+    assert main([*resume, "--block-size", "64", "--max-steps", "6"]) == 2
+    assert "--block-size 64 (the run has 32)" in capsys.readouterr().err
+    assert (run / "train_config.json").read_text() == record
+    assert main([*resume, "--max-steps", "6"]) == 0  # no --data, no --block-size: the run's own
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["max_steps"] == 6 and saved["block_size"] == 32 and saved["init_from"] == "resume"
+    assert "trained to step 6" in capsys.readouterr().out

@@ -24,7 +24,7 @@ _TASK_HELP = {
     "tag_column": "tag: CoNLL column of the IOB tag (-1 = last)",
     "max_length": "tokens per example; longer ones are cut (QA contexts are windowed)",
     "stride": "qa: tokens shared by consecutive windows of a long context",
-    "epochs": "passes over the training examples (sets --max-steps)",
+    "epochs": "passes over the training examples; or give --max-steps instead (the two are exclusive)",
     "aux_lm_weight": "add this weight x language-modelling loss (GPT-1 used 0.5)",
     "pack": "instruct: pack examples into full blocks instead of padding each",
     "group_by_length": "draw batches of similar length from groups of 50 batches (less padding)",
@@ -38,11 +38,20 @@ def _finetune(args: argparse.Namespace) -> int:
     from gptkit.training.progress import ProgressBar
 
     task_fields = {f.name for f in dataclasses.fields(TaskConfig)}
-    task = TaskConfig(**{k: v for k, v in vars(args).items() if k in task_fields and v is not None})
-    if args.max_steps is not None and args.epochs is None:
-        task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
+    if args.epochs is not None and args.max_steps is not None:
+        raise GptkitError(
+            f"--epochs {args.epochs} and --max-steps {args.max_steps} both set the run's length; give one of them"
+        )
+    given = {k: v for k, v in vars(args).items() if k in task_fields and v is not None}
     defaults = {"init_from": "pretrained", "out_dir": f"runs/{args.task}", "sample_tokens": 0}
     train = train_config(args, defaults)
+    if train.init_from == "resume":  # the run's task settings, with the files (and length) given
+        from gptkit.tasks.finetune import saved_task
+
+        given = {**saved_task(Path(train.out_dir)), **given}
+    task = TaskConfig(**given)
+    if args.max_steps is not None and args.epochs is None:
+        task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
     result = finetune(task, train, on_event=ProgressBar() if train.progress else None)
     if not result.train.is_main:
         return 0
@@ -141,6 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     defaults = {
         "init_from": "pretrained (default here), scratch (a preset) or resume (out-dir)",
         "out_dir": "run directory (default here: runs/TASK)",
+        "max_steps": "optimizer steps instead of --epochs (the two are exclusive)",
     }
     add_train_flags(group, {**TRAIN_HELP, **defaults}, skip={"data", "sample_prompt", "eval_batches", "block_size"})
     p.set_defaults(func=_finetune)

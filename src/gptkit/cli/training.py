@@ -10,11 +10,17 @@ from typing import Any
 
 from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
 from gptkit.errors import GptkitError
-from gptkit.training.config import FLAT_LORA_KEYS, TrainConfig, fold_lora_keys  # no torch: fast `gptkit --help`
+from gptkit.training.config import (  # no torch: fast `gptkit --help`
+    FLAT_LORA_KEYS,
+    TrainConfig,
+    fold_lora_keys,
+    read_config_file,
+)
 
 TRAIN_HELP = {
     "data": "data directory written by `gptkit prepare`",
     "out_dir": "run directory: checkpoints, metrics.jsonl, curves.png, the final model",
+    "overwrite": "out-dir holds an earlier run: remove its files and start afresh (without it: refused)",
     "init_from": "scratch (a preset), pretrained (fine-tune a checkpoint/hub model), or resume (out-dir)",
     "model": "scratch: GPTConfig preset (gpt2-tiny, gpt2, ...); pretrained: hub name or folder",
     "block_size": "tokens per training sequence",
@@ -73,7 +79,11 @@ def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str]
 
 
 def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
-    """The TrainConfig of `gptkit train`/`finetune`: `defaults` < --config file < environment < flags."""
+    """The TrainConfig of `gptkit train`/`finetune`: `defaults` < --config file < environment < flags.
+
+    With --init-from resume it is the run's recorded TrainConfig, and the file and flags given may change only
+    what a resume may (TrainConfig.from_run); `defaults` give nothing but the run directory.
+    """
     fields = {f.name for f in dataclasses.fields(TrainConfig)} | set(FLAT_LORA_KEYS)
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     shape = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
@@ -84,14 +94,17 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
             given[name] = False
     given = fold_lora_keys(given)
     if args.config:
-        return TrainConfig.from_file(args.config, **{**(defaults or {}), **given})
-    return TrainConfig(**{**(defaults or {}), **given})
+        given = {**read_config_file(args.config), **given}
+    merged = {**(defaults or {}), **given}
+    if merged.get("init_from") == "resume":
+        return TrainConfig.from_run(merged.get("out_dir", TrainConfig.out_dir), **given)
+    return TrainConfig(**merged)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from gptkit.training.quickstart import quickstart
 
-    result = quickstart(args.out_dir, max_steps=args.max_steps)
+    result = quickstart(args.out_dir, max_steps=args.max_steps, overwrite=args.overwrite)
     for i, sample in enumerate(result.samples):
         print(f"--- sample {i + 1} ---{sample}")
     print(
@@ -204,6 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out-dir", default="runs/shakespeare-char", help="run directory (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="shorter run for a quick look (default: 2000)")
+    p.add_argument("--overwrite", action="store_true", help="out-dir holds an earlier run: remove it, start afresh")
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser(

@@ -31,6 +31,7 @@ from gptkit.tasks.heads import TaskModel, load_task_model, save_task_model
 from gptkit.tasks.recipes import Recipe, Row
 from gptkit.tasks.registry import TASK_TYPES, TaskSpec
 from gptkit.training.config import TrainConfig
+from gptkit.training.data import tokenizer_fingerprint
 from gptkit.training.distributed import DistInfo
 from gptkit.training.evaluate import eval_mode
 from gptkit.training.events import OnEvent, ShouldStop, TrainResult
@@ -145,6 +146,7 @@ def base_model(train: TrainConfig, max_length: int) -> tuple[GPT, Any]:
 
 
 def file_fingerprint(*paths: str | None, settings: dict[str, Any]) -> str:
+    """sha256 of `settings` and the files' bytes (the run's data: its files and tokenizer, never its options)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in paths:
         if path is not None:
@@ -250,6 +252,37 @@ def run_tokenizer(train: TrainConfig) -> Any:
     return _tokenizer_for(GPTConfig.from_name(train.model).family)
 
 
+TASK_RESUMABLE = frozenset({"train_file", "eval_file", "epochs", "on_error"})  # the files are fingerprinted
+
+
+def saved_task(run_dir: Path) -> dict[str, Any]:
+    """The TaskConfig fields a fine-tuning run recorded in its task.json."""
+    path = run_dir / TASK_FILE
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["task"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read the run's task settings ({exc}); is this a `gptkit finetune` run?"
+        ) from exc
+
+
+def check_task_resume(task: TaskConfig, run_dir: Path) -> None:
+    """Refuse a resume whose task settings differ from the run's (other than its files and length), naming both."""
+    if not (run_dir / TASK_FILE).is_file():
+        return
+    saved = saved_task(run_dir)
+    clash = [
+        f"--{k.replace('_', '-')} {getattr(task, k)!r} (the run has {v!r})"
+        for k, v in saved.items()
+        if k not in TASK_RESUMABLE and hasattr(task, k) and getattr(task, k) != v
+    ]
+    if clash:
+        raise ConfigError(
+            f"{run_dir}: a resumed run keeps its task settings, but " + ", ".join(clash) + " differ; drop them to "
+            "continue the run, or start a new one (another --out-dir, or --overwrite)"
+        )
+
+
 def finetune(
     task: TaskConfig,
     train: TrainConfig,
@@ -274,6 +307,8 @@ def finetune(
             "--trainable head: instruction tuning trains the language model, which has no "
             "separate head; use --lora-r N, --trainable last:N or all"
         )
+    if train.init_from == "resume":
+        check_task_resume(task, Path(train.out_dir))
     train_examples, eval_examples, labels, skipped = _read_sets(task, recipe, train.seed)
     tokenizer = run_tokenizer(train)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -327,7 +362,7 @@ def finetune(
             evaluate=evaluate,
             save=lambda module, state, directory: _save(model, tokenizer, task, config, recipe, labels, directory),
             fingerprint=file_fingerprint(
-                task.train_file, task.eval_file, settings={"task": asdict(task), "model": config.model}
+                task.train_file, task.eval_file, settings={"tokenizer": tokenizer_fingerprint(tokenizer)}
             ),
             data=task.train_file,
         )

@@ -14,11 +14,57 @@ from typing import Any
 
 import torch
 
-from gptkit.errors import CheckpointError
+from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import atomic_directory
 from gptkit.models.config import CONFIG_FILE
+from gptkit.training.config import RUN_CONFIG_FILE as TRAIN_CONFIG_FILE
 
 TRAINER_STATE = "trainer_state.pt"
+RUN_MARKERS = (TRAIN_CONFIG_FILE, "checkpoints")  # what makes a directory a run that --overwrite may clear
+
+
+def stale_run_files(
+    run_dir: Path, *, overwrite: bool, resume: bool, reads: tuple[Path, ...] = (), inputs: tuple[Path, ...] = ()
+) -> list[Path]:
+    """Check that a run may write into run_dir; return the old run's entries to remove first (with overwrite).
+
+    A run never writes into a model it reads (`reads`, or the directory holding one), not even with
+    overwrite. A resume continues the run there; otherwise the directory must be new or empty, or hold an
+    earlier gptkit run and `overwrite` be set. `inputs` inside run_dir (quickstart's data/) are neither
+    counted nor removed. Nothing is written or removed here.
+    """
+    here = run_dir.resolve()
+    for source in reads:
+        there = source.resolve()
+        if here == there or here in there.parents or there in here.parents:
+            raise ConfigError(
+                f"--out-dir {run_dir} would write into the model the run reads ({source}); choose another --out-dir"
+            )
+    if resume or not run_dir.is_dir():
+        return []
+    kept = {p.resolve() for p in inputs}
+    entries = sorted(p for p in run_dir.iterdir() if p.resolve() not in kept)
+    if not entries:
+        return []
+    if not any((run_dir / name).exists() for name in RUN_MARKERS):
+        raise ConfigError(
+            f"--out-dir {run_dir} is not empty and holds no gptkit run ({entries[0].name}, ...); "
+            "choose a new or empty --out-dir"
+        )
+    if not overwrite:
+        raise ConfigError(
+            f"--out-dir {run_dir} already holds a run; pass --overwrite to start afresh (its checkpoints, best/, "
+            "metrics.jsonl and curves.png are removed) or --init-from resume to continue it"
+        )
+    return entries
+
+
+def remove_paths(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def save_training_checkpoint(

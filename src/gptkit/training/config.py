@@ -13,6 +13,37 @@ from gptkit.errors import ConfigError
 from gptkit.models.config import LoRAConfig
 
 FLAT_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")  # the CLI's flags, older config files
+RUN_CONFIG_FILE = "train_config.json"  # a run directory's record of its TrainConfig
+# What a resumed run may change: its length, learning-rate schedule and clipping (applied at each step) and its
+# bookkeeping. The rest fixes the model, its batches or its optimizer state (AdamW's betas, eps and weight decay
+# come back with that state), so a resume that asks for other values is refused rather than half-applied.
+RESUMABLE = frozenset(
+    {
+        "data",  # may have moved; its contents are checked against the run's fingerprint
+        "out_dir",
+        "init_from",
+        "overwrite",
+        "max_steps",
+        "lr",
+        "min_lr",
+        "warmup_steps",
+        "schedule",
+        "decay_steps",
+        "grad_clip",
+        "compile",
+        "device",
+        "eval_interval",
+        "eval_batches",
+        "log_interval",
+        "sample_tokens",
+        "sample_prompt",
+        "save_interval",
+        "keep_last",
+        "progress",
+        "onednn",
+        "keep_freed_memory",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +55,7 @@ class TrainConfig:
 
     data: str | None = None  # language modelling: a directory written by `gptkit prepare` (fine-tuning: TaskConfig)
     out_dir: str = "runs/gptkit"
+    overwrite: bool = False  # out_dir holds an earlier run: remove its files and start afresh (else: refused)
     init_from: Literal["scratch", "pretrained", "resume"] = "scratch"
     model: str = "gpt2-tiny"  # scratch: a GPTConfig preset; pretrained: a hub name or checkpoint folder
     model_overrides: dict[str, Any] = field(default_factory=dict)  # scratch: GPTConfig fields
@@ -83,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr must be > 0 and min_lr >= 0, got {self.lr!r}, {self.min_lr!r}")
         if self.init_from not in ("scratch", "pretrained", "resume"):
             raise ConfigError(f"TrainConfig.init_from must be scratch, pretrained or resume, got {self.init_from!r}")
+        if self.overwrite and self.init_from == "resume":
+            raise ConfigError("--overwrite starts afresh and --init-from resume continues the run: give one of them")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -113,34 +147,67 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def from_run(cls, run_dir: str | Path, **changes: Any) -> TrainConfig:
+        """The settings to resume the run in run_dir: its recorded TrainConfig with `changes` (RESUMABLE fields only;
+        a different value of any other field is refused, naming both values)."""
+        path = Path(run_dir) / RUN_CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no {RUN_CONFIG_FILE}); start it with --init-from scratch")
+        saved = cls.from_file(path)
+        check_resume_changes(saved, changes, run_dir)
+        return saved.replace(**{**changes, "init_from": "resume", "overwrite": False})
+
+    @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a JSON or YAML file of TrainConfig fields; keyword overrides win (the CLI's flags).
 
         LoRA is `lora: {r: 8, alpha: 16, ...}` (LoRAConfig's fields), or the older flat keys (see `fold_lora_keys`).
         """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: no such training config file") from exc
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
+        return cls(**{**read_config_file(path), **overrides})
 
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except ImportError as exc:
-            raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON") from exc
-        except Exception as exc:  # json.JSONDecodeError / yaml.YAMLError both carry the position
-            raise ConfigError(f"{path}: cannot parse ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
-        known = {f.name for f in dataclasses.fields(cls)} | set(FLAT_LORA_KEYS)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}")
-        return cls(**{**fold_lora_keys(data), **overrides})
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields of a JSON or YAML file, with the flat LoRA keys folded (see `TrainConfig.from_file`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such training config file") from exc
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ImportError as exc:
+        raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON") from exc
+    except Exception as exc:  # json.JSONDecodeError / yaml.YAMLError both carry the position
+        raise ConfigError(f"{path}: cannot parse ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(FLAT_LORA_KEYS)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}")
+    return fold_lora_keys(data)
+
+
+def check_resume_changes(saved: TrainConfig, wanted: dict[str, Any], run_dir: str | Path) -> None:
+    """Refuse values in `wanted` that differ from the run's `saved` settings in fields a resume may not change."""
+    if isinstance(wanted.get("lora"), dict):
+        wanted = {**wanted, "lora": LoRAConfig(**wanted["lora"])}
+    clash = [
+        f"--{k.replace('_', '-')} {v!r} (the run has {getattr(saved, k)!r})"
+        for k, v in wanted.items()
+        if k not in RESUMABLE and v != getattr(saved, k)
+    ]
+    if clash:
+        raise ConfigError(
+            f"{run_dir}: a resumed run keeps its settings, but "
+            + ", ".join(clash)
+            + " differ; drop them to continue the run, or start a new one (another --out-dir, or --overwrite)"
+        )
 
 
 def fold_lora_keys(values: dict[str, Any]) -> dict[str, Any]:

@@ -31,8 +31,15 @@ from gptkit.errors import ConfigError, GptkitError
 from gptkit.io import atomic_write_text
 from gptkit.models import kernels
 from gptkit.training import distributed
-from gptkit.training.checkpoints import latest_training_checkpoint, load_trainer_state, save_training_checkpoint
-from gptkit.training.config import TrainConfig
+from gptkit.training.checkpoints import (
+    TRAIN_CONFIG_FILE,
+    latest_training_checkpoint,
+    load_trainer_state,
+    remove_paths,
+    save_training_checkpoint,
+    stale_run_files,
+)
+from gptkit.training.config import TrainConfig, check_resume_changes
 from gptkit.training.events import (
     CheckpointEvent,
     DoneEvent,
@@ -48,7 +55,6 @@ from gptkit.training.optim import make_adamw
 from gptkit.training.runlog import append_metrics, plot_curves, truncate_metrics
 from gptkit.training.scopes import flushing_denormals, private_rng, rng_state, set_rng_state
 
-TRAIN_CONFIG_FILE = "train_config.json"
 PLOT_EVERY = 30.0  # seconds between redraws of curves.png (~0.4 s each on a CPU); always drawn at the end
 Batch = dict[str, Tensor]
 
@@ -133,9 +139,21 @@ def _fit(
     should_stop: ShouldStop | None,
 ) -> TrainResult:
     run_dir = Path(config.out_dir)
+    stale = stale_run_files(
+        run_dir,
+        overwrite=config.overwrite,
+        resume=config.init_from == "resume",
+        reads=_model_sources(config),
+        inputs=(Path(config.data),) if config.data else (),
+    )
     resume_from = latest_training_checkpoint(run_dir) if config.init_from == "resume" else None
     if config.init_from == "resume" and resume_from is None:
         raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/step-* with a trainer state)")
+    if resume_from is not None and (run_dir / TRAIN_CONFIG_FILE).is_file():
+        # model_overrides are checked against the saved model itself, by the objective
+        wanted = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "model_overrides"}
+        check_resume_changes(TrainConfig.from_file(run_dir / TRAIN_CONFIG_FILE), wanted, run_dir)
+    distributed.barrier(info)  # every rank has looked at run_dir before the main one writes there
     if config.dtype == "float16" and device.type != "cuda":
         raise ConfigError("float16 training needs a GPU (loss scaling); use --dtype bfloat16 on CPU")
     objective = build(config, device, resume_from)
@@ -155,6 +173,7 @@ def _fit(
     )
     step, best_val = _resume(resume_from, objective, optimizer, run_dir) if resume_from is not None else (0, math.inf)
     if info.is_main:
+        remove_paths(stale)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / TRAIN_CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         if resume_from is not None:
@@ -238,6 +257,12 @@ def _fit(
     )
     emit(DoneEvent(result))
     return result
+
+
+def _model_sources(config: TrainConfig) -> tuple[Path, ...]:
+    """The model directory a run reads (a pretrained checkpoint folder), which it must never write into."""
+    source = Path(config.model)
+    return (source,) if config.init_from == "pretrained" and source.is_dir() else ()
 
 
 class _Checkpoints:

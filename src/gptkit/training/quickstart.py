@@ -61,14 +61,21 @@ def quickstart(
     max_steps: int | None = None,
     progress: bool = True,
     n_samples: int = 2,
+    overwrite: bool = False,
 ) -> QuickstartResult:
-    """Prepare the shipped corpus (character-level, 90/10 split), train the recipe, save, and sample."""
+    """Prepare the shipped corpus (character-level, 90/10 split), train the recipe, save, and sample.
+
+    An out_dir that holds an earlier run is refused before anything is prepared, unless `overwrite` (start
+    afresh, as `TrainConfig.overwrite`); out_dir/data is the run's input and is rebuilt either way.
+    """
     from gptkit.generation.generate import generate
     from gptkit.generation.sampling import SamplingParams
+    from gptkit.training.checkpoints import stale_run_files
     from gptkit.training.data import PrepareConfig, prepare
 
     run_dir = Path(out_dir)
     data_dir = run_dir / "data"
+    stale_run_files(run_dir, overwrite=overwrite, resume=False, inputs=(data_dir,))  # refuse before preparing
     prepare(
         PrepareConfig(inputs=(str(shakespeare_path()),), out_dir=str(data_dir), tokenizer="char", val_fraction=0.1),
         progress=progress,
@@ -79,7 +86,12 @@ def quickstart(
         else {"max_steps": max_steps, "decay_steps": max_steps, "eval_interval": max(1, max_steps // 4)}
     )
     config = TrainConfig(
-        data=str(data_dir), out_dir=str(run_dir), progress=progress, dtype=quick_dtype(), **{**RECIPE, **overrides}
+        data=str(data_dir),
+        out_dir=str(run_dir),
+        overwrite=overwrite,
+        progress=progress,
+        dtype=quick_dtype(),
+        **{**RECIPE, **overrides},
     )
     from gptkit.training.progress import ProgressBar
 
