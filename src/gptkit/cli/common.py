@@ -13,13 +13,38 @@ from gptkit.errors import GptkitError
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def resolve_device(name: str) -> str:
-    """`auto` -> cuda when available, else cpu; any other name is passed through."""
-    if name != "auto":
-        return name
+def resolve_device(name: str, flag: str = "--device") -> str:
+    """`auto` -> cuda when available, else cpu; any other name is checked: torch must know it and have it here."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GptkitError(f"{flag} {name}: not a device name; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        built = "without CUDA" if torch.version.cuda is None else "with CUDA, but sees no GPU"
+        raise GptkitError(f"{flag} {name}: this torch {torch.__version__} is built {built}; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GptkitError(f"{flag} {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GptkitError(f"{flag} {name}: MPS is not available here; use --device cpu")
+    return name
+
+
+def read_input(path: str, flag: str) -> str:
+    """The text of the file `flag` names ('-' = stdin), or an error naming the flag and the file."""
+    import sys
+
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
+        raise GptkitError(f"cannot read {flag} {path}: {reason}") from exc
 
 
 def load_for_inference(args: argparse.Namespace) -> Any:

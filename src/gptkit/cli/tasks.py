@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
+from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, read_input, resolve_device
 from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
@@ -43,6 +43,7 @@ def _finetune(args: argparse.Namespace) -> int:
         task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
     defaults = {"init_from": "pretrained", "out_dir": f"runs/{args.task}", "sample_tokens": 0}
     train = train_config(args, defaults)
+    resolve_device(train.device)  # an unknown or absent device: a one-line error now, not a traceback later
     result = finetune(task, train, on_event=ProgressBar() if train.progress else None)
     if not result.train.is_main:
         return 0
@@ -87,8 +88,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     texts = list(args.text)
     if args.file:
-        with open(args.file if args.file != "-" else "/dev/stdin", encoding="utf-8") as fh:
-            texts += [line.rstrip("\n") for line in fh if line.strip()]
+        texts += [line for line in read_input(args.file, "--file").split("\n") if line.strip()]
     if not texts:
         raise GptkitError("no texts: give TEXT arguments or --file FILE (one text per line, '-' = stdin)")
     bundle = load_for_inference(args)

@@ -128,6 +128,7 @@ def _train(args: argparse.Namespace) -> int:
     config = train_config(args)
     if config.data is None:
         raise GptkitError("--data is required (or a --config file that names it)")
+    resolve_device(config.device)  # an unknown or absent device is a one-line error here, not a traceback later
     result = train(config, on_event=ProgressBar() if config.progress else None)
     if not result.is_main:
         return 0
