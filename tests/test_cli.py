@@ -149,3 +149,18 @@ def test_messages_name_flags_not_python_parameters(tiny_dir: Path, capsys) -> No
     assert cli(["generate", "--model", str(tiny_dir), "--max-new-tokens", "100000", "x"]) == 2
     err = capsys.readouterr().err
     assert "--truncate" in err and "--max-new-tokens" in err
+
+
+def test_flags_that_were_silently_accepted_are_errors(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli(["train", "--data", "d", "--bias", "maybe"])
+    assert exit_.value.code == 2
+    assert "argument --bias: expected true or false (also yes/no, 1/0), got 'maybe'" in capsys.readouterr().err
+    assert cli(["generate", "--model", str(tiny_dir), "--logprobs", "2", "x"]) == 2
+    assert "--logprobs N needs --json" in capsys.readouterr().err
+    assert cli(["merge-lora", str(tiny_dir), str(tmp_path / "merged")]) == 2
+    assert "has no LoRA adapter to merge" in capsys.readouterr().err and not (tmp_path / "merged").exists()
+    config = tmp_path / "c.yaml"
+    config.write_text("n_layer: 2\ndata: d\n")
+    assert cli(["train", "--config", str(config)]) == 2
+    assert "model fields go under model_overrides, e.g. model_overrides: {n_layer: ...}" in capsys.readouterr().err

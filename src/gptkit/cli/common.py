@@ -91,10 +91,21 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[
             parser.add_argument(flag, action="append", type=item, default=None, help=text + "; repeatable")
         elif bool in options:  # bool | Literal[...]: true, false or one of the literals
             words = {"true": True, "false": False} | {w: w for o in options for w in typing.get_args(o)}
-            parser.add_argument(flag, type=words.__getitem__, default=None, help=text + f" ({', '.join(words)})")
+            parser.add_argument(flag, type=_one_of(words), default=None, help=text + f" ({', '.join(words)})")
         else:
             kind = next((a for a in args if a in (int, float, str)), hint if hint in (int, float, str) else str)
             parser.add_argument(flag, type=kind, default=None, help=text)
+
+
+def _one_of(words: dict[str, Any]) -> Any:
+    """An argparse `type` mapping each of `words` to its value; anything else is an error that lists them."""
+
+    def parse(value: str) -> Any:
+        if value not in words:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(words)}, got {value!r}")
+        return words[value]
+
+    return parse
 
 
 def dataclass_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

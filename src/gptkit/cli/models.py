@@ -98,8 +98,8 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     given = dataclass_values(args, SamplingParams)
-    if not args.json:
-        given.pop("logprobs", None)
+    if not args.json and given.get("logprobs") is not None:
+        raise GptkitError("--logprobs N needs --json: the alternatives are printed only in the JSON lines")
     return SamplingParams(**given)
 
 

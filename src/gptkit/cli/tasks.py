@@ -76,10 +76,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
+    from gptkit.models.lora import LoRALinear
     from gptkit.tasks.bundle import load
     from gptkit.tasks.predict import save_merged
 
-    print(f"merged model written to {save_merged(load(args.run), args.out)}")
+    bundle = load(args.run, merge_lora=False)
+    if not any(isinstance(m, LoRALinear) for m in bundle.model.modules()):
+        raise GptkitError(
+            f"{args.run} has no LoRA adapter to merge (no adapter_config.json): it is already a plain model; "
+            "adapters come from `gptkit finetune --lora-r N`"
+        )
+    print(f"merged model written to {save_merged(bundle, args.out)}")
     return 0
 
 

@@ -53,8 +53,11 @@ ENV_DEFAULTS = {"onednn": "GPTKIT_ONEDNN", "keep_freed_memory": "GPTKIT_MALLOPT"
 
 
 def parse_bool(value: str) -> bool:
-    """A flag's yes/no value: 1, true or yes (any case) is True, anything else False."""
-    return value.lower() in ("1", "true", "yes")
+    """A flag's yes/no value: 1, true or yes (any case) is True; 0, false or no is False; anything else an error."""
+    word = value.lower()
+    if word not in ("1", "true", "yes", "0", "false", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false (also yes/no, 1/0), got {value!r}")
+    return word in ("1", "true", "yes")
 
 
 def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str], skip: set[str]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptkit.errors import ConfigError
-from gptkit.models.config import LoRAConfig
+from gptkit.models.config import GPTConfig, LoRAConfig
 
 FLAT_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")  # the CLI's flags, older config files
 
@@ -139,7 +139,11 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)} | set(FLAT_LORA_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}")
+            shape = [k for k in unknown if k in {f.name for f in dataclasses.fields(GPTConfig)}]
+            hint = (
+                f"; model fields go under model_overrides, e.g. model_overrides: {{{shape[0]}: ...}}" if shape else ""
+            )
+            raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}{hint}")
         _check_types(path, data)
         return cls(**{**fold_lora_keys(data), **overrides})
 
