@@ -15,7 +15,7 @@ from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe 
 
 TASKS = ("classify", "tag", "qa", "choice", "instruct")
 _TASK_HELP = {
-    "format": "input format (auto: by suffix; .txt files are CoNLL for tag)",
+    "format": "input format (auto: by suffix; .txt files are CoNLL for tag; lines: tag, predict only)",
     "text_column": "classify: column or JSON field of the text",
     "text_pair_column": "classify: column of a second text (pairs: entailment, paraphrase)",
     "label_column": "classify: column or JSON field of the label",
@@ -63,7 +63,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     bundle = load(args.model, device=resolve_device(args.device), merge_lora=False)
     source = args.input if args.input != "-" else "/dev/stdin"
-    records = predict(bundle, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    records = predict(bundle, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, fmt=args.format)
     if args.out:
         from gptkit.io import atomic_write_text
 
@@ -167,6 +167,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", help="write the JSONL here (atomically) instead of stdout")
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     p.add_argument("--max-new-tokens", type=int, default=128, help="instruct: tokens generated per prompt")
+    p.add_argument(
+        "--format",
+        choices=("auto", "csv", "tsv", "jsonl", "json", "conll", "lines"),
+        help="INPUT's format (default: the run's --format; auto goes by suffix). tag reads conll (a word per "
+        'line), lines (a whitespace-split sentence per line) or jsonl ({"tokens": [...]} per line)',
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.set_defaults(func=_predict)
 
