@@ -96,3 +96,71 @@ def test_tokenize_shows_golden_ids(capsys) -> None:
         4957,
         488,
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "expected"),
+    [
+        (["", "--max-new-tokens", "1"], "", "a PROMPT argument is empty"),
+        (["--max-new-tokens", "1"], "", "stdin is empty"),
+        (["--prompt-file", "-"], "\n\n", "--prompt-file - has no prompts"),
+        (["--prompt-file", "/no/such/prompts.txt"], "", "cannot read --prompt-file /no/such/prompts.txt"),
+        (["--device", "tpu", "x"], "", "--device tpu: not a device name"),
+    ],
+)
+def test_generate_input_errors_are_one_line(tiny_dir: Path, capsys, monkeypatch, argv, stdin, expected) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert cli(["generate", "--model", str(tiny_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_cuda_without_cuda_is_one_line(tiny_dir: Path, capsys) -> None:
+    assert cli(["generate", "--model", str(tiny_dir), "--device", "cuda", "x"]) == 2
+    assert capsys.readouterr().err.startswith("gptkit generate: error: --device cuda: this torch ")
+
+
+def test_unwritable_outputs_name_the_destination_not_a_temporary_file(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    dest = blocker / "out"  # below a plain file: no one can create it, not even root
+    cases = [
+        (["convert", str(tiny_dir), str(dest)], "cannot write DST"),
+        (["embed", "--model", str(tiny_dir), "x", "--out", f"{dest}.npy"], "cannot write --out"),
+        (["embed", "--model", str(tiny_dir), "--file", str(tmp_path / "none.txt")], "cannot read --file"),
+    ]
+    for argv, expected in cases:
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.splitlines()) == 1 and ".tmp" not in err, err
+
+
+def test_config_field_of_the_wrong_type_is_named(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('block_size: "big"\ndata: d\n')
+    assert cli(["train", "--config", str(config)]) == 2
+    assert f"{config}: block_size must be int, got 'big'" in capsys.readouterr().err
+    assert cli(["train", "--data", "d", "--device", "tpu"]) == 2
+    assert "--device tpu: not a device name" in capsys.readouterr().err
+
+
+def test_messages_name_flags_not_python_parameters(tiny_dir: Path, capsys) -> None:
+    assert cli(["generate", "--model", str(tiny_dir), "--max-new-tokens", "100000", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--truncate" in err and "--max-new-tokens" in err
+
+
+def test_flags_that_were_silently_accepted_are_errors(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli(["train", "--data", "d", "--bias", "maybe"])
+    assert exit_.value.code == 2
+    assert "argument --bias: expected true or false (also yes/no, 1/0), got 'maybe'" in capsys.readouterr().err
+    assert cli(["generate", "--model", str(tiny_dir), "--logprobs", "2", "x"]) == 2
+    assert "--logprobs N needs --json" in capsys.readouterr().err
+    assert cli(["merge-lora", str(tiny_dir), str(tmp_path / "merged")]) == 2
+    assert "has no LoRA adapter to merge" in capsys.readouterr().err and not (tmp_path / "merged").exists()
+    config = tmp_path / "c.yaml"
+    config.write_text("n_layer: 2\ndata: d\n")
+    assert cli(["train", "--config", str(config)]) == 2
+    assert "model fields go under model_overrides, e.g. model_overrides: {n_layer: ...}" in capsys.readouterr().err

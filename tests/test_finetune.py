@@ -674,3 +674,52 @@ def test_cli_resume_takes_the_runs_settings_and_compares_only_the_data(tmp_path:
     dev.write_text(dev.read_text() + "good good good good\t1\n")
     assert main([*resume, "--max-steps", "5"]) == 2
     assert "is not the data" in capsys.readouterr().err
+
+
+def test_predict_tags_sentences_per_line_and_jsonl_and_refuses_the_rest(tmp_path: Path, capsys, monkeypatch):
+    import io
+    import sys
+
+    from gptkit.cli import main as cli
+
+    train_file = str(write_conll(tmp_path / "train.txt", 20, 0))
+    task = TaskConfig(task="tag", train_file=train_file, max_length=24, epochs=None)
+    run = finetune(task, small_train(tmp_path, "tag", max_steps=1)).run_dir
+    words = [["Anna", "went", "home"], ["the", "sea"]]
+    inputs = {
+        "lines": (tmp_path / "in.txt", "Anna went home\n\nthe sea\n"),
+        "jsonl": (tmp_path / "in.jsonl", "".join(json.dumps({"tokens": w}) + "\n" for w in words)),
+    }
+    for fmt, (path, text) in inputs.items():
+        path.write_text(text)
+        assert cli(["predict", str(path), "--model", str(run), "--format", fmt]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["tokens"] for r in rows] == words and [len(r["tags"]) for r in rows] == [3, 2]
+    assert cli(["predict", str(inputs["jsonl"][0]), "--model", str(run)]) == 0  # auto: .jsonl is JSONL
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Anna went home\n"))
+    monkeypatch.setattr("builtins.open", _stdin_aware(open))
+    assert cli(["predict", "-", "--model", str(run), "--format", "lines"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == words[0]
+    refused = [
+        (["--format", "conll"], "in.txt", "not CoNLL", "use --format lines"),  # a sentence per line read as CoNLL
+        ([], "in.txt", "not CoNLL", "use --format lines"),  # auto: .txt is CoNLL
+        (["--format", "conll"], "in.jsonl", "a JSON object, not CoNLL", "--format jsonl"),
+        (["--format", "lines"], "in.jsonl", "a JSON object", "--format jsonl"),
+        (["--format", "jsonl"], "in.txt", "not valid JSON", '{"tokens"'),
+        (["--format", "csv"], "in.txt", "a tagging model reads conll, lines or jsonl", "--format"),
+    ]
+    for flags, name, *expected in refused:
+        assert cli(["predict", str(tmp_path / name), "--model", str(run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert all(e in err for e in expected) and len(err.splitlines()) == 1, err
+
+
+def _stdin_aware(real_open):
+    """open() that hands back the (monkeypatched) sys.stdin for /dev/stdin, as the shell's stdin would be."""
+    import sys
+
+    def opener(file, *args, **kwargs):
+        return sys.stdin if str(file) == "/dev/stdin" else real_open(file, *args, **kwargs)
+
+    return opener

@@ -43,9 +43,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GptkitError as exc:
         print(f"gptkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable or unreadable path; a broken pipe (`| head`) is not worth a message
+        if isinstance(exc, BrokenPipeError):
+            return 1
+        print(f"gptkit {args.command}: error: {_os_error(exc, args)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"gptkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# The flag (and argparse's name for it) of each subcommand's output; an OSError on a path there names the flag.
+_OUTPUTS = {
+    "convert": ("DST", "dest"),
+    "prepare": ("--out", "out"),
+    "quickstart": ("--out-dir", "out_dir"),
+    "train": ("--out-dir", "out_dir"),
+    "finetune": ("--out-dir", "out_dir"),
+    "predict": ("--out", "out"),
+    "embed": ("--out", "out"),
+    "merge-lora": ("OUT", "out"),
+}
+
+
+def _os_error(exc: OSError, args: argparse.Namespace) -> str:
+    """One line for an OSError: the output flag and its path when the failure is there (not the temporary file
+    written beside it), else the file and the reason."""
+    reason = exc.strerror or str(exc)
+    flag, attr = _OUTPUTS.get(args.command, ("", ""))
+    dest = getattr(args, attr, None) if attr else None
+    if exc.filename is None:
+        return f"{reason}" + (f" (writing {flag} {dest})" if dest else "")
+    failed = os.path.abspath(os.fsdecode(exc.filename))
+    if dest:
+        target = os.path.abspath(dest)
+        temp_sibling = os.path.dirname(failed) == os.path.dirname(target) and os.path.basename(failed).startswith(
+            f".{os.path.basename(target)}."
+        )
+        inside = os.path.commonpath([failed, target]) in (failed, target)  # the path, a folder above it or below it
+        if temp_sibling or inside:
+            return f"cannot write {flag} {dest}: {reason}; choose a path you can write to"
+    return f"{os.fsdecode(exc.filename)}: {reason}"
 
 
 def _with_environment(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

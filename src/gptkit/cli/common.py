@@ -13,13 +13,38 @@ from gptkit.errors import GptkitError
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def resolve_device(name: str) -> str:
-    """`auto` -> cuda when available, else cpu; any other name is passed through."""
-    if name != "auto":
-        return name
+def resolve_device(name: str, flag: str = "--device") -> str:
+    """`auto` -> cuda when available, else cpu; any other name is checked: torch must know it and have it here."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GptkitError(f"{flag} {name}: not a device name; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        built = "without CUDA" if torch.version.cuda is None else "with CUDA, but sees no GPU"
+        raise GptkitError(f"{flag} {name}: this torch {torch.__version__} is built {built}; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GptkitError(f"{flag} {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GptkitError(f"{flag} {name}: MPS is not available here; use --device cpu")
+    return name
+
+
+def read_input(path: str, flag: str) -> str:
+    """The text of the file `flag` names ('-' = stdin), or an error naming the flag and the file."""
+    import sys
+
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
+        raise GptkitError(f"cannot read {flag} {path}: {reason}") from exc
 
 
 def load_for_inference(args: argparse.Namespace) -> Any:
@@ -66,10 +91,21 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[
             parser.add_argument(flag, action="append", type=item, default=None, help=text + "; repeatable")
         elif bool in options:  # bool | Literal[...]: true, false or one of the literals
             words = {"true": True, "false": False} | {w: w for o in options for w in typing.get_args(o)}
-            parser.add_argument(flag, type=words.__getitem__, default=None, help=text + f" ({', '.join(words)})")
+            parser.add_argument(flag, type=_one_of(words), default=None, help=text + f" ({', '.join(words)})")
         else:
             kind = next((a for a in args if a in (int, float, str)), hint if hint in (int, float, str) else str)
             parser.add_argument(flag, type=kind, default=None, help=text)
+
+
+def _one_of(words: dict[str, Any]) -> Any:
+    """An argparse `type` mapping each of `words` to its value; anything else is an error that lists them."""
+
+    def parse(value: str) -> Any:
+        if value not in words:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(words)}, got {value!r}")
+        return words[value]
+
+    return parse
 
 
 def dataclass_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

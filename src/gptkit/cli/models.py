@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, dataclass_values, load_for_inference
+from gptkit.cli.common import DTYPES, add_dataclass_flags, dataclass_values, load_for_inference, read_input
+from gptkit.errors import GptkitError
 from gptkit.generation.params import SamplingParams  # a plain dataclass, no torch: safe for `gptkit --help`
 
 _SAMPLING_HELP = {
@@ -81,19 +82,24 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
+    if any(not p for p in prompts):
+        raise GptkitError("a PROMPT argument is empty; give some text, or <|endoftext|> to start from nothing")
     if args.prompt_file:
-        handle = sys.stdin if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8")
-        with handle:
-            prompts += [line.rstrip("\n").replace("\\n", "\n") for line in handle if line.strip()]
+        text = read_input(args.prompt_file, "--prompt-file")
+        prompts += [line.replace("\\n", "\n") for line in text.split("\n") if line.strip()]
+        if not prompts:
+            raise GptkitError(f"--prompt-file {args.prompt_file} has no prompts (one per line; blank lines skipped)")
     elif not prompts and not sys.stdin.isatty():
         prompts = [sys.stdin.read()]
+        if not prompts[0]:
+            raise GptkitError("stdin is empty: pipe a prompt in, give PROMPT arguments, or --prompt-file FILE")
     return prompts or ["<|endoftext|>"]
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     given = dataclass_values(args, SamplingParams)
-    if not args.json:
-        given.pop("logprobs", None)
+    if not args.json and given.get("logprobs") is not None:
+        raise GptkitError("--logprobs N needs --json: the alternatives are printed only in the JSON lines")
     return SamplingParams(**given)
 
 

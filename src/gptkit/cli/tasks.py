@@ -8,14 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
+from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, read_input, resolve_device
 from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
 
 TASKS = ("classify", "tag", "qa", "choice", "instruct")
 _TASK_HELP = {
-    "format": "input format (auto: by suffix; .txt files are CoNLL for tag)",
+    "format": "input format (auto: by suffix; .txt files are CoNLL for tag; lines: tag, predict only)",
     "text_column": "classify: column or JSON field of the text",
     "text_pair_column": "classify: column of a second text (pairs: entailment, paraphrase)",
     "label_column": "classify: column or JSON field of the label",
@@ -52,6 +52,7 @@ def _finetune(args: argparse.Namespace) -> int:
     task = TaskConfig(**given)
     if args.max_steps is not None and args.epochs is None:
         task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
+    resolve_device(train.device)  # an unknown or absent device: a one-line error now, not a traceback later
     result = finetune(task, train, on_event=ProgressBar() if train.progress else None)
     if not result.train.is_main:
         return 0
@@ -71,7 +72,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     bundle = load(args.model, device=resolve_device(args.device), merge_lora=False)
     source = args.input if args.input != "-" else "/dev/stdin"
-    records = predict(bundle, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    records = predict(bundle, source, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, fmt=args.format)
     if args.out:
         from gptkit.io import atomic_write_text
 
@@ -84,10 +85,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
+    from gptkit.models.lora import LoRALinear
     from gptkit.tasks.bundle import load
     from gptkit.tasks.predict import save_merged
 
-    print(f"merged model written to {save_merged(load(args.run), args.out)}")
+    bundle = load(args.run, merge_lora=False)
+    if not any(isinstance(m, LoRALinear) for m in bundle.model.modules()):
+        raise GptkitError(
+            f"{args.run} has no LoRA adapter to merge (no adapter_config.json): it is already a plain model; "
+            "adapters come from `gptkit finetune --lora-r N`"
+        )
+    print(f"merged model written to {save_merged(bundle, args.out)}")
     return 0
 
 
@@ -96,8 +104,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     texts = list(args.text)
     if args.file:
-        with open(args.file if args.file != "-" else "/dev/stdin", encoding="utf-8") as fh:
-            texts += [line.rstrip("\n") for line in fh if line.strip()]
+        texts += [line for line in read_input(args.file, "--file").split("\n") if line.strip()]
     if not texts:
         raise GptkitError("no texts: give TEXT arguments or --file FILE (one text per line, '-' = stdin)")
     bundle = load_for_inference(args)
@@ -170,6 +177,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", help="write the JSONL here (atomically) instead of stdout")
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     p.add_argument("--max-new-tokens", type=int, default=128, help="instruct: tokens generated per prompt")
+    p.add_argument(
+        "--format",
+        choices=("auto", "csv", "tsv", "jsonl", "json", "conll", "lines"),
+        help="INPUT's format (default: the run's --format; auto goes by suffix). tag reads conll (a word per "
+        'line), lines (a whitespace-split sentence per line) or jsonl ({"tokens": [...]} per line)',
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.set_defaults(func=_predict)
 

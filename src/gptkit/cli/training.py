@@ -59,8 +59,11 @@ ENV_DEFAULTS = {"onednn": "GPTKIT_ONEDNN", "keep_freed_memory": "GPTKIT_MALLOPT"
 
 
 def parse_bool(value: str) -> bool:
-    """A flag's yes/no value: 1, true or yes (any case) is True, anything else False."""
-    return value.lower() in ("1", "true", "yes")
+    """A flag's yes/no value: 1, true or yes (any case) is True; 0, false or no is False; anything else an error."""
+    word = value.lower()
+    if word not in ("1", "true", "yes", "0", "false", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false (also yes/no, 1/0), got {value!r}")
+    return word in ("1", "true", "yes")
 
 
 def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str], skip: set[str]) -> None:
@@ -141,6 +144,7 @@ def _train(args: argparse.Namespace) -> int:
     config = train_config(args)
     if config.data is None:
         raise GptkitError("--data is required (or a --config file that names it)")
+    resolve_device(config.device)  # an unknown or absent device is a one-line error here, not a traceback later
     result = train(config, on_event=ProgressBar() if config.progress else None)
     if not result.is_main:
         return 0

@@ -145,8 +145,8 @@ def fit_to_context(ids: list[int], max_new_tokens: int, n_positions: int, trunca
         return ids
     raise ContextLengthError(
         f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of "
-        f"{n_positions}; shorten the prompt, lower max_new_tokens, or pass truncate=True to slide the context "
-        "window (older tokens are dropped)"
+        f"{n_positions}; shorten the prompt, lower max_new_tokens (--max-new-tokens), or pass truncate=True "
+        "(--truncate) to slide the context window (older tokens are dropped)"
     )
 
 

@@ -19,7 +19,7 @@ class TaskConfig:
     task: Literal["classify", "tag", "qa", "choice", "instruct"]
     train_file: str
     eval_file: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll", "lines"] = "auto"  # lines: tag, to predict
     text_column: str = "text"  # classify: the text; a second text goes in text_pair_column
     text_pair_column: str | None = None
     label_column: str = "label"

@@ -173,7 +173,7 @@ def check_on_error(on_error: str) -> None:
 
 def reject(bad: BadRow, on_error: OnError, skipped: list[BadRow]) -> None:
     if on_error == "fail":
-        raise DataError(f"{bad} (fix the row, or pass on_error='skip' to skip bad rows)")
+        raise DataError(f"{bad} (fix the row, or pass on_error='skip' / --on-error skip to skip bad rows)")
     skipped.append(bad)
 
 

@@ -7,6 +7,7 @@ loads it as a ModelBundle. `gptkit eval --labelled FILE` and `gptkit predict` ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -52,10 +53,21 @@ def evaluate_file(bundle: ModelBundle, path: str | os.PathLike[str], *, batch_si
 
 
 def predict(
-    bundle: ModelBundle, path: str | os.PathLike[str], *, batch_size: int = 16, max_new_tokens: int = 128
+    bundle: ModelBundle,
+    path: str | os.PathLike[str],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    fmt: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One JSON-ready prediction per example of an unlabelled (or labelled: labels are ignored) file."""
+    """One JSON-ready prediction per example of an unlabelled (or labelled: labels are ignored) file.
+
+    fmt: the input's format (TaskConfig.format's values; None: the one the run was trained with). Tagging also
+    reads "lines" (a whitespace-split sentence per line) and "jsonl" ({"tokens": [...]} per line).
+    """
     task, labels = require_run(bundle)
+    if fmt is not None:
+        task = dataclasses.replace(task, format=fmt)  # type: ignore[arg-type]  # the readers refuse others
     recipe = bundle.kind.recipe
     if recipe.predictions is None or recipe.read_inputs is None:  # a language model: completions
         yield from _complete(bundle, path, max_new_tokens)

@@ -155,7 +155,8 @@ def _json_questions(path: Path) -> Iterator[tuple[str, Any, str | None, bool]]:
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:
-        raise DataError(f"{path}: not valid JSON ({e}); JSONL files need the suffix .jsonl or fmt='jsonl'") from None
+        hint = "JSONL files need the suffix .jsonl or fmt='jsonl' / --format jsonl"
+        raise DataError(f"{path}: not valid JSON ({e}); {hint}") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise DataError(f'{path}: expected a JSON object with a "data" list (SQuAD format)')
     for a, entry in enumerate(document["data"]):

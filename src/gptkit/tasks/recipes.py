@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gptkit.errors import ConfigError
 from gptkit.tasks import choice, metrics, tagging
 from gptkit.tasks import data as task_data
 from gptkit.tasks import instruct as chat_data
@@ -112,6 +113,8 @@ def _score_classify(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: 
 
 
 def _read_tag(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
+    if config.format not in ("auto", "conll"):
+        raise ConfigError(f"tagging examples are CoNLL (a word and its tag per line), not {config.format}")
     data = tagging.read_conll(
         path, token_column=config.token_column, tag_column=config.tag_column, on_error=config.on_error, label_map=labels
     )
@@ -279,6 +282,12 @@ def _predict_classify(
 
 
 def _inputs_tag(config: TaskConfig, path: str) -> list[Any]:
+    """CoNLL (a word per line), lines (a whitespace-split sentence per line) or JSONL ({"tokens": [...]})."""
+    fmt = config.format if config.format != "auto" else "jsonl" if path.lower().endswith(".jsonl") else "conll"
+    if fmt in ("lines", "jsonl"):
+        return tagging.read_sentences(path, jsonl=fmt == "jsonl")
+    if fmt != "conll":
+        raise ConfigError(f"a tagging model reads conll, lines or jsonl (--format), not {fmt}")
     return tagging.read_conll(
         path, token_column=config.token_column, tag_column=None, on_error=config.on_error
     ).examples

@@ -24,7 +24,7 @@ from gptkit.training.corpus import BadRow, OnError
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Tokenizer
 
-__all__ = ["Sentence", "TaggedSet", "encode_tagging", "read_conll", "words_from_tokens"]
+__all__ = ["Sentence", "TaggedSet", "encode_tagging", "read_conll", "read_sentences", "words_from_tokens"]
 
 _TAG = re.compile(r"O|[BI]-\S+")
 
@@ -56,6 +56,8 @@ def read_conll(
     tokens: list[str] = []
     tags: list[str] = []
     first, bad = 0, False
+    widths: set[int] = set()  # to predict (tag_column None): CoNLL has the same columns on every line
+    several = False  # some sentence spans several lines
 
     def flush() -> None:
         nonlocal tokens, tags, bad
@@ -69,18 +71,58 @@ def read_conll(
             continue
         if bad:
             continue
+        if tag_column is None and fields[0].startswith("{"):
+            raise DataError(
+                f"{source}:{line}: a JSON object, not CoNLL; JSONL input needs --format jsonl (fmt='jsonl')"
+            )
         if (reason := _conll_problem(fields, token_column, tag_column, needed, label_map)) is not None:
             reject(BadRow(source, line, reason), on_error, result.skipped)
             bad = True  # the rest of the sentence is dropped with it
             continue
         first = first if tokens else line
+        several = several or bool(tokens)
+        widths.add(len(fields))
         tokens.append(fields[token_column])
         if tag_column is not None:
             tags.append(fields[tag_column])
     flush()
     if not result.examples:
         raise DataError(f"{source}: no sentences in this file ({len(result.skipped)} bad rows skipped)")
+    if tag_column is None and (len(widths) > 1 or (not several and max(widths) > 1)):
+        raise DataError(
+            f"{source}: not CoNLL (one word per line with the same columns on every line, a blank line between "
+            f"sentences): its lines have {sorted(widths)} columns; for one sentence per line use --format lines "
+            "(fmt='lines')"
+        )
     return result
+
+
+def read_sentences(path: str | os.PathLike[str], *, jsonl: bool) -> list[Sentence]:
+    """Sentences to tag, one per line: words split on whitespace, or with `jsonl` {"tokens": [...]} objects.
+    Anything else (a JSON object in plain lines, a JSONL line without a list of words) is a DataError."""
+    import json
+
+    source, sentences = str(path), []
+    for line, fields in _split_lines(Path(path), keep=True):
+        text = fields[0]
+        if not text.strip():
+            continue
+        if not jsonl:
+            if text.lstrip().startswith("{"):
+                raise DataError(f"{source}:{line}: a JSON object; JSONL input needs --format jsonl (fmt='jsonl')")
+            sentences.append(Sentence(text.split(), [], line))
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError as e:
+            raise DataError(f'{source}:{line}: not valid JSON ({e}); expected {{"tokens": ["word", ...]}}') from None
+        words = record.get("tokens") if isinstance(record, dict) else None
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise DataError(f'{source}:{line}: expected {{"tokens": ["word", ...]}} (a non-empty list of words)')
+        sentences.append(Sentence(words, [], line))
+    if not sentences:
+        raise DataError(f"{source}: no sentences in this file")
+    return sentences
 
 
 def _conll_problem(
@@ -97,10 +139,11 @@ def _conll_problem(
     return label_map.unseen(tag) if label_map is not None and tag_column is not None and tag not in label_map else None
 
 
-def _split_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+def _split_lines(path: Path, *, keep: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """(line number, the line's whitespace-separated fields), or with `keep` (line number, [the whole line])."""
     try:
         with open(path, encoding="utf-8") as fh:
-            yield from ((line, text.split()) for line, text in enumerate(fh, 1))
+            yield from ((line, [text] if keep else text.split()) for line, text in enumerate(fh, 1))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason}); convert it to UTF-8") from None
     except OSError as e:

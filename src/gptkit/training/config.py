@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptkit.errors import ConfigError
-from gptkit.models.config import LoRAConfig
+from gptkit.models.config import GPTConfig, LoRAConfig
 
 FLAT_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")  # the CLI's flags, older config files
 RUN_CONFIG_FILE = "train_config.json"  # a run directory's record of its TrainConfig
@@ -189,7 +189,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(TrainConfig)} | set(FLAT_LORA_KEYS)
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}")
+        shape = [k for k in unknown if k in {f.name for f in dataclasses.fields(GPTConfig)}]
+        hint = f"; model fields go under model_overrides, e.g. model_overrides: {{{shape[0]}: ...}}" if shape else ""
+        raise ConfigError(f"{path}: unknown TrainConfig field(s) {unknown}{hint}")
+    _check_types(path, data)
     return fold_lora_keys(data)
 
 
@@ -208,6 +211,31 @@ def check_resume_changes(saved: TrainConfig, wanted: dict[str, Any], run_dir: st
             + ", ".join(clash)
             + " differ; drop them to continue the run, or start a new one (another --out-dir, or --overwrite)"
         )
+
+
+def _check_types(path: Path, data: dict[str, Any]) -> None:
+    """A config file's scalar fields must have their field's type (`block_size: "big"` is an error naming it)."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    kinds = {**hints, "lora_r": int, "lora_alpha": float, "lora_dropout": float, "lora_targets": Any}
+    for name, value in data.items():
+        hint = kinds[name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        if value is None and type(None) in options:
+            continue
+        plain = [o for o in options if o in (int, float, str, bool)]
+        if typing.get_origin(hint) is typing.Literal or not plain:
+            continue  # checked with a better message in __post_init__, or not a scalar (lora, model_overrides)
+        ok = any(
+            isinstance(value, bool) if o is bool else isinstance(value, o) and not isinstance(value, bool)
+            for o in plain
+        ) or (float in plain and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            names = " or ".join(o.__name__ for o in plain) + (" or null" if type(None) in options else "")
+            raise ConfigError(f"{path}: {name} must be {names}, got {value!r}")
 
 
 def fold_lora_keys(values: dict[str, Any]) -> dict[str, Any]:
