@@ -30,6 +30,8 @@ from gptkit.generation.decode import (
 from gptkit.generation.sampling import IDLE, RowParams, SamplingParams, choose, process
 from gptkit.models.gpt import GPT, KVCache
 
+SPAN_STEP = 64  # decode steps attend over the cache's first slots in multiples of this
+
 
 @dataclass(frozen=True)
 class Request:
@@ -191,13 +193,19 @@ class DecodeState:
         """
         last = self.cache.max_len - 1
         slots = torch.tensor([min(p, last) for p in self.positions], device=self.device)
-        self.logits = decode_step(self.model, tokens, slots, self.cache).float()
+        self.logits = decode_step(self.model, tokens, slots, self.cache.prefix(self._span(going))).float()
         full = [b for b in going if self.positions[b] > last]
         for b in going:
             self.positions[b] = min(self.positions[b] + 1, self.cache.max_len)
         if full:
             window = [self.rows[b].tokens[-self.cache.max_len :] for b in full]  # type: ignore[union-attr]
             self.logits[full] = prefill(self.model, self.cache, full, window).float()
+
+    def _span(self, going: list[int]) -> int:
+        """Cache slots the next step needs: past every running row's next slot, rounded up to a multiple of
+        SPAN_STEP so that few distinct shapes occur (a server's cache spans the whole context)."""
+        end = max(self.positions[b] for b in going) + 1
+        return min(-(-end // SPAN_STEP) * SPAN_STEP, self.cache.max_len)
 
 
 def run(state: DecodeState, requests: Sequence[Request]) -> Iterator[TokenEvent]:

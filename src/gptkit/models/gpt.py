@@ -86,6 +86,19 @@ class KVCache(nn.Module):
             self.v[layer].scatter_(2, index, v)
         return self.k[layer], self.v[layer]
 
+    def prefix(self, n: int) -> KVCache:
+        """A view of slots [0, n): writes go to this cache; attention over it costs n slots, not max_len.
+
+        A decode step whose rows all sit below slot n reads only what they wrote; the masked slots beyond
+        would add exact zeros."""
+        if n >= self.max_len:
+            return self
+        view = KVCache.__new__(KVCache)
+        nn.Module.__init__(view)
+        view.register_buffer("k", self.k[:, :, :, :n], persistent=False)
+        view.register_buffer("v", self.v[:, :, :, :n], persistent=False)
+        return view
+
     def copy_rows(self, rows: Tensor, source: KVCache) -> None:
         """Write `source`'s rows (n,) into rows `rows` (n,) of this cache, slots [0, source.max_len)."""
         self.k[:, rows, :, : source.max_len] = source.k

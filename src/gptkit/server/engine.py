@@ -169,8 +169,9 @@ class Engine:
 
     def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Take no new work; let running requests finish (drain) or fail them, fail waiting ones; stop the loop."""
-        self._closing = True
-        self._inbox.put((_STOP, drain))
+        with self._lock:  # every request submitted before this is in the inbox ahead of the stop
+            self._closing = True
+            self._inbox.put((_STOP, drain))
         if self._started:
             self._thread.join(timeout)
 
@@ -195,7 +196,7 @@ class Engine:
             if self._pending >= self.max_queue:
                 raise QueueFullError(f"{self._pending} requests are already waiting (max_queue {self.max_queue})")
             self._pending += 1
-        self._inbox.put(generation)
+            self._inbox.put(generation)
         return generation
 
     def check_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int, *, truncate: bool = False) -> list[int]:
@@ -217,10 +218,11 @@ class Engine:
         """Run `fn()` on the engine thread between two decode steps (scoring, embeddings: anything that uses
         the model); its result or exception arrives in the returned future."""
         future: Future[T] = Future()
-        if self._closing or not self.healthy:
-            future.set_exception(EngineClosedError("the engine is shutting down or has stopped"))
-        else:
-            self._inbox.put(_Call(fn, future))
+        with self._lock:
+            if self._closing or not self.healthy:
+                future.set_exception(EngineClosedError("the engine is shutting down or has stopped"))
+            else:
+                self._inbox.put(_Call(fn, future))
         return future
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams, *, n: int = 1) -> Iterator[TokenEvent]:
@@ -260,40 +262,46 @@ class Engine:
     # -- the engine thread ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        drain = True
+        stopping, drain = False, True
         try:
             while True:
-                stop = self._take_inbox(block=not self.state.running and not self._waiting)
+                idle = not self.state.running and not self._waiting
+                if stopping and idle:
+                    return
+                calls, stop = self._take_inbox(block=idle)
                 if stop is not None:
-                    drain = stop
+                    stopping, drain = True, stop
                     self._fail_waiting(EngineClosedError("the server is shutting down"))
                 self._drop_cancelled()
-                if self._closing and not drain:
+                for call in calls:  # after cancelled rows left, so a call sees the rows as they now are
+                    self._run_call(call)
+                if stopping and not drain:
                     self._fail_running(EngineClosedError("the server is shutting down"))
                 self._admit()
                 if self.state.running:
                     self._deliver(self.state.step())
-                elif self._closing:
-                    return
         except BaseException as exc:  # the loop is dead: every request gets the error, /health says so
-            self.error = exc
+            with self._lock:  # a submit either sees the error or is in the inbox failed below
+                self.error = exc
             log.exception("the engine loop stopped")
             self._fail_waiting(exc)
             self._fail_running(exc)
 
-    def _take_inbox(self, *, block: bool) -> bool | None:
-        """Move new work out of the inbox (waiting for some when idle); the drain flag when asked to stop."""
+    def _take_inbox(self, *, block: bool) -> tuple[list[_Call], bool | None]:
+        """Move new work out of the inbox (waiting for some when idle): the calls to run, and the drain flag
+        when asked to stop."""
+        calls: list[_Call] = []
         stop: bool | None = None
         while True:
             try:
                 item = self._inbox.get(block=block)
             except queue.Empty:
-                return stop
+                return calls, stop
             block = False
             if isinstance(item, Generation):
                 self._waiting.append(item)
             elif isinstance(item, _Call):
-                self._run_call(item)
+                calls.append(item)
             elif isinstance(item, tuple) and item[0] is _STOP:
                 stop = item[1]
 
