@@ -171,19 +171,24 @@ def model_device_dtype(model: GPT) -> tuple[torch.device, torch.dtype]:
 def prefill(model: GPT, cache: KVCache, rows: Sequence[int], prompts: Sequence[Sequence[int]]) -> Tensor:
     """Run prompts through the model into cache rows `rows`, each from slot 0; return their last logits (n, V).
 
-    The prompts go through as one right-padded batch into a scratch cache, copied into the rows after:
-    each row's queries see only its own earlier slots, and the padding's slots are overwritten as it decodes.
+    The distinct prompts go through as one right-padded batch into a scratch cache, copied into the rows
+    after (n samples of one prompt are computed once): each row's queries see only its own earlier slots,
+    and the padding's slots are overwritten as it decodes.
     """
     device, dtype = model_device_dtype(model)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    n, T = len(prompts), int(lengths.max())
-    ids = torch.zeros(n, T, dtype=torch.long, device=device)
-    for i, prompt in enumerate(prompts):
-        ids[i, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long, device=device)
-    scratch = KVCache(model.config, n, T, dtype=dtype, device=device)
+    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+    which = {prompt: i for i, prompt in enumerate(distinct)}
+    source = torch.tensor([which[tuple(p)] for p in prompts], device=device)  # (n,) each row's distinct prompt
+    lengths = torch.tensor([len(p) for p in distinct], device=device)
+    u, T = len(distinct), int(lengths.max())
+    ids = torch.zeros(u, T, dtype=torch.long, device=device)
+    for i, prompt in enumerate(distinct):
+        ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
+    scratch = KVCache(model.config, u, T, dtype=dtype, device=device)
     out = model(ids, cache=scratch, cache_position=torch.arange(T, device=device), return_logits=False)
-    cache.copy_rows(torch.tensor(list(rows), device=device), scratch)
-    return model.lm_logits(out.last_hidden_state[torch.arange(n, device=device), lengths - 1])  # (n, V)
+    cache.copy_rows(torch.tensor(list(rows), device=device), scratch, source)
+    last = out.last_hidden_state[torch.arange(u, device=device), lengths - 1]  # (u, C)
+    return model.lm_logits(last)[source]  # (n, V)
 
 
 def decode_step(model: GPT, tokens: Tensor, slots: Tensor, cache: KVCache) -> Tensor:

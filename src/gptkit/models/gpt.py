@@ -99,10 +99,10 @@ class KVCache(nn.Module):
         view.register_buffer("v", self.v[:, :, :, :n], persistent=False)
         return view
 
-    def copy_rows(self, rows: Tensor, source: KVCache) -> None:
-        """Write `source`'s rows (n,) into rows `rows` (n,) of this cache, slots [0, source.max_len)."""
-        self.k[:, rows, :, : source.max_len] = source.k
-        self.v[:, rows, :, : source.max_len] = source.v
+    def copy_rows(self, rows: Tensor, source: KVCache, source_rows: Tensor) -> None:
+        """Write `source`'s rows `source_rows` (n,) into rows `rows` (n,) of this cache, slots [0, source.max_len)."""
+        self.k[:, rows, :, : source.max_len] = source.k[:, source_rows]
+        self.v[:, rows, :, : source.max_len] = source.v[:, source_rows]
 
     def reorder(self, rows: Tensor) -> None:
         """Keep batch rows `rows` (B,) in that order (beam search reshuffles its beams)."""
