@@ -276,7 +276,7 @@ TOO_LONG = "word" + " word" * 119  # 120 tokens + max_tokens 16 > the context of
         (dict(logit_bias={"5": 101}), "logit_bias", r"in \[-100, 100\]"),
         (dict(prompt=""), "prompt", "prompt is empty"),
         (dict(prompt=[]), "prompt", "prompt is empty"),
-        (dict(prompt=[50257]), "prompt", "token id 50257, outside the vocabulary"),
+        (dict(prompt=[50257]), "prompt", r"token id 50257 is outside the tokenizer's vocabulary \[0, 50257\)"),
         (dict(prompt=TOO_LONG), "prompt", "maximum context length is 128 tokens, but 136"),
         (dict(stream_options={"include_usage": True}), "stream_options", "only allowed with stream"),
         (dict(n=2, best_of=1), "best_of", "must be >= n"),
@@ -427,3 +427,23 @@ def test_cors_is_off_unless_an_origin_is_given(tiny) -> None:
     allowed = asyncio.run(raw(opened, "OPTIONS", "/v1/completions", headers=preflight))
     assert "access-control-allow-origin" not in closed.headers
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_ids_a_padded_vocabulary_has_but_the_tokenizer_lacks_are_refused(oracle) -> None:
+    """nanoGPT pads GPT-2's 50257 embeddings to 50304; ids past the tokenizer have no text, so none may be asked for
+    (a generated one would stop the engine's loop: see the report of issue 11)."""
+    from gptkit.models.config import GPTConfig
+    from gptkit.models.gpt import GPT
+
+    padded = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=50304)).eval()
+    engine = Engine(padded, oracle.tokenizer, max_batch_size=2).start()
+    try:
+        app = create_app({"padded": engine})
+        for args, param in [(dict(logit_bias={"50300": 100}), "logit_bias"), (dict(prompt=[50300]), "prompt")]:
+            request = {"model": "padded", "prompt": "Hi"} | args
+            with pytest.raises(openai.BadRequestError, match="50300") as caught:
+                run(app, lambda client, request=request: client.completions.create(**request), key=None)
+            assert caught.value.param == param
+        assert engine.healthy
+    finally:
+        engine.close(drain=False)

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -116,8 +117,11 @@ def create_app(
 
 async def answer(request: Request, stream: bool | None, accepted: Awaitable[handlers.Reply]) -> Response:
     reply = await accepted
-    if stream:
-        return StreamingResponse(_events(reply), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    if stream:  # the body cancels the generation when it stops; the background task also when it never started
+        headers = {"cache-control": "no-cache"}
+        return StreamingResponse(
+            _events(reply), media_type="text/event-stream", headers=headers, background=BackgroundTask(reply.cancel)
+        )
     try:
         return await until_disconnected(request, reply.collect())
     finally:

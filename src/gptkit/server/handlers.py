@@ -167,7 +167,7 @@ class CompletionReply(Reply):
         self.echoes: list[list[Token]] = []
         params = request.sampling_params(
             max(request.new_tokens, 1),
-            served.engine.vocab_size,
+            served.vocab_size,
             request.logprobs if self.candidates == self.n else request.logprobs or 0,  # best_of ranks by logprob
         )
         events = served.engine.asubmit(prompts, params, n=self.candidates) if request.new_tokens else None
@@ -246,7 +246,11 @@ def check_choices(engine: Engine, count: int, field: str) -> None:
 
 def encode(served: ServedModel, prompt: str | Sequence[int]) -> list[int]:
     """A prompt's ids; text may hold special tokens such as <|endoftext|>, as OpenAI's completions allow."""
-    return served.tokenizer.encode(prompt, allowed_special="all") if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):
+        return served.tokenizer.encode(prompt, allowed_special="all")
+    if bad := [t for t in prompt if t >= served.vocab_size]:
+        raise ValueError(f"token id {bad[0]} is outside the tokenizer's vocabulary [0, {served.vocab_size})")
+    return list(prompt)
 
 
 # -- chat -------------------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ class ChatReply(Reply):
         self, served: ServedModel, name: str, request: ChatCompletionRequest, ids: list[int], max_new: int
     ) -> None:
         self.request, self.n = request, request.choices
-        params = request.sampling_params(max_new, served.engine.vocab_size, request.logprobs_wanted())
+        params = request.sampling_params(max_new, served.vocab_size, request.logprobs_wanted())
         events = served.engine.asubmit([ids], params, n=self.n)
         super().__init__(served, name, [ids], events, request.include_usage)
 

@@ -38,6 +38,12 @@ class ServedModel:
         return self.engine.tokenizer
 
     @property
+    def vocab_size(self) -> int:
+        """The ids a request may name: the model's, cut to the tokenizer's where the model's vocabulary is padded
+        (ids the tokenizer cannot write as text would fail the request, or, generated, the engine's loop)."""
+        return min(self.engine.vocab_size, self.tokenizer.vocab_size)
+
+    @property
     def width(self) -> int:
         return self.engine.model.config.n_embd
 
