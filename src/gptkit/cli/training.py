@@ -12,6 +12,7 @@ from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, r
 from gptkit.errors import GptkitError
 from gptkit.training.config import (  # no torch: fast `gptkit --help`
     FLAT_LORA_KEYS,
+    QUICKSTART_DIR,
     TrainConfig,
     fold_lora_keys,
     read_config_file,
@@ -219,7 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "nanoGPT's CPU recipe (4 layers, 128 wide, context 64, 2000 steps), save the run and print samples."
         ),
     )
-    p.add_argument("--out-dir", default="runs/shakespeare-char", help="run directory (default: %(default)s)")
+    p.add_argument("--out-dir", default=QUICKSTART_DIR, help="run directory (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="shorter run for a quick look (default: 2000)")
     p.add_argument("--overwrite", action="store_true", help="out-dir holds an earlier run: remove it, start afresh")
     p.set_defaults(func=_quickstart)

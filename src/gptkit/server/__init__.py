@@ -1,9 +1,12 @@
 """The server: an OpenAI-compatible HTTP API over gptkit models (`gptkit serve`).
 
 `engine` is the continuous-batching engine, a library piece without HTTP: one thread per model owns a
-`DecodeState` whose rows requests join and leave between decode steps. `protocol` holds OpenAI's request and
-response objects, `app` maps HTTP onto engines (no tensors, no model code), `metrics` exports Prometheus text.
-FastAPI and uvicorn come with the `serve` extra and are imported only here.
+`DecodeState` whose rows requests join and leave between decode steps. `served` puts a model behind an engine
+(scoring and embeddings run on the engine's thread), `protocol` holds OpenAI's request objects and their mapping
+onto SamplingParams, `responses` OpenAI's response objects, `handlers` turns requests into engine work and engine
+events into responses, `app` maps HTTP onto all that (no tensors, no model code), `metrics` exports Prometheus
+text, and `run` is `gptkit serve` as a function. FastAPI, uvicorn and prometheus_client come with the `serve`
+extra and are imported only here (the engine needs none of them).
 
 May import `gptkit.tasks`, `gptkit.training`, `gptkit.generation`, `gptkit.models`, `gptkit.text` and the
 ground floor.

@@ -7,8 +7,8 @@ and embeddings (`call`) run on the model. Each request has its own sampling para
 and sink, so a greedy or seeded request gives the same tokens alone as among any others.
 
 Nothing here knows HTTP: `submit` takes token ids and `SamplingParams` and reports to a sink on the engine
-thread; `stream` (blocking) and `astream` (asyncio) wrap it, and cancel the request when their consumer
-stops listening.
+thread; `stream` (blocking), `asubmit` (asyncio, several prompts, submitted at once) and `astream` wrap it, and
+cancel the request when their consumer stops listening.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gptkit.generation.sampling import SamplingParams
 from gptkit.generation.state import DecodeState, Request
 from gptkit.models.gpt import GPT
 
-__all__ = ["Done", "Engine", "EngineClosedError", "Failed", "Generation", "Observer", "QueueFullError"]
+__all__ = ["Done", "Engine", "EngineClosedError", "Events", "Failed", "Generation", "Observer", "QueueFullError"]
 
 log = logging.getLogger("gptkit.server")
 T = TypeVar("T")
@@ -109,6 +109,51 @@ class _Call:
 
 
 _STOP = object()
+
+
+class Events:
+    """The TokenEvents of the prompts `Engine.asubmit` submitted, for asyncio: index = prompt * n + choice,
+    prompt_index = the prompt, sample = the choice. Ends when every choice finished; raises a failure."""
+
+    def __init__(self, n: int) -> None:
+        self.generations: list[Generation] = []
+        self._n = n
+        self._done = 0
+        self._loop = asyncio.get_running_loop()
+        self._items: asyncio.Queue[tuple[int, Item]] = asyncio.Queue()
+
+    def sink(self, prompt: int) -> Sink:
+        """The sink of prompt `prompt`'s generation: items cross from the engine thread to the event loop."""
+
+        def sink(item: Item) -> None:
+            self._loop.call_soon_threadsafe(self._items.put_nowait, (prompt, item))
+
+        return sink
+
+    def cancel(self) -> None:
+        for generation in self.generations:
+            generation.cancel()
+
+    def __aiter__(self) -> Events:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        while self._done < len(self.generations):
+            prompt, item = await self._items.get()
+            if isinstance(item, Failed):
+                self.cancel()
+                raise item.error
+            if isinstance(item, Done):
+                self._done += 1
+                continue
+            return dataclasses.replace(item, index=prompt * self._n + item.sample, prompt_index=prompt)
+        raise StopAsyncIteration
+
+    async def __aenter__(self) -> Events:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
 
 
 class Engine:
@@ -237,24 +282,26 @@ class Engine:
         finally:
             generation.cancel()
 
+    def asubmit(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, n: int = 1) -> Events:
+        """asyncio, eager: submit `n` choices of each prompt now, raising at once as `submit` does (nothing is left
+        running then), and return their events. Iterate them inside `async with` (or call `cancel()`) so that a
+        consumer that stops cancels the requests. Eager so that an HTTP server can refuse before it answers."""
+        events = Events(n)
+        try:
+            for p, ids in enumerate(prompts):
+                events.generations.append(self.submit(ids, params, events.sink(p), n=n))
+        except BaseException:
+            events.cancel()
+            raise
+        return events
+
     async def astream(
         self, prompt_ids: Sequence[int], params: SamplingParams, *, n: int = 1
     ) -> AsyncIterator[TokenEvent]:
         """asyncio: yield the request's TokenEvents; a consumer that stops (closed, cancelled) cancels it."""
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[Item] = asyncio.Queue()
-
-        def sink(item: Item) -> None:
-            loop.call_soon_threadsafe(items.put_nowait, item)
-
-        generation = self.submit(prompt_ids, params, sink, n=n)
-        try:
-            while not isinstance(item := await items.get(), Done):
-                if isinstance(item, Failed):
-                    raise item.error
-                yield item
-        finally:
-            generation.cancel()
+        async with self.asubmit([prompt_ids], params, n=n) as events:
+            async for event in events:
+                yield event
 
     def _wake(self) -> None:
         self._inbox.put(None)

@@ -14,6 +14,7 @@ from gptkit.models.config import GPTConfig, LoRAConfig
 
 FLAT_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")  # the CLI's flags, older config files
 RUN_CONFIG_FILE = "train_config.json"  # a run directory's record of its TrainConfig
+QUICKSTART_DIR = "runs/shakespeare-char"  # `gptkit quickstart`'s run (and model) directory; `gptkit serve` finds it
 # What a resumed run may change: its length, learning-rate schedule and clipping (applied at each step) and its
 # bookkeeping. The rest fixes the model, its batches or its optimizer state (AdamW's betas, eps and weight decay
 # come back with that state), so a resume that asks for other values is refused rather than half-applied.

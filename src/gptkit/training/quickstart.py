@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from gptkit.training.config import TrainConfig
+from gptkit.training.config import QUICKSTART_DIR, TrainConfig
 from gptkit.training.train import TrainResult, train
 
 # nanoGPT's CPU recipe for Shakespeare characters (4 layers, 4 heads, 128 wide, context 64, batch 12,
@@ -56,7 +56,7 @@ def shakespeare_path() -> Path:
 
 
 def quickstart(
-    out_dir: str | Path = "runs/shakespeare-char",
+    out_dir: str | Path = QUICKSTART_DIR,
     *,
     max_steps: int | None = None,
     progress: bool = True,

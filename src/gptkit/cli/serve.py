@@ -1,0 +1,99 @@
+"""The serve subcommand: an OpenAI-compatible HTTP API over one or more models (needs the `serve` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from gptkit.cli.common import DTYPES, read_input, resolve_device
+from gptkit.errors import GptkitError
+
+API_KEY_ENV = "GPTKIT_API_KEY"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from gptkit.server.run import ServeConfig, serve
+    except ImportError as exc:
+        missing = f"{exc.name} is missing"
+        raise GptkitError(f"serving needs the serve extra: pip install 'gptkit[serve]' ({missing})") from None
+    keys = list(args.api_key or [])
+    if not keys and os.environ.get(API_KEY_ENV):
+        keys = [os.environ[API_KEY_ENV]]
+    config = ServeConfig(
+        models=tuple(args.model or ()),
+        names=tuple(args.served_model_name or ()),
+        host=args.host,
+        port=args.port,
+        api_keys=tuple(keys),
+        device=resolve_device(args.device),
+        dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        max_queue=args.max_queue,
+        chat_template=read_input(args.chat_template, "--chat-template") if args.chat_template else None,
+        cors_origins=tuple(args.cors_origin or ()),
+    )
+    serve(config)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add serve to the `gptkit` subcommands."""
+    p = sub.add_parser(
+        "serve",
+        help="serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings)",
+        description=(
+            "Serve MODELs at http://HOST:PORT/v1 with OpenAI's /v1/completions, /v1/chat/completions, "
+            "/v1/embeddings and /v1/models (streaming included), plus /health and /metrics (Prometheus). "
+            "Requests to one model are decoded together as they come (continuous batching). Without --model, "
+            "serves the model `gptkit quickstart` trained here. Needs the serve extra: pip install 'gptkit[serve]'."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="DIR_OR_NAME",
+        help="checkpoint folder or hub name to serve; repeat to serve several (default: runs/shakespeare-char)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        metavar="NAME",
+        help="the name clients send as `model`, one per --model in the same order (default: the --model value)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: all)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help=f"require `Authorization: Bearer KEY` on /v1 (repeatable; default: ${API_KEY_ENV} if set, else none)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=16,
+        help="sequences one model decodes at once; also the most choices (n, best_of) of a request (default: 16)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests that may wait for a free row before new ones get 429 Too Many Requests (default: 256)",
+    )
+    p.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="Jinja chat template for models that store none (without it, chat requests to them are refused)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN call the API, e.g. http://localhost:3000 (repeatable; default: none)",
+    )
+    p.set_defaults(func=_serve)

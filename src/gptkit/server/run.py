@@ -1,0 +1,91 @@
+"""`serve`: load models, start their engines, run the API under uvicorn until stopped, close the engines.
+
+This is `gptkit serve` as a library call: the CLI parses its flags into a `ServeConfig` and calls `serve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptkit.errors import ConfigError
+from gptkit.models.config import CONFIG_FILE
+from gptkit.server.app import MAX_BODY_BYTES
+from gptkit.training.config import QUICKSTART_DIR
+
+DRAIN_SECONDS = 60.0  # at shutdown, how long running requests may take to finish
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `gptkit serve` runs. models: hub names or folders (none: the quickstart's model); names: the name each
+    is served under (default: as given); chat_template: Jinja text used by models that store none."""
+
+    models: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_batch_size: int = 16
+    max_queue: int = 256
+    chat_template: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def served_names(self) -> dict[str, str]:
+        """served name -> model path or hub name; the quickstart's model when no model is given."""
+        models = self.models or (default_model(),)
+        if self.names and len(self.names) != len(models):
+            raise ConfigError(
+                f"--served-model-name was given {len(self.names)} times for {len(models)} --model; give one per model"
+            )
+        names = self.names or models
+        if len(set(names)) != len(names):
+            raise ConfigError(f"served model names must differ; got {', '.join(names)} (use --served-model-name)")
+        return dict(zip(names, models, strict=True))
+
+
+def default_model() -> str:
+    """The quickstart's model, when that run exists here."""
+    if (Path(QUICKSTART_DIR) / CONFIG_FILE).is_file():
+        return QUICKSTART_DIR
+    raise ConfigError(f"no model to serve: run `gptkit quickstart` (it writes {QUICKSTART_DIR}) or pass --model")
+
+
+def serve(config: ServeConfig, *, say: Callable[[str], None] = print) -> None:
+    """Serve until interrupted (Ctrl-C: uvicorn stops taking requests, then running ones drain and engines close)."""
+    import torch
+    import uvicorn
+
+    from gptkit.server.app import create_app
+    from gptkit.server.served import load_served
+
+    if not 1 <= config.port <= 65535:
+        raise ConfigError(f"--port must be in 1..65535, got {config.port}")
+    if config.max_batch_size < 1 or config.max_queue < 1:  # every request waits in the queue until it has rows
+        sizes = f"{config.max_batch_size}, {config.max_queue}"
+        raise ConfigError(f"--max-batch-size and --max-queue must be >= 1, got {sizes}")
+    served = {}
+    try:
+        for name, source in config.served_names().items():
+            served[name] = load_served(
+                source,
+                device=config.device,
+                dtype=getattr(torch, config.dtype),
+                max_batch_size=config.max_batch_size,
+                max_queue=config.max_queue,
+                chat_template=config.chat_template,
+            )
+            served[name].engine.start()
+            say(f"serving {served[name].describe(name)} from {source}")
+        app = create_app(
+            served, api_keys=config.api_keys, cors_origins=config.cors_origins, max_body_bytes=config.max_body_bytes
+        )
+        say(f"OpenAI-compatible API on http://{config.host}:{config.port}/v1 (Ctrl-C stops)")
+        uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info")).run()
+    finally:
+        for model in served.values():
+            model.engine.close(drain=True, timeout=DRAIN_SECONDS)
