@@ -10,16 +10,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
+import fastapi  # noqa: F401  (the serve extra, in dev)
+import httpx2  # the HTTP client the openai package is built on
+import openai
 import torch
 
-pytest.importorskip("fastapi")
-openai = pytest.importorskip("openai")
-httpx2 = pytest.importorskip("httpx2")  # the HTTP client the openai package is built on
-
-from gptkit.models.config import GPTConfig  # noqa: E402
-from gptkit.models.gpt import GPT  # noqa: E402
-from gptkit.text.tokenizer import Tokenizer  # noqa: E402
+from gptkit.models.config import GPTConfig
+from gptkit.models.gpt import GPT
+from gptkit.text.tokenizer import Tokenizer
 
 KEY = "sk-test-key"
 T = TypeVar("T")

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
 from gptkit.cli import _build_parser, main
 from gptkit.server.engine import Engine
 from gptkit.training.config import QUICKSTART_DIR
 from server_helpers import raw, tiny_model_dir
-
-uvicorn = pytest.importorskip("uvicorn")
 
 
 def test_every_serve_flag_has_a_help_line() -> None:

@@ -18,7 +18,8 @@ pytest_plugins = ["server_fixtures"]
 
 
 def test_a_real_server_answers_the_sync_sdk_and_survives_a_client_leaving(tiny, oracle) -> None:
-    uvicorn = pytest.importorskip("uvicorn")
+    import uvicorn
+
     app = create_app({"tiny": tiny}, api_keys=[KEY])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))  # a free port, held from here on: uvicorn listens on this very socket

@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from gptkit.server.app import create_app
 from gptkit.server.engine import Engine
 from gptkit.server.served import ServedModel
 from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE
-
-schemathesis = pytest.importorskip("schemathesis")
 
 pytest_plugins = ["server_fixtures"]
 

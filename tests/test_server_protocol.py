@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import typing
 
+import fastapi  # noqa: F401  (the serve extra, in dev)
+import openai
 import pytest
+from openai.types import completion_choice, completion_create_params, create_embedding_response
+from openai.types import embedding_create_params as embedding_params
+from openai.types.chat import chat_completion, chat_completion_chunk, chat_completion_token_logprob
+from openai.types.chat import completion_create_params as chat_params
+from openai.types.shared import error_object
 
-pytest.importorskip("fastapi")
-openai = pytest.importorskip("openai")
-
-from openai.types import completion_choice, completion_create_params, create_embedding_response  # noqa: E402
-from openai.types import embedding_create_params as embedding_params  # noqa: E402
-from openai.types.chat import chat_completion, chat_completion_chunk, chat_completion_token_logprob  # noqa: E402
-from openai.types.chat import completion_create_params as chat_params  # noqa: E402
-from openai.types.shared import error_object  # noqa: E402
-
-from gptkit.server import responses as ours  # noqa: E402
-from gptkit.server.protocol import (  # noqa: E402
+from gptkit.server import responses as ours
+from gptkit.server.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
