@@ -42,7 +42,7 @@ def _cases(tok) -> list[tuple[list[int], SamplingParams, int]]:
         (BASE.replace(temperature=0.9, seed=9, stop=(" the",), logit_bias={13: 4.0}), 2),
         (BASE.replace(temperature=0, max_new_tokens=1), 1),
     ]
-    return [(prompts[i % len(prompts)], params, n) for i, (params, n) in enumerate(settings * 3)]
+    return [(prompts[i % len(prompts)], params, n) for i, (params, n) in enumerate(settings * 2)]
 
 
 def _assert_alone(model: GPT, tok, ids: list[int], params: SamplingParams, n: int, events: list[TokenEvent]) -> None:
@@ -183,4 +183,5 @@ def test_the_observer_sees_tokens_queue_and_latencies(model, tok) -> None:
         list(engine.stream([1, 2, 3], BASE.replace(max_new_tokens=6), n=2))
     assert seen["finish"] == [(6, 12)]
     assert len(seen["first"]) == 1 and len(seen["gap"]) == 10
-    assert all(capacity == 4 and 1 <= running <= 2 for running, capacity in seen["step"])
+    assert all(capacity == 4 and running <= 2 for running, capacity in seen["step"])
+    assert seen["step"][-1] == (0, 4)  # idle again: the occupancy gauge does not keep the last step's figure

@@ -102,3 +102,18 @@ def test_a_request_that_does_not_fit_is_refused_naming_the_parameter() -> None:
         state.add([Request([], SamplingParams(max_new_tokens=2))])
     with pytest.raises(ValueError, match="requests"):
         state.add([Request([1], SamplingParams(max_new_tokens=2))] * 2)
+
+
+def test_a_model_padded_past_its_tokenizer_never_generates_an_id_without_text() -> None:
+    from gptkit.text.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.char_level("abcdefgh ")
+    model = _model()  # 300 ids, as nanoGPT pads GPT-2's 50257 to 50304
+    assert len(tokenizer) < model.config.vocab_size
+    requests = [Request([1, 2, 3], BASE.replace(temperature=2.0, seed=s), index=s) for s in range(4)]
+    events = list(run(DecodeState(model, 4, 32, tokenizer=tokenizer), requests))
+    assert len(events) == 4 * BASE.max_new_tokens
+    assert all(e.token_id < len(tokenizer) for e in events)
+    # without a tokenizer every id is fair game, as in transformers
+    free = list(run(DecodeState(model, 4, 32), requests))
+    assert any(e.token_id >= len(tokenizer) for e in free)

@@ -80,6 +80,9 @@ class DecodeState:
         self.counts = torch.zeros(batch_size, V, dtype=torch.int32, device=device)  # (B, V) output only
         self.generator = torch.Generator(device=device)  # unseeded rows' draws, one multinomial per step
         self.generator.seed()
+        # A model padded past its tokenizer (nanoGPT's 50304 for GPT-2) never generates an id with no text.
+        decodable = V if tokenizer is None else min(V, len(tokenizer))  # type: ignore[arg-type]
+        self.undecodable = slice(decodable, V)
 
     @property
     def free_rows(self) -> list[int]:
@@ -113,6 +116,7 @@ class DecodeState:
             self.params.set(row, params)
             self.positions[row] = len(request.prompt_ids)
             self.logits[row] = row_logits.float()
+            self.logits[row, self.undecodable] = float("-inf")
             self.seen[row] = False
             self.seen[row, request.prompt_ids] = True
             self.counts[row] = 0
@@ -194,12 +198,14 @@ class DecodeState:
         last = self.cache.max_len - 1
         slots = torch.tensor([min(p, last) for p in self.positions], device=self.device)
         self.logits = decode_step(self.model, tokens, slots, self.cache.prefix(self._span(going))).float()
+        self.logits[:, self.undecodable] = float("-inf")
         full = [b for b in going if self.positions[b] > last]
         for b in going:
             self.positions[b] = min(self.positions[b] + 1, self.cache.max_len)
         if full:
             window = [self.rows[b].tokens[-self.cache.max_len :] for b in full]  # type: ignore[union-attr]
             self.logits[full] = prefill(self.model, self.cache, full, window).float()
+            self.logits[full, self.undecodable] = float("-inf")
 
     def _span(self, going: list[int]) -> int:
         """Cache slots the next step needs: past every running row's next slot, rounded up to a multiple of

@@ -168,8 +168,8 @@ class Engine:
         max_queue: int = 256,
         observer: Observer | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 0:
-            raise ConfigError(f"max_batch_size must be >= 1 and max_queue >= 0, got {max_batch_size}, {max_queue}")
+        if max_batch_size < 1 or max_queue < 1:  # a request waits in the queue until the loop gives it rows
+            raise ConfigError(f"max_batch_size and max_queue must be >= 1, got {max_batch_size}, {max_queue}")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.observer: Observer = observer or _NoObserver()
@@ -327,6 +327,8 @@ class Engine:
                 self._admit()
                 if self.state.running:
                     self._deliver(self.state.step())
+                else:  # idle: the batch gauges read empty, not the last step's
+                    self.observer.on_step(0, self.max_batch_size)
         except BaseException as exc:  # the loop is dead: every request gets the error, /health says so
             with self._lock:  # a submit either sees the error or is in the inbox failed below
                 self.error = exc
