@@ -3,6 +3,12 @@
 `engine` is the continuous-batching engine, a library piece without HTTP: one thread per model owns a
 `DecodeState` whose rows requests join and leave between decode steps. `protocol` holds OpenAI's request and
 response objects, `app` maps HTTP onto engines (no tensors, no model code), `metrics` exports Prometheus text.
+
+Fine-tuning jobs, beneath their HTTP endpoints: `store` is the SQLite database of files, jobs, job events and
+checkpoints (the truth a restart reconciles from); `files` stores and checks uploads; `jobs` creates and
+controls jobs (rows and requests only); `runner` runs one attempt at a job with `tasks.finetune`; `worker` is
+the job worker process (`python -m gptkit.server.worker`) and the `Supervisor` the server owns; `registry`
+maps fine-tuned model ids to the folders to serve.
 FastAPI and uvicorn come with the `serve` extra and are imported only here.
 
 May import `gptkit.tasks`, `gptkit.training`, `gptkit.generation`, `gptkit.models`, `gptkit.text` and the

@@ -16,6 +16,7 @@ Sequences are padded by the collator (the default) or concatenated into full blo
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "encode_instruct",
     "pack",
     "read_chat",
+    "read_instruct",
     "read_prompt_completion",
 ]
 
@@ -89,6 +91,17 @@ def read_chat(path: str | os.PathLike[str], *, on_error: OnError = "fail") -> In
             yield item if isinstance(item, BadRow) else (item[0], _chat(item[1]["messages"], item[0]))
 
     return collect(InstructSet(str(path)), examples(), on_error, "chats")
+
+
+def read_instruct(path: str | os.PathLike[str], *, on_error: OnError = "fail") -> InstructSet:
+    """Chat or prompt/completion JSONL, by the keys of the file's first record ("messages": chat)."""
+    try:
+        with open(path, "rb") as fh:
+            record = json.loads(next((line for line in fh if line.strip()), b"{}"))
+    except (OSError, ValueError):
+        record = None  # the reader reports what is wrong, naming the file or the line
+    reader = read_chat if isinstance(record, dict) and "messages" in record else read_prompt_completion
+    return reader(path, on_error=on_error)
 
 
 def _chat(messages: Any, line: int) -> ChatExample | str:
