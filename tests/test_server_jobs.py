@@ -29,7 +29,7 @@ from gptkit.server.jobs import JobRequest, Jobs
 from gptkit.server.registry import ModelRegistry
 from gptkit.server.runner import AUTO_LORA, BASE_LR, JobRun, auto_settings, job_error, training_configs
 from gptkit.server.store import FINISHED, FileRow, JobEvent, JobRow, Store
-from gptkit.server.worker import Supervisor
+from gptkit.server.worker import Supervisor, Worker
 from gptkit.tasks.bundle import load
 from gptkit.tasks.finetune import finetune
 from gptkit.text.tokenizer import Tokenizer
@@ -315,6 +315,23 @@ def test_a_stopping_worker_queues_its_job_to_continue_from_a_checkpoint(here: Se
     assert (queued.status, queued.attempts) == ("queued", 1)
     assert [c.step for c in here.jobs.checkpoints(job.id).data] == [0]
     assert here.events(job.id)[-1].message == "The worker is stopping; the job is queued to continue from step 0"
+
+
+def test_a_job_asked_to_cancel_whose_worker_died_is_cancelled_not_run(here: Service):
+    job = here.submit()
+    here.store.claim("dead", lambda job_id: True)
+    here.jobs.cancel(job.id)  # asked of the worker, which then died
+    cancelled = run_here(here)  # the next worker takes it over
+    assert (cancelled.status, cancelled.attempts) == ("cancelled", 2)
+    assert [e.message for e in here.events(job.id)][-2:] == [
+        "The worker running this job stopped (attempt 1)",
+        "Fine-tuning job cancelled at step 0; its checkpoints are kept",
+    ]
+
+
+def test_a_worker_whose_parent_died_stops(tmp_path: Path):
+    orphan = Worker(tmp_path, parent_pid=os.getppid() + 12345)
+    assert orphan.stopping and not Worker(tmp_path, parent_pid=os.getppid()).stopping
 
 
 def test_job_errors_name_their_cause():

@@ -11,6 +11,7 @@ file, its first bad line and why.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -92,15 +93,17 @@ class Files:
         (self.store.data_dir / row.path).unlink(missing_ok=True)
         return row
 
-    def remove_strays(self) -> list[str]:
-        """Delete stored bytes that have no row (left by a crash mid-upload or mid-delete); their names."""
+    def remove_strays(self, *, older_than: float = 3600.0) -> list[str]:
+        """Delete stored bytes without a row, and temporary files, left by a crash mid-upload or mid-delete; their
+        names. Only those untouched for `older_than` seconds: an upload in flight has its bytes before its row."""
         if not self.root.is_dir():
             return []
         known = {Path(row.path).name for row in self.store.all(FileRow)}
-        stray = [p for p in self.root.iterdir() if p.is_file() and p.name not in known and not p.name.startswith(".")]
+        cutoff = time.time() - older_than
+        stray = [p for p in self.root.iterdir() if p.name not in known and p.stat().st_mtime <= cutoff]
         for path in stray:
             path.unlink(missing_ok=True)
-        return [p.name for p in stray]
+        return sorted(p.name for p in stray)
 
 
 def _copy(content: bytes | BinaryIO, out: BinaryIO, limit: int, name: str) -> int:

@@ -31,7 +31,7 @@ from gptkit.server.jobs import fine_tuned_model_name
 from gptkit.server.store import FileRow, JobCheckpoint, JobEvent, JobRow, NotFoundError, Store, new_id, now
 from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.finetune import finetune
-from gptkit.training.checkpoints import TRAINER_STATE, latest_training_checkpoint
+from gptkit.training.checkpoints import TRAINER_STATE, latest_training_checkpoint, mirror_model_files
 from gptkit.training.config import TrainConfig
 from gptkit.training.events import CheckpointEvent, DoneEvent, EvalEvent, Event, StartEvent, StepEvent
 from gptkit.training.loop import DivergedError, TrainingError
@@ -227,13 +227,14 @@ class JobRun:
         job = self.job
         latest = latest_training_checkpoint(self.run_dir)
         if self.taken_over:
-            where = (
-                f"from its checkpoint of step {_step(latest)}" if latest else "from the start (it had no checkpoint)"
-            )
-            self._event(f"The worker running this job stopped (attempt {job.attempts - 1}); continuing {where}", "warn")
+            message = f"The worker running this job stopped (attempt {job.attempts - 1})"
+            if job.requested_action is None:
+                where = f"its checkpoint of step {_step(latest)}" if latest else "the start (it had no checkpoint)"
+                message += f"; continuing from {where}"
+            self._event(message, "warn")
             self._sync_checkpoints()
             if job.requested_action is not None:  # asked to cancel or pause before the worker died
-                return self._stopped(_step(latest) if latest else 0)
+                return self._stopped(_step(latest))
         train_file = self._file(job.training_file, "training_file")
         validation_file = self._file(job.validation_file, "validation_file") if job.validation_file else None
         examples = check_fine_tune_file(train_file, job.training_file)
@@ -351,6 +352,9 @@ class JobRun:
         return self.store.update(JobRow, self.job.id, **changes)
 
     def _succeeded(self) -> JobRow:
+        final = latest_training_checkpoint(self.run_dir)
+        if final is not None:  # the run root serves the model: whole again even if a kill cut its last update
+            mirror_model_files(final, self.run_dir)
         events = self.store.all(JobEvent, job_id=self.job.id, type="metrics")
         results = Files(self.store).stage(step_metrics_csv(events), "step_metrics.csv", RESULTS_PURPOSE)
         name = fine_tuned_model_name(self.job)
