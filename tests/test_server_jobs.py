@@ -57,6 +57,16 @@ def assert_same_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.T
     assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Training here and in the worker on one thread each: the same sums in the same order (so the weights can
+    be compared bit for bit), and no two processes' thread pools fighting over the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GPT-2 folder with the GPT-2 tokenizer: the model jobs fine-tune."""
@@ -120,6 +130,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, base: Path) -> Iterator[Se
     supervisor = Supervisor(
         store.data_dir,
         device="cpu",
+        threads=1,
         poll=0.05,
         restart_delay=0.05,
         command=[sys.executable, str(HERE / "job_worker.py")],

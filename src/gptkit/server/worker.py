@@ -114,11 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, help="the server's data directory (gptkit.db, files/, jobs/)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between looks for work when idle")
+    parser.add_argument("--threads", type=int, help="CPU threads for training (default: torch's, one per core)")
     parser.add_argument(
         "--exit-with-parent", type=int, metavar="PID", help="stop when process PID is no longer our parent"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # leave the server's own threads their cores
     worker = Worker(args.data_dir, device=args.device, poll=args.poll, parent_pid=args.exit_with_parent)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
@@ -129,9 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Supervisor:
     """Keeps `max_jobs` worker processes running for a data directory: start(), then stop() (or a with block).
 
-    command: the program to run instead of `python -m gptkit.server.worker` (its arguments are appended);
-    worker output goes to DATA_DIR/worker.log. A worker that dies is started again after `restart_delay`
-    seconds, doubled while workers die within a minute of starting (up to a minute).
+    threads: each worker's CPU threads for training (default: torch's, one per core; fewer leave the server cores
+    to answer with). command: the program to run instead of `python -m gptkit.server.worker` (its arguments are
+    appended); worker output goes to DATA_DIR/worker.log. A worker that dies is started again after
+    `restart_delay` seconds, doubled while workers die within a minute of starting (up to a minute).
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class Supervisor:
         max_jobs: int = 1,
         device: str = "auto",
         poll: float = 1.0,
+        threads: int | None = None,
         command: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
         restart_delay: float = 1.0,
@@ -151,7 +158,7 @@ class Supervisor:
         self.max_jobs, self.restart_delay, self.env = max_jobs, restart_delay, env
         program = list(command) if command is not None else [sys.executable, "-m", "gptkit.server.worker"]
         self.argv = [*program, "--data-dir", str(self.data_dir), "--device", device, "--poll", str(poll)]
-        self.argv += ["--exit-with-parent", str(os.getpid())]
+        self.argv += ["--exit-with-parent", str(os.getpid())] + (["--threads", str(threads)] if threads else [])
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * max_jobs
         self.restarts = 0  # workers started again after dying
         self._stopping = threading.Event()
