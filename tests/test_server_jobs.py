@@ -27,7 +27,7 @@ from gptkit.models.gpt import GPT
 from gptkit.server.files import Files
 from gptkit.server.jobs import JobRequest, Jobs
 from gptkit.server.registry import ModelRegistry
-from gptkit.server.runner import AUTO_LORA, BASE_LR, JobRun, auto_settings, job_error, training_configs
+from gptkit.server.runner import AUTO_LORA, BASE_LR, MAX_ATTEMPTS, JobRun, auto_settings, job_error, training_configs
 from gptkit.server.store import FINISHED, FileRow, JobEvent, JobRow, Store
 from gptkit.server.worker import Supervisor, Worker
 from gptkit.tasks.bundle import load
@@ -338,6 +338,13 @@ def test_a_job_asked_to_cancel_whose_worker_died_is_cancelled_not_run(here: Serv
         "The worker running this job stopped (attempt 1)",
         "Fine-tuning job cancelled at step 0; its checkpoints are kept",
     ]
+
+
+def test_a_job_whose_worker_keeps_dying_fails(here: Service):
+    job = here.submit()
+    here.store.update(JobRow, job.id, status="running", attempts=MAX_ATTEMPTS)
+    failed = run_here(here)  # taken over once more: one too many
+    assert (failed.status, failed.attempts, failed.error["code"]) == ("failed", MAX_ATTEMPTS + 1, "worker_lost")
 
 
 def test_a_worker_whose_parent_died_stops(tmp_path: Path):

@@ -203,6 +203,8 @@ def test_two_bad_lines_are_counted(store: Store):
         ({"hyperparameters": {"learning_rate_multiplier": -1}}, "learning_rate_multiplier"),
         ({"hyperparameters": {"epochs": 3}}, "hyperparameters"),
         ({"method": {"type": "dpo"}}, "method"),
+        ({"method": {"type": "supervised", "supervised": [1]}}, "hyperparameters"),
+        ({"hyperparameters": [1]}, "hyperparameters"),
         (
             {
                 "hyperparameters": {"n_epochs": 2},

@@ -200,19 +200,22 @@ class Jobs:
 
 def _hyperparameters(top: Mapping[str, Any] | None, method: Mapping[str, Any] | None) -> dict[str, Any]:
     """The job's hyperparameters from the method (or the deprecated top-level form), each a number or "auto"."""
-    given: Mapping[str, Any] = top or {}
+    given: Any = top or {}
     if method is not None:
         if not isinstance(method, Mapping) or method.get("type") != "supervised":
             kind = method.get("type") if isinstance(method, Mapping) else method
             raise RequestError(f"method.type {kind!r}: gptkit runs supervised fine-tuning only", "method")
-        inner = (method.get("supervised") or {}).get("hyperparameters") or {}
-        if given and inner and dict(given) != dict(inner):
+        supervised = method.get("supervised") or {}
+        inner = (supervised.get("hyperparameters") if isinstance(supervised, Mapping) else supervised) or {}
+        if given and inner and given != inner:
             raise RequestError(
                 "hyperparameters and method.supervised.hyperparameters differ; give them once, under method",
                 "hyperparameters",
             )
         given = inner or given
-    if not isinstance(given, Mapping) or (unknown := sorted(set(given) - set(HYPERPARAMETERS))):
+    if not isinstance(given, Mapping):
+        raise RequestError(f"hyperparameters must be an object, got {given!r}", "hyperparameters")
+    if unknown := sorted(set(given) - set(HYPERPARAMETERS)):
         raise RequestError(f"unknown hyperparameters {unknown}; known: {', '.join(HYPERPARAMETERS)}", "hyperparameters")
     resolved: dict[str, Any] = {}
     for name, (low, high, kind) in HYPERPARAMETERS.items():

@@ -40,6 +40,7 @@ __all__ = [
     "BASE_LR",
     "JobRun",
     "MissingFileError",
+    "WorkerLostError",
     "auto_settings",
     "job_error",
     "step_metrics_csv",
@@ -52,7 +53,12 @@ BASE_LR = TrainConfig.lr  # gptkit's default learning rate; a job's is this time
 AUTO_LORA = LoRAConfig(r=8, alpha=16.0, targets=("c_attn", "c_proj"))  # lora "auto" on a CPU
 KEEP_CHECKPOINTS = 3  # OpenAI keeps the checkpoints of a job's last three epochs
 MAX_INTERVAL = 1000  # steps between checkpoints (and evaluations) at most, also within an epoch
+MAX_ATTEMPTS = 10  # starts of one job; one whose worker keeps dying under it (out of memory) fails instead
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+class WorkerLostError(TrainingError):
+    """The job's workers died under it MAX_ATTEMPTS times (killed for memory, say); it is not tried again."""
 
 
 class MissingFileError(DataError):
@@ -162,6 +168,8 @@ def job_error(
         code, message = "disk_full", f"the server's disk is full: {message}"
     elif isinstance(exc, DivergedError):
         code = "training_diverged"
+    elif isinstance(exc, WorkerLostError):
+        code = "worker_lost"
     elif isinstance(exc, MissingFileError):
         code, param = "file_not_found", exc.param
     elif isinstance(exc, DataError):
@@ -233,6 +241,11 @@ class JobRun:
                 message += f"; continuing from {where}"
             self._event(message, "warn")
             self._sync_checkpoints()
+            if job.attempts > MAX_ATTEMPTS:
+                raise WorkerLostError(
+                    f"the job's worker stopped under it {job.attempts - 1} times (out of memory?); it is not tried "
+                    "again. Its checkpoints are kept; a job with a smaller batch_size may fit"
+                )
             if job.requested_action is not None:  # asked to cancel or pause before the worker died
                 return self._stopped(_step(latest))
         train_file = self._file(job.training_file, "training_file")

@@ -194,11 +194,14 @@ class Supervisor:
             code = process.wait()
             if self._stopping.is_set():
                 return
+            if time.monotonic() - started > 60:
+                delay = self.restart_delay  # it had been running well: not a crash loop
+            with self._lock:
+                self.restarts += 1
             log.warning("job worker %d exited with %s; starting it again in %.1fs", process.pid, code, delay)
-            self.restarts += 1
-            delay = self.restart_delay if time.monotonic() - started > 60 else min(2 * delay, 60.0)
             if self._stopping.wait(delay):
                 return
+            delay = min(2 * delay, 60.0)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask each worker to stop (SIGTERM: its job is checkpointed and queued again); kill one that is still
