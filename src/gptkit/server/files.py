@@ -10,6 +10,7 @@ file, its first bad line and why.
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from pathlib import Path
@@ -77,7 +78,7 @@ class Files:
         purpose: str | None = None,
     ) -> Page[FileRow]:
         where = {} if purpose is None else {"purpose": purpose}
-        return self.store.page(FileRow, after=after, limit=limit, order=order, **where)
+        return self.store.page(FileRow, after=after, limit=limit, order=order, where=where)
 
     def path(self, file_id: str) -> Path:
         """Where a file's bytes are (for streaming its content)."""
@@ -93,7 +94,7 @@ class Files:
         (self.store.data_dir / row.path).unlink(missing_ok=True)
         return row
 
-    def remove_strays(self, *, older_than: float = 3600.0) -> list[str]:
+    def remove_strays(self, *, older_than: float = 3600.0) -> builtins.list[str]:
         """Delete stored bytes without a row, and temporary files, left by a crash mid-upload or mid-delete; their
         names. Only those untouched for `older_than` seconds: an upload in flight has its bytes before its row."""
         if not self.root.is_dir():

@@ -142,11 +142,11 @@ class Jobs:
 
     def events(self, job_id: str, *, after: str | None = None, limit: int = 20) -> Page[JobEvent]:
         self.retrieve(job_id)
-        return self.store.page(JobEvent, after=after, limit=limit, job_id=job_id)
+        return self.store.page(JobEvent, after=after, limit=limit, where={"job_id": job_id})
 
     def checkpoints(self, job_id: str, *, after: str | None = None, limit: int = 10) -> Page[JobCheckpoint]:
         self.retrieve(job_id)
-        return self.store.page(JobCheckpoint, after=after, limit=limit, job_id=job_id)
+        return self.store.page(JobCheckpoint, after=after, limit=limit, where={"job_id": job_id})
 
     def cancel(self, job_id: str) -> JobRow:
         """Cancel a job now, or (running) ask its worker to stop at the next step, keeping its checkpoints."""

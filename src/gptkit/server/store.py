@@ -387,16 +387,19 @@ class Store:
         after: str | None = None,
         limit: int = 20,
         order: Literal["desc", "asc"] = "desc",
+        where: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
-        **where: Any,
     ) -> Page[R]:
         """OpenAI's list semantics: rows after the one with id `after` in `order` (newest first by default),
-        at most `limit`, and whether more follow. `metadata` keeps jobs whose metadata holds those pairs."""
+        at most `limit`, and whether more follow. Only rows whose columns equal `where`; `metadata` keeps jobs
+        whose metadata holds those pairs."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise RequestError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}", "limit")
         if order not in ("desc", "asc"):
             raise RequestError(f"order must be 'desc' or 'asc', got {order!r}", "order")
-        clauses, params = [f"{k} IS ?" for k in where], list(where.values())
+        where = where or {}
+        clauses = [f"{k} IS ?" for k in where]
+        params: list[Any] = list(where.values())
         for key, value in (metadata or {}).items():
             clauses.append("json_extract(metadata, ?) IS ?")
             params += ["$." + json.dumps(key), value]
@@ -416,7 +419,7 @@ class Store:
         unknown = set(changes) - {f.name for f in dataclasses.fields(cls)} | ({"id"} & set(changes))
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)} of a {cls.__name__}")
-        values = {k: json.dumps(v) if k in cls.JSON else v for k, v in changes.items()}
+        values: dict[str, Any] = {k: json.dumps(v) if k in cls.JSON else v for k, v in changes.items()}
         with self.transaction():
             if values:
                 self._db.execute(
