@@ -245,12 +245,12 @@ def test_pause_then_resume_equals_the_uninterrupted_run(service: Service, oracle
 
 def test_a_worker_killed_mid_job_is_restarted_and_finishes_the_job_once(service: Service, oracle):
     restarts = service.supervisor.restarts
-    job = service.submit(kill_at_step="4")  # after step 3 was recorded, before step 4's checkpoint
+    job = service.submit(kill_at_step="4")  # after step 4 was recorded, before its checkpoint
     done = service.finished(job.id)
     assert (done.status, done.attempts) == ("succeeded", 2), done.error
     assert service.supervisor.restarts == restarts + 1
     assert_same_weights(weights(service.registry.path(done.fine_tuned_model)), oracle[0])
-    assert service.steps(job.id) == [1, 2, 3, 3, 4]  # step 3 ran before the kill and again after it
+    assert service.steps(job.id) == [1, 2, 3, 4, 3, 4]  # steps 3 and 4 ran before the kill and again from step 2
     assert done.trained_tokens == oracle[2]  # each step counted once
     messages = [e.message for e in service.events(job.id)]
     assert messages.count("The job has successfully completed") == 1

@@ -53,6 +53,7 @@ BASE_LR = TrainConfig.lr  # gptkit's default learning rate; a job's is this time
 AUTO_LORA = LoRAConfig(r=8, alpha=16.0, targets=("c_attn", "c_proj"))  # lora "auto" on a CPU
 KEEP_CHECKPOINTS = 3  # OpenAI keeps the checkpoints of a job's last three epochs
 MAX_INTERVAL = 1000  # steps between checkpoints (and evaluations) at most, also within an epoch
+METRICS_EVERY = 1.0  # seconds between commits of step metrics (a commit's fsync costs milliseconds; a GPU step too)
 MAX_ATTEMPTS = 10  # starts of one job; one whose worker keeps dying under it (out of memory) fails instead
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
@@ -216,6 +217,8 @@ class JobRun:
         self.run_dir = store.data_dir / job.run_dir
         self.names: dict[str, str] = {}  # server paths -> file ids, for messages
         self.pending: dict[str, Any] | None = None  # the last step's metrics, until its evaluation is known
+        self.unsaved: list[dict[str, Any]] = []  # steps' metrics not yet committed
+        self.saved_at = time.monotonic()
         self.losses: dict[int, float] = {}
         self.valid: dict[int, float] = {}
         self.start = (0, 0.0)  # (step, time) this attempt started from
@@ -305,29 +308,36 @@ class JobRun:
             if self.pending is not None and self.pending["step"] == event.step:
                 self.pending["valid_loss"] = self.pending["full_valid_loss"] = event.metrics["val_loss"]
         elif isinstance(event, CheckpointEvent):
-            self._flush()
+            self._flush(force=True)  # every step up to a checkpoint is recorded before it
             name = f"{fine_tuned_model_name(self.job)}:ckpt-step-{event.step}"
             with self.store.transaction():
                 self._checkpoint_row(event.path, name)
                 self._event(f"Checkpoint created at step {event.step}")
                 self._sync_checkpoints()
         elif isinstance(event, DoneEvent):
-            self._flush()
+            self._flush(force=True)
 
-    def _flush(self) -> None:
-        """Record the pending step's metrics (with its validation loss when it was evaluated)."""
-        if self.pending is None:
+    def _flush(self, *, force: bool = False) -> None:
+        """Queue the pending step's metrics (with its validation loss when it was evaluated) and record the
+        queue, in one commit, every METRICS_EVERY seconds or when forced. A step lost to a crash before its
+        record is one after the last checkpoint, so it runs and is recorded again."""
+        if self.pending is not None:
+            self.unsaved.append(self.pending)
+            self.pending = None
+        if not self.unsaved or (not force and time.monotonic() - self.saved_at < METRICS_EVERY):
             return
-        data, self.pending = self.pending, None
-        message = f"Step {data['step']}/{data['total_steps']}: training loss={data['train_loss']:.4f}"
-        if "valid_loss" in data:
-            message += f", validation loss={data['valid_loss']:.4f}"
         first, started = self.start
-        seconds_per_step = (time.monotonic() - started) / max(1, data["step"] - first)
+        last = self.unsaved[-1]
+        seconds_per_step = (time.monotonic() - started) / max(1, last["step"] - first)
         with self.store.transaction():
-            self._event(message, type="metrics", data=data)
-            remaining = (data["total_steps"] - data["step"]) * seconds_per_step
+            for data in self.unsaved:
+                message = f"Step {data['step']}/{data['total_steps']}: training loss={data['train_loss']:.4f}"
+                if "valid_loss" in data:
+                    message += f", validation loss={data['valid_loss']:.4f}"
+                self._event(message, type="metrics", data=data)
+            remaining = (last["total_steps"] - last["step"]) * seconds_per_step
             self._set(estimated_finish=now() + math.ceil(remaining))
+        self.unsaved, self.saved_at = [], time.monotonic()
 
     def _checkpoint_row(self, path: Path, name: str) -> None:
         step = _step(path)
