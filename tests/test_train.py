@@ -15,6 +15,7 @@ from gptkit import GPT
 from gptkit.training.config import TrainConfig
 from gptkit.training.data import PrepareConfig, prepare
 from gptkit.training.events import CheckpointEvent, DoneEvent, EvalEvent, StartEvent, StepEvent
+from gptkit.training.loop import DivergedError
 from gptkit.training.train import TrainingError, train
 
 TEXT = (
@@ -177,7 +178,7 @@ def test_bfloat16_autocast_tracks_float32(char_data: Path, tmp_path: Path) -> No
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(char_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "nan"
     train(_config(char_data, run, max_steps=10))
-    with pytest.raises(TrainingError, match=r"loss became nan at step \d+.*last good checkpoint"):
+    with pytest.raises(DivergedError, match=r"loss became nan at step \d+.*last good checkpoint"):
         train(_config(char_data, run, init_from="resume", max_steps=40, lr=1e9, grad_clip=0.0, warmup_steps=0))
     assert GPT.from_pretrained(run / "checkpoints" / "step-0000010").config.n_layer == 2
 

@@ -8,6 +8,12 @@ events into responses, `app` maps HTTP onto all that (no tensors, no model code)
 text, and `run` is `gptkit serve` as a function. FastAPI, uvicorn and prometheus_client come with the `serve`
 extra and are imported only here (the engine needs none of them).
 
+Fine-tuning jobs, beneath their HTTP endpoints: `store` is the SQLite database of files, jobs, job events and
+checkpoints (the truth a restart reconciles from); `files` stores and checks uploads; `jobs` creates and
+controls jobs (rows and requests only); `runner` runs one attempt at a job with `tasks.finetune`; `worker` is
+the job worker process (`python -m gptkit.server.worker`) and the `Supervisor` the server owns; `registry`
+maps fine-tuned model ids to the folders to serve.
+
 May import `gptkit.tasks`, `gptkit.training`, `gptkit.generation`, `gptkit.models`, `gptkit.text` and the
 ground floor.
 """

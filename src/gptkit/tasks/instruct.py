@@ -16,6 +16,7 @@ Sequences are padded by the collator (the default) or concatenated into full blo
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "encode_instruct",
     "pack",
     "read_chat",
+    "read_instruct",
     "read_prompt_completion",
 ]
 
@@ -48,12 +50,14 @@ class PromptCompletion:
     prompt: str
     completion: str
     line: int
+    source: str = ""  # the file it was read from, for messages once it has left its InstructSet
 
 
 @dataclass(frozen=True)
 class ChatExample:
     messages: list[dict[str, Any]]  # {"role", "content"[, "weight"]}, validated
     line: int
+    source: str = ""
 
 
 @dataclass
@@ -76,7 +80,7 @@ def read_prompt_completion(path: str | os.PathLike[str], *, on_error: OnError = 
             elif not completion.strip():
                 yield line, "empty completion; there is nothing to learn from this row"
             else:
-                yield line, PromptCompletion(prompt, completion, line)
+                yield line, PromptCompletion(prompt, completion, line, str(path))
 
     return collect(InstructSet(str(path)), examples(), on_error, "prompt/completion examples")
 
@@ -86,12 +90,23 @@ def read_chat(path: str | os.PathLike[str], *, on_error: OnError = "fail") -> In
 
     def examples() -> Iterator[tuple[int, ChatExample | str] | BadRow]:
         for item in iter_records(path, "jsonl", columns=("messages",)):
-            yield item if isinstance(item, BadRow) else (item[0], _chat(item[1]["messages"], item[0]))
+            yield item if isinstance(item, BadRow) else (item[0], _chat(item[1]["messages"], item[0], str(path)))
 
     return collect(InstructSet(str(path)), examples(), on_error, "chats")
 
 
-def _chat(messages: Any, line: int) -> ChatExample | str:
+def read_instruct(path: str | os.PathLike[str], *, on_error: OnError = "fail") -> InstructSet:
+    """Chat or prompt/completion JSONL, by the keys of the file's first record ("messages": chat)."""
+    try:
+        with open(path, "rb") as fh:
+            record = json.loads(next((line for line in fh if line.strip()), b"{}"))
+    except (OSError, ValueError):
+        record = None  # the reader reports what is wrong, naming the file or the line
+    reader = read_chat if isinstance(record, dict) and "messages" in record else read_prompt_completion
+    return reader(path, on_error=on_error)
+
+
+def _chat(messages: Any, line: int, source: str) -> ChatExample | str:
     if not isinstance(messages, list) or not messages:
         return '\'messages\' must be a non-empty list of {"role", "content"} objects'
     kept = []
@@ -113,7 +128,7 @@ def _chat(messages: Any, line: int) -> ChatExample | str:
         return "no assistant message; a chat needs at least one to learn from"
     if all(m.get("weight", 1) == 0 for m in answers):
         return "every assistant message has weight 0, so nothing would be trained"
-    return ChatExample(kept, line)
+    return ChatExample(kept, line, source)
 
 
 # --- encoding ---------------------------------------------------------------------------------------
@@ -143,7 +158,7 @@ def encode_instruct(
             pieces = chat_segments(ex.messages, template, eos_token=eos)
         if found := [t for t in tokenizer.special_tokens for text in texts if t in text]:
             raise DataError(
-                f"{source}:{ex.line}: the text contains the special token {found[0]!r}, which would "
+                f"{ex.source or source}:{ex.line}: the text contains the special token {found[0]!r}, which would "
                 f"become a real special token; remove it from the data"
             )
         ids: list[int] = []

@@ -214,16 +214,7 @@ def _score_choice(outputs: dict[str, list[Tensor]], encoded: Encoded, labels: An
 
 
 def _read_instruct(config: TaskConfig, path: str, labels: Any) -> tuple[list[Any], int]:
-    import json
-
-    with open(path, encoding="utf-8") as fh:  # the format goes by the first record's keys
-        first = next((line for line in fh if line.strip()), "{}")
-    try:
-        chat = "messages" in json.loads(first)
-    except json.JSONDecodeError:
-        chat = False  # the reader reports the line
-    reader = chat_data.read_chat if chat else chat_data.read_prompt_completion
-    data = reader(path, on_error=config.on_error)
+    data = chat_data.read_instruct(path, on_error=config.on_error)
     return data.examples, len(data.skipped)
 
 

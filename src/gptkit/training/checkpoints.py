@@ -81,13 +81,14 @@ def save_training_checkpoint(
         write_model(staging)
         torch.save(state, staging / TRAINER_STATE)
     for dest in [run_dir] + ([run_dir / "best"] if best else []):
-        _mirror_model_files(target, dest)
+        mirror_model_files(target, dest)
     for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def _mirror_model_files(source: Path, dest: Path) -> None:
+def mirror_model_files(source: Path, dest: Path) -> None:
+    """Point dest's model files at a checkpoint's (hard links, else copies), each file replaced atomically."""
     dest.mkdir(parents=True, exist_ok=True)
     # weights and tokenizer first, config.json last: a reader never sees a new config with old weights
     files = sorted(

@@ -63,6 +63,10 @@ class TrainingError(GptkitError):
     """Training cannot go on (diverged, data too small, mismatched checkpoint); the last checkpoint stays."""
 
 
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite; the last checkpoint stays."""
+
+
 class Sampler(Protocol):
     """Draws the items of each step; its whole state goes into checkpoints so a resume draws the same."""
 
@@ -207,7 +211,7 @@ def _fit(
             group["lr"] = lr
         loss_value, n_global = _optimizer_step(objective, trained, optimizer, scaler, autocast, config, info, device)
         if not math.isfinite(loss_value):
-            raise TrainingError(
+            raise DivergedError(
                 f"the loss became {loss_value} at step {step + 1}; training stopped. The last good checkpoint "
                 f"is in {run_dir / 'checkpoints'}; try a lower --lr, --grad-clip 1, or --dtype bfloat16"
             )

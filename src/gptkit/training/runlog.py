@@ -53,7 +53,8 @@ def plot_curves(run_dir: Path) -> Path | None:
         ax_loss.plot(*zip(*val, strict=True), label="validation", marker="o", linewidth=1.5)
     ax_loss.set_ylabel("loss (nats/token)")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend()
+    if train or val:  # a run stopped before its first step has no curve to name
+        ax_loss.legend()
     ax_loss.set_title(run_dir.resolve().name)
     if lrs:
         ax_lr.plot(*zip(*lrs, strict=True), color="tab:green", linewidth=1)
