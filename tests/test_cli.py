@@ -164,3 +164,55 @@ def test_flags_that_were_silently_accepted_are_errors(tiny_dir: Path, tmp_path: 
     config.write_text("n_layer: 2\ndata: d\n")
     assert cli(["train", "--config", str(config)]) == 2
     assert "model fields go under model_overrides, e.g. model_overrides: {n_layer: ...}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("preset", "flags", "overrides"),
+    [
+        ("gpt2-tiny", ["--n-layer", "3", "--n-head", "2"], dict(n_layer=3, n_head=2)),
+        ("openai-gpt-tiny", ["--n-positions", "64", "--n-embd", "48"], dict(n_positions=64, n_embd=48)),
+    ],
+)
+def test_new_writes_a_random_model_that_transformers_loads_and_generate_runs(
+    tmp_path: Path, capsys, preset: str, flags: list[str], overrides: dict
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "fresh"
+    before = torch.random.get_rng_state()
+    assert cli(["new", preset, str(out), "--seed", "5", *flags]) == 0
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left alone
+    model = GPT.from_pretrained(out)
+    tokenizer = Tokenizer.from_pretrained(out)
+    assert (
+        model.config.to_dict()
+        == GPTConfig.from_name(
+            preset, **overrides, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id
+        ).to_dict()
+    )
+    assert tokenizer.kind == model.config.family  # the preset's own vocabulary
+    reference = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(ids).logits - reference(ids).logits).abs().max().item() <= 1e-5
+    # The seed decides the weights.
+    assert cli(["new", preset, str(tmp_path / "again"), "--seed", "5", *flags]) == 0
+    assert cli(["new", preset, str(tmp_path / "other"), "--seed", "6", *flags]) == 0
+    weights = {k: GPT.from_pretrained(tmp_path / k).transformer.wte.weight for k in ("again", "other")}
+    assert torch.equal(weights["again"], model.transformer.wte.weight)
+    assert not torch.equal(weights["other"], model.transformer.wte.weight)
+    # `gptkit generate` runs on it, picking transformers' greedy tokens.
+    capsys.readouterr()
+    argv = ["generate", "--model", str(out), "--temperature", "0", "--max-new-tokens", "6", "--json", "hello world"]
+    assert cli(argv) == 0
+    row = json.loads(capsys.readouterr().out)
+    prompt = torch.tensor([tokenizer.encode("hello world")])
+    expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False)
+    assert row["token_ids"] == expected[0, prompt.shape[1] :].tolist()
+
+
+def test_new_refuses_a_used_folder_and_a_vocabulary_too_small(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    assert cli(["new", "gpt2-tiny", str(tiny_dir)]) == 2
+    assert "already exists and is not an empty folder" in capsys.readouterr().err
+    assert cli(["new", "gpt2-tiny", str(tmp_path / "small"), "--vocab-size", "100"]) == 2
+    assert "the gpt2 tokenizer has 50,257 tokens but vocab_size is 100" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()

@@ -1,4 +1,4 @@
-"""Subcommands that read or run a model: convert, info, tokenize, generate."""
+"""Subcommands that make, read or run a model: new, convert, info, tokenize, generate."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ import argparse
 import json
 import sys
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, dataclass_values, load_for_inference, read_input
+from gptkit.cli.common import (
+    DTYPES,
+    MODEL_HELP,
+    add_dataclass_flags,
+    dataclass_values,
+    load_for_inference,
+    read_input,
+)
 from gptkit.errors import GptkitError
-from gptkit.generation.params import SamplingParams  # a plain dataclass, no torch: safe for `gptkit --help`
+from gptkit.generation.params import SamplingParams  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.models.config import GPTConfig
 
 _SAMPLING_HELP = {
     "max_new_tokens": "tokens to generate per sequence",
@@ -31,6 +39,28 @@ _SAMPLING_HELP = {
     "num_return_sequences": "sequences per prompt",
     "truncate": "slide the context window (drop the oldest tokens) when prompt + new tokens exceed it",
 }
+
+
+def _new(args: argparse.Namespace) -> int:
+    from gptkit.errors import CheckpointError
+    from gptkit.models.hf_names import config_to_hf
+    from gptkit.models.loading import new_model
+    from gptkit.text.tokenizer import Tokenizer
+
+    config = GPTConfig.from_name(args.preset, **dataclass_values(args, GPTConfig))
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer or config.family or "gpt2")
+    model = new_model(config, tokenizer, args.out, seed=args.seed)
+    try:
+        config_to_hf(config)
+        note = ""
+    except CheckpointError as exc:
+        note = f"; {exc}, so only gptkit loads it"
+    print(
+        f"wrote {args.out}: a randomly initialised {config.name} (seed {args.seed}, "
+        f"{model.num_parameters():,} parameters) with the {tokenizer.kind} tokenizer{note}"
+    )
+    print(f'Try: gptkit generate --model {args.out} --max-new-tokens 20 "Hello"')
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -165,7 +195,29 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add convert, info, tokenize and generate to the `gptkit` subcommands."""
+    """Add new, convert, info, tokenize and generate to the `gptkit` subcommands."""
+    p = sub.add_parser(
+        "new",
+        help="write a randomly initialised model of a preset's shape (a model to try offline)",
+        description=(
+            f"Build PRESET ({', '.join(GPTConfig.presets())}) with the shape flags given, initialise it "
+            "randomly from --seed, and write OUT: a directory gptkit and transformers.AutoModelForCausalLM both "
+            "load, with the tokenizer's files. Its text is noise until it is trained (`gptkit train "
+            "--init-from pretrained --model OUT`)."
+        ),
+    )
+    p.add_argument("preset", metavar="PRESET", help="the GPTConfig preset whose shape the flags below change")
+    p.add_argument("out", metavar="OUT", help="directory to write (new or empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initial weights (default: 0)")
+    p.add_argument(
+        "--tokenizer",
+        help="gpt2, openai-gpt or a tokenizer folder, saved beside the model (default: the preset's family's)",
+    )
+    group = p.add_argument_group("shape (GPTConfig fields)")
+    skip = {"name", "bos_token_id", "eos_token_id"}  # the end-of-text id is the tokenizer's
+    add_dataclass_flags(group, GPTConfig, MODEL_HELP, skip=skip, default_note="default: the preset's")
+    p.set_defaults(func=_new)
+
     p = sub.add_parser(
         "convert",
         help="convert any supported checkpoint into a gptkit / Hugging Face directory",
