@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import sys
@@ -216,3 +217,20 @@ def test_new_refuses_a_used_folder_and_a_vocabulary_too_small(tiny_dir: Path, tm
     assert cli(["new", "gpt2-tiny", str(tmp_path / "small"), "--vocab-size", "100"]) == 2
     assert "the gpt2 tokenizer has 50,257 tokens but vocab_size is 100" in capsys.readouterr().err
     assert not (tmp_path / "small").exists()
+
+
+def test_version_comes_from_the_package_metadata(capsys, monkeypatch) -> None:
+    import gptkit
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"gptkit {importlib.metadata.version('gptkit')}\n"
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a source tree on PYTHONPATH, not installed
+    monkeypatch.setattr(gptkit, "__version__", "9.9.9")
+    with pytest.raises(SystemExit):
+        cli(["--version"])
+    assert capsys.readouterr().out == "gptkit 9.9.9\n"
