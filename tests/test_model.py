@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptkit import GPT, ContextLengthError, GPTConfig, KVCache
+from gptkit import GPT, ContextLengthError, GPTConfig, KVCache, TokenIdError
 from gptkit.models.gpt import IGNORE_INDEX
 
 from conftest import SHAPES, hf_model, random_ids
@@ -115,6 +115,19 @@ def test_bad_inputs_raise_clear_errors() -> None:
         model(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ContextLengthError, match="exceeds the model's context"):
         KVCache(model.config, batch_size=1, max_len=200)
+
+
+@pytest.mark.parametrize("bad", [100, 5000, -1])
+def test_token_ids_outside_the_vocabulary_are_named(bad: int) -> None:
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=100)).eval()
+    ids = torch.tensor([[3, 99, bad, 7]])
+    with pytest.raises(TokenIdError, match=rf"token id {bad} is out of range .* vocabulary of 100 tokens") as error:
+        model(ids)
+    assert isinstance(error.value, IndexError)  # what torch's embedding raised before, for callers catching it
+    cache = KVCache(model.config, batch_size=1)
+    with pytest.raises(TokenIdError, match=rf"token id {bad} "):  # a decode step over the cache too
+        model(ids[:, 2:3], cache=cache, cache_position=torch.tensor([0]))
+    assert model(ids[:, :2]).logits.shape == (1, 2, 100)  # ids 0..99 are fine
 
 
 def test_gpt2_initialisation_scales_residual_projections() -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gptkit.errors import ContextLengthError
+from gptkit.errors import ContextLengthError, TokenIdError
 from gptkit.models import checkpoint
 from gptkit.models.config import IGNORE_INDEX, GPTConfig
 from gptkit.models.kernels import Linear, attention
@@ -213,6 +213,14 @@ class GPTModel(nn.Module):
                 f"sequence of {T} tokens is longer than the model's context of {self.config.n_positions}; "
                 "truncate it (keep the last tokens) or use a sliding window"
             )
+        if input_ids.numel() and not torch.compiler.is_compiling():  # one small reduction; compiled graphs skip it
+            low, high = torch.stack(input_ids.aminmax()).tolist()
+            if low < 0 or high >= self.config.vocab_size:
+                bad = input_ids[(input_ids < 0) | (input_ids >= self.config.vocab_size)][0].item()
+                raise TokenIdError(
+                    f"token id {bad} is out of range for the model's vocabulary of {self.config.vocab_size} tokens "
+                    f"(ids 0 to {self.config.vocab_size - 1}); encode text with the model's own tokenizer"
+                )
         return B, T
 
     @staticmethod
