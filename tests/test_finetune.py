@@ -132,6 +132,24 @@ def test_classifier_checkpoint_loads_in_transformers_with_equal_logits(sentiment
     assert task["labels"] == ["0", "1"] and task["task"]["task"] == "classify"
 
 
+def test_predict_reads_texts_and_rows_in_memory_as_it_reads_a_file(sentiment_run, tmp_path: Path):
+    from gptkit.errors import DataError
+    from gptkit.tasks.predict import predict
+
+    bundle = load(sentiment_run.run_dir, merge_lora=False)
+    texts = ["the plot was superb", "it was dull really", "a lovely film"]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    from_file = list(predict(bundle, path))
+    assert [r["text"] for r in from_file] == texts
+    assert list(predict(bundle, texts)) == from_file
+    assert list(predict(bundle, [{"text": t} for t in texts])) == from_file
+    with pytest.raises(DataError, match="inputs item 2: int is not an input of classify"):
+        list(predict(bundle, ["fine", 3]))
+    with pytest.raises(DataError, match="inputs item 1: .*text"):  # the task's reader checks a row as in a file
+        list(predict(bundle, [{"review": "fine"}]))
+
+
 def test_resumed_finetune_equals_uninterrupted(tmp_path: Path):
     train_file = str(write_sentiment(tmp_path / "train.tsv", 64, 0))
     task = TaskConfig(task="classify", train_file=train_file, max_length=16, epochs=None)
@@ -219,6 +237,8 @@ def test_tagger_learns_names_and_loads_in_transformers(tmp_path: Path):
     rows = list(predict(ours, tmp_path / "input.txt"))
     assert [r["tokens"] for r in rows] == [["Carl", "went", "home"], ["the", "sea"]]
     assert all(len(r["tags"]) == len(r["tokens"]) for r in rows)
+    in_memory = list(predict(ours, ["Carl went home", ["the", "sea"]]))  # a sentence, or its words
+    assert [(r["tokens"], r["tags"]) for r in in_memory] == [(r["tokens"], r["tags"]) for r in rows]
 
 
 def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
@@ -287,6 +307,14 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     from gptkit.cli import main
 
     merged = load(result.run_dir, lm=True).model
+    from gptkit.generation.generate import generate
+    from gptkit.generation.sampling import SamplingParams
+    from gptkit.tasks.predict import predict
+
+    run = load(result.run_dir)
+    [answer] = predict(run, ["Q: 1+2="], max_new_tokens=3)
+    greedy = SamplingParams(temperature=0, max_new_tokens=3)
+    assert answer["completion"] == generate(run.model, "Q: 1+2=", greedy, tokenizer=run.tokenizer)[0].text
     ids = torch.tensor([[16, 25, 17, 10]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, load(result.run_dir, merge_lora=False).model(ids).logits, atol=1e-5)
