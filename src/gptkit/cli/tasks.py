@@ -110,8 +110,8 @@ def _embed(args: argparse.Namespace) -> int:
     bundle = load_for_inference(args)
     vectors = embed(
         bundle.model,
-        bundle.tokenizer,
         texts,
+        tokenizer=bundle.tokenizer,
         pooling=args.pooling,
         batch_size=args.batch_size,
         normalize=not args.no_normalize,
