@@ -234,3 +234,34 @@ def test_version_comes_from_the_package_metadata(capsys, monkeypatch) -> None:
     with pytest.raises(SystemExit):
         cli(["--version"])
     assert capsys.readouterr().out == "gptkit 9.9.9\n"
+
+
+_FILLER = {"a", "an", "the", "of", "per", "to", "in", "on", "for", "and", "or", "is", "by", "with", "default", "none"}
+
+
+def _help_lines() -> list[tuple[str, str, str]]:
+    """(subcommand, flag, help text) of every argument of every subcommand, and each subcommand's own help."""
+    import argparse
+
+    from gptkit.cli import _build_parser
+
+    [sub] = [a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {c.dest: c.help or "" for c in sub._choices_actions}
+    lines = [(name, "", helps.get(name, "")) for name in sub.choices]
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                lines.append((name, "/".join(action.option_strings) or action.dest, action.help or ""))
+    return lines
+
+
+def test_every_help_line_says_more_than_the_flag_name() -> None:
+    import re
+
+    repeats = []
+    for command, flag, text in _help_lines():
+        said = re.sub(r"\(default[^()]*(\([^()]*\)[^()]*)*\)|%\(default\)s", " ", text)  # the default, (nested) parens
+        own = set(re.findall(r"[a-z0-9]+", f"{command} {flag}".lower())) | _FILLER
+        if len([w for w in re.findall(r"[a-z0-9]+", said.lower()) if w not in own]) < 2:
+            repeats.append(f"gptkit {command} {flag}: {text!r}")
+    assert not repeats, "help that only repeats the flag's name:\n" + "\n".join(repeats)

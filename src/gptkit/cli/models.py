@@ -19,14 +19,14 @@ from gptkit.generation.params import SamplingParams  # plain dataclasses, no tor
 from gptkit.models.config import GPTConfig
 
 _SAMPLING_HELP = {
-    "max_new_tokens": "tokens to generate per sequence",
-    "temperature": "0 = greedy",
+    "max_new_tokens": "most tokens generated after each prompt (fewer when a stop ends the sequence)",
+    "temperature": "divide the logits by this before sampling (0 = greedy)",
     "top_k": "keep the k most likely tokens (0 = off)",
     "top_p": "nucleus sampling mass (1 = off)",
     "min_p": "drop tokens below min-p x top probability",
     "repetition_penalty": "transformers' penalty (1 = off)",
-    "presence_penalty": "OpenAI presence penalty",
-    "frequency_penalty": "OpenAI frequency penalty",
+    "presence_penalty": "OpenAI's: subtract this from the logit of each token already generated",
+    "frequency_penalty": "OpenAI's: subtract this x the number of times a token was generated from its logit",
     "no_repeat_ngram_size": "forbid repeating n-grams (0 = off)",
     "seed": "seed for reproducible sampling",
     "stop": "stop string, not printed",
@@ -36,7 +36,7 @@ _SAMPLING_HELP = {
     "num_beams": "beam search width (needs --temperature 0)",
     "length_penalty": "beam score / length**penalty",
     "early_stopping": "beam search: stop once num-beams beams finished",
-    "num_return_sequences": "sequences per prompt",
+    "num_return_sequences": "how many sequences to sample for each prompt",
     "truncate": "slide the context window (drop the oldest tokens) when prompt + new tokens exceed it",
 }
 
@@ -246,7 +246,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show how a tokenizer splits text (ids and the text of each token)",
         description="Encode TEXT (or stdin) with OpenAI's GPT-2 or GPT-1 tokenizer, or a checkpoint's.",
     )
-    p.add_argument("text", nargs="*", help="text to encode (default: stdin)")
+    p.add_argument("text", nargs="*", help="the text to split into tokens, arguments joined by spaces (default: stdin)")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2, openai-gpt, or a checkpoint folder (default: gpt2)")
     p.add_argument("--allow-special", action="store_true", help="encode <|endoftext|> as its special id")
     p.add_argument("--json", action="store_true", help="print ids and character offsets as JSON")
@@ -261,7 +261,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "transformers' generate; --temperature 0 is greedy decoding."
         ),
     )
-    p.add_argument("prompt", nargs="*", help="prompt text (default: read stdin, else <|endoftext|>)")
+    p.add_argument(
+        "prompt",
+        nargs="*",
+        help="text for the model to continue; several run as a batch (default: stdin, else <|endoftext|>)",
+    )
     p.add_argument("--model", required=True, help="hub name or checkpoint folder")
     p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
     p.add_argument("--prompt-file", metavar="FILE", help="one prompt per line ('-' = stdin; \\n for newlines)")

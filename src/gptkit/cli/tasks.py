@@ -202,7 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Embed TEXT arguments and/or lines of --file with MODEL; print JSONL or write a .npy array.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("text", nargs="*", help="texts to embed")
+    p.add_argument("text", nargs="*", help="texts to embed, one vector each")
     p.add_argument("--model", required=True, help="hub name or checkpoint folder")
     p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
     p.add_argument("--file", metavar="FILE", help="one text per line ('-' = stdin)")

@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
+from gptkit.cli.common import DTYPES, MODEL_HELP, add_dataclass_flags, load_for_inference, resolve_device
 from gptkit.errors import GptkitError
 from gptkit.training.config import (  # no torch: fast `gptkit --help`
     FLAT_LORA_KEYS,
@@ -26,6 +26,12 @@ TRAIN_HELP = {
     "block_size": "tokens per training sequence",
     "batch_size": "sequences per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",
+    "max_steps": "how many optimizer steps the run takes",
+    "warmup_steps": "optimizer steps of linear learning-rate warmup from 0 to --lr",
+    "weight_decay": "AdamW's decoupled weight decay on matrices and embeddings (never biases or LayerNorms)",
+    "beta1": "AdamW's decay rate of the running mean of gradients",
+    "beta2": "AdamW's decay rate of the running mean of squared gradients",
+    "eps": "AdamW's term added to the denominator for numerical stability",
     "lr": "peak learning rate",
     "min_lr": "final learning rate (default lr/10)",
     "schedule": "decay after warmup: cosine, linear or constant",
@@ -39,6 +45,9 @@ TRAIN_HELP = {
     "device": "cpu, cuda, or auto",
     "eval_interval": "evaluate (val loss, sample) every N steps (0 = at the end)",
     "eval_batches": "batches per split per evaluation",
+    "log_interval": "write loss, learning rate and throughput to metrics.jsonl every N steps",
+    "sample_prompt": "text the samples generated at each evaluation start from",
+    "seed": "seed of the initial weights, the data order and dropout (a resumed run continues its own)",
     "sample_tokens": "tokens generated at each evaluation (0 = none)",
     "save_interval": "checkpoint every N steps (default: at each evaluation)",
     "keep_last": "checkpoints kept besides best/",
@@ -51,7 +60,7 @@ TRAIN_HELP = {
 LORA_HELP = {
     "lora_r": "rank of LoRA adapters (0 = no LoRA); saved in peft's format beside the model",
     "lora_alpha": "LoRA scale numerator (scale = alpha / r) (default: 16.0)",
-    "lora_dropout": "dropout on the LoRA input (default: 0.0)",
+    "lora_dropout": "dropout probability on each LoRA adapter's input while training (default: 0.0)",
     "lora_targets": "comma-separated module names for adapters, e.g. c_attn,c_proj,c_fc (default: c_attn)",
 }
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "n_inner", "activation", "bias")
@@ -77,7 +86,7 @@ def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str]
             "--" + name.replace("_", "-"),
             default=None,
             type={"activation": str, "bias": parse_bool}.get(name, int),
-            help=f"scratch models: GPTConfig.{name}",
+            help=f"--init-from scratch: {MODEL_HELP[name]} (default: the preset's)",
         )
 
 
