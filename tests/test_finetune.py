@@ -96,17 +96,16 @@ def test_collate_pads_ids_masks_and_token_labels():
 # -- classification -------------------------------------------------------------------------------
 
 
+def sentiment_task(folder: Path, n_train: int, n_dev: int, epochs: float) -> TaskConfig:
+    train_file = str(write_sentiment(folder / "train.tsv", n_train, 0))
+    dev_file = str(write_sentiment(folder / "dev.tsv", n_dev, 1))
+    return TaskConfig(task="classify", train_file=train_file, eval_file=dev_file, max_length=16, epochs=epochs)
+
+
 @pytest.fixture(scope="module")
 def sentiment_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("sentiment")
-    task = TaskConfig(
-        task="classify",
-        train_file=str(write_sentiment(tmp / "train.tsv", 320, 0)),
-        eval_file=str(write_sentiment(tmp / "dev.tsv", 100, 1)),
-        max_length=16,
-        epochs=4,
-    )
-    return finetune(task, small_train(tmp, "run"))
+    return finetune(sentiment_task(tmp, 320, 100, epochs=4), small_train(tmp, "run"))
 
 
 def test_classifier_learns_a_synthetic_task_far_above_chance(sentiment_run):
@@ -148,6 +147,25 @@ def test_predict_reads_texts_and_rows_in_memory_as_it_reads_a_file(sentiment_run
         list(predict(bundle, ["fine", 3]))
     with pytest.raises(DataError, match="inputs item 1: .*text"):  # the task's reader checks a row as in a file
         list(predict(bundle, [{"review": "fine"}]))
+
+
+def test_finetune_counts_tokens_not_examples_and_draws_nats_per_example(tmp_path: Path, monkeypatch):
+    from gptkit.tasks.registry import TASK_TYPES
+    from gptkit.text.tokenizer import Tokenizer
+    from gptkit.training import loop
+
+    drawn: list[str] = []
+    monkeypatch.setattr(loop, "plot_curves", lambda run_dir, *, unit: drawn.append(unit))
+    task = sentiment_task(tmp_path, 32, 8, epochs=1)
+    events: list = []
+    finetune(task, small_train(tmp_path, "run", batch_size=8), on_event=events.append)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    recipe = TASK_TYPES["classify"].recipe
+    examples, _ = recipe.read(task, task.train_file, None)
+    encoded = recipe.encode(task, examples, Tokenizer.from_pretrained("gpt2"), recipe.labels(task, examples))
+    assert len(steps) == 4  # one epoch: every example once
+    assert steps[-1].tokens == sum(len(row["input_ids"]) for row in encoded.rows) > len(examples)
+    assert drawn == ["example"]
 
 
 def test_resumed_finetune_equals_uninterrupted(tmp_path: Path):
@@ -430,6 +448,9 @@ def test_cli_finetune_predict_eval_and_embed(tmp_path: Path, capsys: pytest.Capt
     assert main(["eval", "--model", str(run), "--labelled", str(dev_file), "--json", "--device", "cpu"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["examples"] == 12 and 0 <= scores["accuracy"] <= 1
+    assert main(["eval", "--model", str(run), "--labelled", str(dev_file), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy {scores['accuracy']:.4f}" in printed and printed.rstrip().endswith("examples 12")  # a count
     assert main(["embed", "--model", str(run), "one text", "another text", "--device", "cpu"]) == 0
     vectors = [json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()]
     assert len(vectors) == 2 and abs(sum(v * v for v in vectors[0]) - 1) < 1e-4
@@ -655,7 +676,7 @@ def test_finetune_prints_nothing_counts_bad_rows_and_takes_the_world_size_it_is_
     argv += ["--model", "gpt2-tiny", "--max-length", "16", "--max-steps", "1", "--out-dir", str(tmp_path / "cli")]
     argv += ["--no-progress", "--device", "cpu"]
     assert main(argv) == 0
-    assert "skipped 1 bad rows (see --on-error)" in capsys.readouterr().out
+    assert "skipped 1 bad row (see --on-error)\nfine-tuned classify for 1 step (" in capsys.readouterr().out
 
 
 def test_finetune_never_writes_into_its_base_model_or_over_a_run(tmp_path: Path):

@@ -17,6 +17,7 @@ from gptkit.cli.common import (
 from gptkit.errors import GptkitError
 from gptkit.generation.params import SamplingParams  # plain dataclasses, no torch: safe for `gptkit --help`
 from gptkit.models.config import GPTConfig
+from gptkit.training.runlog import counted
 
 _SAMPLING_HELP = {
     "max_new_tokens": "most tokens generated after each prompt (fewer when a stop ends the sequence)",
@@ -104,7 +105,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ids": encoding.ids, "offsets": encoding.offsets}))
         return 0
-    print(f"{len(encoding.ids)} tokens ({tokenizer.kind}, vocabulary {tokenizer.vocab_size:,})")
+    print(f"{counted(len(encoding.ids), 'token')} ({tokenizer.kind}, vocabulary {tokenizer.vocab_size:,})")
     for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
         print(f"{token_id:>8}  {text[start:end]!r}")
     return 0

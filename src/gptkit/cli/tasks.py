@@ -12,6 +12,7 @@ from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, r
 from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.training.runlog import counted, format_metrics  # no torch either
 
 TASKS = ("classify", "tag", "qa", "choice", "instruct")
 _TASK_HELP = {
@@ -57,10 +58,10 @@ def _finetune(args: argparse.Namespace) -> int:
     if not result.train.is_main:
         return 0
     if result.skipped_rows:
-        print(f"skipped {result.skipped_rows} bad rows (see --on-error)")
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        print(f"skipped {counted(result.skipped_rows, 'bad row')} (see --on-error)")
+    shown = format_metrics(result.metrics)
     print(
-        f"fine-tuned {args.task} for {result.train.step} steps ({result.train.seconds:.0f} s): {shown}; "
+        f"fine-tuned {args.task} for {counted(result.train.step, 'step')} ({result.train.seconds:.0f} s): {shown}; "
         f"model in {result.run_dir}"
     )
     return 0
@@ -78,7 +79,7 @@ def _predict(args: argparse.Namespace) -> int:
 
         lines = [json.dumps(r, ensure_ascii=False) for r in records]
         atomic_write_text(Path(args.out), "".join(line + "\n" for line in lines))
-        print(f"{len(lines)} predictions written to {args.out}", file=sys.stderr)
+        print(f"{counted(len(lines), 'prediction')} written to {args.out}", file=sys.stderr)
     else:
         write_jsonl(records, sys.stdout)
     return 0
@@ -126,7 +127,7 @@ def _embed(args: argparse.Namespace) -> int:
                 np.save(fh, vectors.numpy())
 
         atomic_write(Path(args.out), write)
-        print(f"{len(texts)} vectors of size {vectors.shape[1]} written to {args.out}", file=sys.stderr)
+        print(f"{counted(len(texts), 'vector')} of size {vectors.shape[1]} written to {args.out}", file=sys.stderr)
     else:
         for text, vector in zip(texts, vectors.tolist(), strict=True):
             print(json.dumps({"text": text, "embedding": [round(v, 6) for v in vector]}))

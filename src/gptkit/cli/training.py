@@ -16,6 +16,7 @@ from gptkit.training.config import (  # no torch: fast `gptkit --help`
     fold_lora_keys,
     read_config_file,
 )
+from gptkit.training.runlog import format_metrics
 
 TRAIN_HELP = {
     "data": "data directory written by `gptkit prepare`",
@@ -183,7 +184,7 @@ def _eval(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"task": "labelled", "model": args.model, "file": args.labelled, **scores}))
         else:
-            print(f"{args.model} on {args.labelled}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            print(f"{args.model} on {args.labelled}: {format_metrics(scores)}")
         return 0
     bundle = load_for_inference(args)
     model, tokenizer = bundle.model, bundle.tokenizer

@@ -207,6 +207,11 @@ def _size(ids: list[Any]) -> int:
     return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
 
 
+def _tokens(ids: list[Any]) -> int:
+    """Real tokens a row puts through the model: its length, or all its candidates' (multiple choice)."""
+    return sum(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
+
+
 def predict_outputs(
     model: nn.Module,
     rows: Sequence[Row],
@@ -315,6 +320,7 @@ def finetune(
     train_set = recipe.encode(task, train_examples, tokenizer, labels)
     eval_set = recipe.encode(task, eval_examples, tokenizer, labels)
     rows, targets = train_set.rows, torch.tensor(train_set.targets)
+    tokens = torch.tensor([_tokens(r["input_ids"]) for r in rows])
     info = dist if dist is not None else DistInfo.from_env()
     per_step = train.batch_size * train.grad_accum * info.world_size  # examples per step
     if task.epochs is not None:
@@ -365,6 +371,8 @@ def finetune(
                 task.train_file, task.eval_file, settings={"tokenizer": tokenizer_fingerprint(tokenizer)}
             ),
             data=task.train_file,
+            tokens=lambda items: int(tokens[items].sum()),
+            unit=recipe.unit,
         )
 
     result = fit(train, build, on_event=on_event, should_stop=should_stop, dist=info)

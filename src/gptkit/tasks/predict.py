@@ -44,7 +44,7 @@ def save_merged(bundle: ModelBundle, directory: str | os.PathLike[str]) -> Path:
 
 
 def evaluate_file(bundle: ModelBundle, path: str | os.PathLike[str], *, batch_size: int = 16) -> dict[str, float]:
-    """The task's metrics (and loss) on a labelled file in the training format."""
+    """The task's metrics (and loss) on a labelled file in the training format, and its number of examples."""
     task, labels = require_run(bundle)
     recipe = bundle.kind.recipe
     examples, _ = recipe.read(task, str(path), labels)
@@ -52,7 +52,7 @@ def evaluate_file(bundle: ModelBundle, path: str | os.PathLike[str], *, batch_si
     loss, outputs = predict_outputs(
         bundle.model, encoded.rows, encoded.targets, bundle.pad_id, recipe.outputs, batch_size, nullcontext()
     )
-    return {"loss": loss, **recipe.score(outputs, encoded, labels), "examples": float(len(examples))}
+    return {"loss": loss, **recipe.score(outputs, encoded, labels), "examples": len(examples)}
 
 
 Inputs = str | os.PathLike[str] | Sequence[str | Sequence[str] | dict[str, Any]]

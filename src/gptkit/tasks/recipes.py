@@ -48,6 +48,7 @@ class Recipe:
     score: Callable[[dict[str, list[Tensor]], Encoded, Any], dict[str, float]]
     read_inputs: Callable[[TaskConfig, str], list[Any]] | None = None  # a file to predict on (labels ignored)
     predictions: Callable[[dict[str, list[Tensor]], Encoded, Any, TaskConfig], Iterator[Row]] | None = None
+    unit: str = "example"  # what one target of the loss is (the curves' nats per unit)
 
 
 _PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
@@ -357,6 +358,7 @@ TAG = Recipe(
     _score_tag,
     _inputs_tag,
     _predict_tag,
+    unit="labelled token",
 )
 QA = Recipe(
     _read_qa,
@@ -367,6 +369,7 @@ QA = Recipe(
     _score_qa,
     _inputs_qa,
     _predict_qa,
+    unit="window",
 )
 CHOICE = Recipe(
     _read_choice,
@@ -379,4 +382,6 @@ CHOICE = Recipe(
     _predict_choice,
 )
 # instruct trains the language model itself (no head); its predictions are generated completions
-INSTRUCT = Recipe(_read_instruct, _no_labels, _encode_instruct, lambda config, labels: None, (), _score_instruct)
+INSTRUCT = Recipe(
+    _read_instruct, _no_labels, _encode_instruct, lambda config, labels: None, (), _score_instruct, unit="answer token"
+)
