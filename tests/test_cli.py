@@ -265,3 +265,15 @@ def test_every_help_line_says_more_than_the_flag_name() -> None:
         if len([w for w in re.findall(r"[a-z0-9]+", said.lower()) if w not in own]) < 2:
             repeats.append(f"gptkit {command} {flag}: {text!r}")
     assert not repeats, "help that only repeats the flag's name:\n" + "\n".join(repeats)
+
+
+def test_tokenize_shows_a_token_that_holds_part_of_a_character_as_its_bytes(capsys) -> None:
+    import ast
+
+    text = "a😀 閒b"  # GPT-2 splits each of the two characters across byte-level tokens
+    assert cli(["tokenize", text]) == 0
+    shown = [ast.literal_eval(line.split(maxsplit=1)[1]) for line in capsys.readouterr().out.splitlines()[1:]]
+    pieces = [s.encode() if isinstance(s, str) else s for s in shown]
+    gpt2 = Tokenizer.from_pretrained("gpt2")
+    assert pieces == [gpt2.decode_bytes([i]) for i in gpt2.encode(text)]  # each token's own bytes: none twice
+    assert b"".join(pieces) == text.encode() and shown[0] == "a" and isinstance(shown[1], bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from gptkit.cli.common import (
     DTYPES,
@@ -98,6 +99,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _tokenize(args: argparse.Namespace) -> int:
     from gptkit.text.tokenizer import Tokenizer
+    from gptkit.text.tokenizer_files import BYTE_LEVEL_KINDS
 
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     text = " ".join(args.text) if args.text else sys.stdin.read()
@@ -106,9 +108,19 @@ def _tokenize(args: argparse.Namespace) -> int:
         print(json.dumps({"ids": encoding.ids, "offsets": encoding.offsets}))
         return 0
     print(f"{counted(len(encoding.ids), 'token')} ({tokenizer.kind}, vocabulary {tokenizer.vocab_size:,})")
+    byte_level = tokenizer.kind in BYTE_LEVEL_KINDS
     for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
-        print(f"{token_id:>8}  {text[start:end]!r}")
+        print(f"{token_id:>8}  {_token_text(tokenizer, token_id) if byte_level else repr(text[start:end])}")
     return 0
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    """A byte-level token as text, or as its bytes (b'\\xe6\\x97') where it holds only part of a character."""
+    piece = tokenizer.decode_bytes([token_id])
+    try:
+        return repr(piece.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(piece)
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
