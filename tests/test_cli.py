@@ -277,3 +277,20 @@ def test_tokenize_shows_a_token_that_holds_part_of_a_character_as_its_bytes(caps
     gpt2 = Tokenizer.from_pretrained("gpt2")
     assert pieces == [gpt2.decode_bytes([i]) for i in gpt2.encode(text)]  # each token's own bytes: none twice
     assert b"".join(pieces) == text.encode() and shown[0] == "a" and isinstance(shown[1], bytes)
+
+
+@pytest.fixture(scope="module")
+def gpt1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gpt1")
+    GPT(GPTConfig.from_name("openai-gpt-tiny")).save_pretrained(path, tokenizer=Tokenizer.from_pretrained("openai-gpt"))
+    return path
+
+
+@pytest.mark.parametrize(("argv", "stdin"), [(["   "], ""), ([], " \n\t \n")])
+def test_a_gpt1_prompt_of_only_whitespace_is_a_one_line_error(gpt1_dir: Path, capsys, monkeypatch, argv, stdin) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert cli(["generate", "--model", str(gpt1_dir), "--max-new-tokens", "2", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "encodes to no tokens with the openai-gpt tokenizer" in err and len(err.splitlines()) == 1, err
+    assert cli(["generate", "--model", str(gpt1_dir), "--max-new-tokens", "2", "--temperature", "0", " hi "]) == 0
