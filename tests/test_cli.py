@@ -122,10 +122,10 @@ def test_cuda_without_cuda_is_one_line(tiny_dir: Path, capsys) -> None:
     assert capsys.readouterr().err.startswith("gptkit generate: error: --device cuda: this torch ")
 
 
-def test_unwritable_outputs_name_the_destination_not_a_temporary_file(tiny_dir: Path, tmp_path: Path, capsys) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    dest = blocker / "out"  # below a plain file: no one can create it, not even root
+def test_unwritable_outputs_name_the_destination_not_a_temporary_file(
+    tiny_dir: Path, tmp_path: Path, unwritable: Path, capsys
+) -> None:
+    dest = unwritable
     cases = [
         (["convert", str(tiny_dir), str(dest)], "cannot write DST"),
         (["embed", "--model", str(tiny_dir), "x", "--out", f"{dest}.npy"], "cannot write --out"),
@@ -135,6 +135,44 @@ def test_unwritable_outputs_name_the_destination_not_a_temporary_file(tiny_dir: 
         assert cli(argv) == 2
         err = capsys.readouterr().err
         assert expected in err and len(err.splitlines()) == 1 and ".tmp" not in err, err
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-step classification run with a LoRA adapter, and its training file (rows of text and label)."""
+    folder = tmp_path_factory.mktemp("lora-run")
+    (folder / "train.tsv").write_text("text\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(40)))
+    argv = ["finetune", "classify", "--train", str(folder / "train.tsv"), "--init-from", "scratch", "--model"]
+    argv += ["gpt2-tiny", "--max-steps", "1", "--max-length", "8", "--lora-r", "2", "--no-progress", "--device", "cpu"]
+    assert cli([*argv, "--out-dir", str(folder / "run")]) == 0
+    assert cli(["prepare", str(folder / "train.tsv"), "--tokenizer", "char", "--out", str(folder / "prepared")]) == 0
+    return folder
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Path:
+    """A path below a plain file: no one can create it, not even root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker / "out"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["prepare", "{data}/train.tsv", "--out", "{dest}"], "--out"),
+        (["train", "--data", "{data}/prepared", "--block-size", "4", "--out-dir", "{dest}"], "--out-dir"),
+        (["predict", "{data}/train.tsv", "--model", "{data}/run", "--out", "{dest}"], "--out"),
+        (["merge-lora", "{data}/run", "{dest}"], "OUT"),
+        (["new", "gpt2-tiny", "{dest}"], "OUT"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_an_output_that_cannot_be_written_is_named(lora_run: Path, unwritable: Path, capsys, argv, flag) -> None:
+    capsys.readouterr()
+    assert cli([a.format(data=lora_run, dest=unwritable) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {flag} {unwritable}" in err and len(err.splitlines()) == 1 and ".tmp" not in err, err
 
 
 def test_config_field_of_the_wrong_type_is_named(tmp_path: Path, capsys) -> None:

@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # The flag (and argparse's name for it) of each subcommand's output; an OSError on a path there names the flag.
 _OUTPUTS = {
+    "new": ("OUT", "out"),
     "convert": ("DST", "dest"),
     "prepare": ("--out", "out"),
     "quickstart": ("--out-dir", "out_dir"),
