@@ -356,6 +356,47 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     )
 
 
+def test_gpt1_multiple_choice_runs_with_its_papers_tokens_and_loads_in_transformers(tmp_path: Path, capsys):
+    """README's `gptkit finetune choice --model openai-gpt ...`: GPT-1's vocabulary has no eos to score, so the run
+    adds its paper's start/delimiter/extract tokens and embeddings for them."""
+    transformers = pytest.importorskip("transformers")
+    from gptkit.cli import main
+    from gptkit.tasks.choice import CHOICE_TOKENS, encode_choice, read_choice
+    from gptkit.text.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    config = transformers.OpenAIGPTConfig(n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    base = tmp_path / "gpt1"
+    transformers.OpenAIGPTLMHeadModel(config).save_pretrained(base)
+    Tokenizer.from_pretrained("openai-gpt").save_pretrained(base)  # the real GPT-1 vocabulary gptkit ships
+    swag = [
+        {"sent1": "She opened the door.", "sent2": "She", "ending0": "walked in.", "ending1": "ate it.", "label": 0},
+        {"sent1": "He sat down.", "sent2": "He", "ending0": "flew away.", "ending1": "read a book.", "label": 1},
+    ] * 3
+    (tmp_path / "swag.jsonl").write_text("".join(json.dumps(x) + "\n" for x in swag))
+    run = tmp_path / "run"
+    argv = ["finetune", "choice", "--model", str(base), "--train", str(tmp_path / "swag.jsonl"), "--aux-lm-weight"]
+    argv += ["0.5", "--max-steps", "2", "--batch-size", "2", "--max-length", "24", "--out-dir", str(run)]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    assert "fine-tuned choice for 2 steps" in capsys.readouterr().out
+    theirs = transformers.OpenAIGPTDoubleHeadsModel.from_pretrained(run).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run)
+    vocab = config.vocab_size
+    assert theirs.config.vocab_size == len(tokenizer) == vocab + 3
+    assert [tokenizer.convert_tokens_to_ids(t) for t in CHOICE_TOKENS] == [vocab, vocab + 1, vocab + 2]
+    ours = load(run)
+    [rows] = encode_choice(ours.tokenizer, read_choice(tmp_path / "swag.jsonl").examples[:1], max_length=24).input_ids
+    assert rows[0][0] == vocab and rows[0][-1] == vocab + 2  # start ... extract
+    with torch.no_grad():
+        for row in rows:  # transformers scores the token at mc_token_ids, gptkit each candidate's last
+            ids = torch.tensor([[row]])
+            expected = theirs(ids, mc_token_ids=torch.tensor([[len(row) - 1]])).mc_logits
+            torch.testing.assert_close(ours.model(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    assert main(["predict", str(tmp_path / "swag.jsonl"), "--model", str(run), "--device", "cpu"]) == 0
+    predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(predictions) == 6 and all(p["label"] in (0, 1) for p in predictions)
+
+
 def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: Path):
     """Two micro-batches holding different numbers of completion tokens step exactly as one batch does."""
     pairs = [{"prompt": "say" + " yes" * k, "completion": " ok" * (k + 1)} for k in range(4)]

@@ -155,3 +155,20 @@ def test_fast_inference_paths_equal_the_plain_ones() -> None:
         bf16(ids[:, :11], attention_mask=mask, cache=cache, cache_position=torch.arange(11))
         step = bf16(ids[:, 11:], attention_mask=mask, cache=cache, cache_position=torch.tensor([11])).logits[:, -1]
     assert (step.float() - full).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_resized_embeddings_keep_every_old_tokens_logits(tied: bool) -> None:
+    from gptkit.models.gpt import resize_token_embeddings
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("openai-gpt-tiny", vocab_size=100, tie_word_embeddings=tied)).eval()
+    ids = random_ids(100, 2, 9)
+    with torch.no_grad():
+        before = model(ids).logits
+        resize_token_embeddings(model, 103)
+        after = model(ids).logits
+        assert after.shape == (2, 9, 103)
+        torch.testing.assert_close(after[..., :100], before, rtol=0, atol=1e-6)
+        assert model.config.vocab_size == 103 and (model.lm_head.weight is model.transformer.wte.weight) == tied
+        assert model(torch.tensor([[100, 101, 102]])).logits.isfinite().all()  # the new ids have embeddings

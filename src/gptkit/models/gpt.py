@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gptkit.errors import ContextLengthError, TokenIdError
+from gptkit.errors import ConfigError, ContextLengthError, TokenIdError
 from gptkit.models import checkpoint
 from gptkit.models.config import IGNORE_INDEX, GPTConfig
 from gptkit.models.kernels import Linear, attention
@@ -351,6 +351,29 @@ def with_dropout(model: GPT, p: float) -> GPT:
             module.p = p
         if isinstance(module, CausalSelfAttention):
             module.attn_pdrop = p
+    return model
+
+
+def resize_token_embeddings(model: GPT, vocab_size: int) -> GPT:
+    """Give `model` `vocab_size` token embeddings and LM-head rows, as transformers' resize_token_embeddings
+    does for added tokens: the existing rows are kept and new ones drawn as GPT's initialisation draws them."""
+    config, old = model.config, model.transformer.wte.weight
+    if vocab_size < config.vocab_size:
+        raise ConfigError(f"cannot shrink the vocabulary from {config.vocab_size} to {vocab_size} tokens")
+    wte = nn.Embedding(vocab_size, config.n_embd, device=old.device, dtype=old.dtype)
+    nn.init.normal_(wte.weight, mean=0.0, std=config.initializer_range)
+    with torch.no_grad():
+        wte.weight[: config.vocab_size] = old
+    model.transformer.wte = wte
+    if config.tie_word_embeddings:
+        model.lm_head.weight = wte.weight
+    else:
+        head = Linear(config.n_embd, vocab_size, bias=False, device=old.device, dtype=old.dtype)
+        nn.init.normal_(head.weight, mean=0.0, std=config.initializer_range)
+        with torch.no_grad():
+            head.weight[: config.vocab_size] = model.lm_head.weight
+        model.lm_head = head
+    model.config = model.transformer.config = config.replace(vocab_size=vocab_size)
     return model
 
 

@@ -179,10 +179,17 @@ def _read_sets(task: TaskConfig, recipe: Recipe, seed: int) -> tuple[list[Any], 
 
 
 def _build_model(
-    task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: Any, device: torch.device, resume_from: Path | None
+    task: TaskConfig,
+    train: TrainConfig,
+    recipe: Recipe,
+    labels: Any,
+    vocab_size: int,
+    device: torch.device,
+    resume_from: Path | None,
 ) -> nn.Module:
-    """The model to train: a heads.TaskModel, or the GPT itself for instruct."""
-    from gptkit.models.gpt import load_model
+    """The model to train: a heads.TaskModel, or the GPT itself for instruct; with an embedding for each of the
+    run tokenizer's `vocab_size` tokens (a task's added tokens get new ones)."""
+    from gptkit.models.gpt import load_model, resize_token_embeddings
 
     fields = recipe.head(task, labels)
     spec = None if fields is None else TaskSpec(task.task, **fields)
@@ -195,6 +202,8 @@ def _build_model(
     else:
         gpt, _ = base_model(train, task.max_length)
         torch.manual_seed(train.seed)  # the new head's initialisation (and dropout) repeat (fit's RNG scope)
+        if vocab_size > gpt.config.vocab_size:
+            resize_token_embeddings(gpt, vocab_size)
         model = gpt if spec is None else TaskModel(gpt, spec, aux_lm_weight=task.aux_lm_weight)
         if train.lora is not None:
             lora.apply_lora(model, train.lora)
@@ -316,6 +325,8 @@ def finetune(
         check_task_resume(task, Path(train.out_dir))
     train_examples, eval_examples, labels, skipped = _read_sets(task, recipe, train.seed)
     tokenizer = run_tokenizer(train)
+    if recipe.tokenizer is not None:
+        tokenizer = recipe.tokenizer(tokenizer)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     train_set = recipe.encode(task, train_examples, tokenizer, labels)
     eval_set = recipe.encode(task, eval_examples, tokenizer, labels)
@@ -329,7 +340,7 @@ def finetune(
     last: dict[str, float] = {}
 
     def build(config: TrainConfig, device: torch.device, resume_from: Path | None) -> Objective:
-        model = _build_model(task, config, recipe, labels, device, resume_from)
+        model = _build_model(task, config, recipe, labels, tokenizer.vocab_size, device, resume_from)
 
         def loss(module: nn.Module, batch: Batch) -> tuple[Tensor, int]:
             n = int(batch.pop("_targets").sum())

@@ -49,6 +49,7 @@ class Recipe:
     read_inputs: Callable[[TaskConfig, str], list[Any]] | None = None  # a file to predict on (labels ignored)
     predictions: Callable[[dict[str, list[Tensor]], Encoded, Any, TaskConfig], Iterator[Row]] | None = None
     unit: str = "example"  # what one target of the loss is (the curves' nats per unit)
+    tokenizer: Callable[[Any], Any] | None = None  # adds the task's own tokens to the run's tokenizer
 
 
 _PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
@@ -380,6 +381,7 @@ CHOICE = Recipe(
     _score_choice,
     _inputs_choice,
     _predict_choice,
+    tokenizer=choice.with_choice_tokens,  # GPT-1 has no eos to score: its paper's start/delimiter/extract tokens
 )
 # instruct trains the language model itself (no head); its predictions are generated completions
 INSTRUCT = Recipe(
