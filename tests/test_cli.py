@@ -332,3 +332,29 @@ def test_a_gpt1_prompt_of_only_whitespace_is_a_one_line_error(gpt1_dir: Path, ca
     err = capsys.readouterr().err
     assert "encodes to no tokens with the openai-gpt tokenizer" in err and len(err.splitlines()) == 1, err
     assert cli(["generate", "--model", str(gpt1_dir), "--max-new-tokens", "2", "--temperature", "0", " hi "]) == 0
+
+
+def test_chat_answers_each_line_with_the_conversation_so_far(tiny_dir: Path, capsys, monkeypatch) -> None:
+    from gptkit.generation.chat import Conversation
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n\n/reset\nHello there\nAnd then?\n/exit\nunread\n"))
+    flags = ["--temperature", "0", "--max-new-tokens", "5", "--ignore-eos"]
+    assert cli(["chat", "--model", str(tiny_dir), "--system", "Be brief.", *flags]) == 0
+    model, tok = GPT.from_pretrained(tiny_dir), Tokenizer.from_pretrained(tiny_dir)
+    params = SamplingParams(temperature=0, max_new_tokens=5, ignore_eos=True)
+    chat = Conversation(model, tok, system="Be brief.", params=params)
+    first = "".join(chat.reply("Hello there"))
+    chat.reset()
+    answers = ["".join(chat.reply(m)) for m in ("Hello there", "And then?")]
+    assert capsys.readouterr().out == "".join(a + "\n" for a in [first, *answers])
+
+
+def test_generate_no_echo_prints_only_the_new_text(tiny_dir: Path, capsys) -> None:
+    model, tok = GPT.from_pretrained(tiny_dir), Tokenizer.from_pretrained(tiny_dir)
+    expected = generate(model, ["Hello there", "Bye"], SamplingParams(max_new_tokens=4, seed=3), tokenizer=tok)
+    argv = ["generate", "--model", str(tiny_dir), "--max-new-tokens", "4", "--seed", "3", "--no-echo"]
+    assert cli([*argv, "Hello there"]) == 0
+    assert capsys.readouterr().out == expected[0].text + "\n"
+    assert cli([*argv, "Hello there", "Bye"]) == 0
+    batch = "".join(f"=== prompt {c.prompt_index} sample 0 ({c.finish_reason}) ===\n{c.text}\n" for c in expected)
+    assert capsys.readouterr().out == batch

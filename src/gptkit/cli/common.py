@@ -67,6 +67,20 @@ def read_input(path: str, flag: str) -> str:
         raise GptkitError(f"cannot read {flag} {path}: {reason}") from exc
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--model and --tokenizer, as `load_for_inference` reads them."""
+    parser.add_argument("--model", required=True, help="hub name or checkpoint folder")
+    parser.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype, as `load_for_inference` reads them."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: %(default)s)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: %(default)s)"
+    )
+
+
 def load_for_inference(args: argparse.Namespace) -> Any:
     """The language model's ModelBundle from --model/--tokenizer/--device/--dtype; an error if it has no tokenizer."""
     import torch

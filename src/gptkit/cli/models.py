@@ -1,4 +1,4 @@
-"""Subcommands that make, read or run a model: new, convert, info, tokenize, generate."""
+"""Subcommands that make, read or run a model: new, convert, info, tokenize, generate, chat."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from gptkit.cli.common import (
     DTYPES,
     MODEL_HELP,
     add_dataclass_flags,
+    add_device_flags,
+    add_model_flags,
     dataclass_values,
     load_for_inference,
     read_input,
@@ -171,7 +173,7 @@ def _generate(args: argparse.Namespace) -> int:
     n = params.num_return_sequences
     live = not args.json and len(prompts) * n == 1
     results: dict[int, dict] = {}
-    if live:
+    if live and not args.no_echo:
         print(prompts[0], end="", flush=True)
     for event in stream(model, prompts, params, tokenizer=tokenizer, allow_special=True):
         if live:
@@ -201,14 +203,54 @@ def _generate(args: argparse.Namespace) -> int:
                 print(json.dumps(r, ensure_ascii=False), flush=True)
             else:
                 print(f"=== prompt {r['prompt_index']} sample {r['sample']} ({event.finish_reason}) ===")
-                print(r["prompt"] + r["text"], flush=True)
+                print(r["text"] if args.no_echo else r["prompt"] + r["text"], flush=True)
     if live:
         print()
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from gptkit.generation.chat import Conversation
+
+    params = SamplingParams(**dataclass_values(args, SamplingParams))
+    bundle = load_for_inference(args)
+    conversation = Conversation(
+        bundle.model, bundle.tokenizer, template=bundle.chat_template, system=args.system, params=params
+    )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        template = "its own chat template" if bundle.chat_template else "gptkit's default chat template"
+        print(f"chatting with {args.model} ({template}); /reset starts over, /exit or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "").strip()
+        except EOFError:
+            break
+        if line == "/exit":
+            break
+        if line == "/reset":
+            conversation.reset()
+        elif line:
+            _answer(conversation, line)
+    if interactive:
+        print(file=sys.stderr)
+    return 0
+
+
+def _answer(conversation: Any, message: str) -> None:
+    """Stream the answer to one message; Ctrl-C ends the answer (kept as far as it got), not the chat."""
+    try:
+        for text in conversation.reply(message):
+            print(text, end="", flush=True)
+    except KeyboardInterrupt:
+        print(" [interrupted]", end="")
+    except GptkitError as exc:  # this message did not fit, say: the chat goes on
+        print(f"gptkit chat: error: {exc}", file=sys.stderr)
+    print(flush=True)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add new, convert, info, tokenize and generate to the `gptkit` subcommands."""
+    """Add new, convert, info, tokenize, generate and chat to the `gptkit` subcommands."""
     p = sub.add_parser(
         "new",
         help="write a randomly initialised model of a preset's shape (a model to try offline)",
@@ -279,8 +321,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="*",
         help="text for the model to continue; several run as a batch (default: stdin, else <|endoftext|>)",
     )
-    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
-    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    add_model_flags(p)
     p.add_argument("--prompt-file", metavar="FILE", help="one prompt per line ('-' = stdin; \\n for newlines)")
     add_dataclass_flags(p, SamplingParams, _SAMPLING_HELP, skip={"logit_bias"})
     p.add_argument(
@@ -289,7 +330,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="send each prompt as a user message through the model's chat template (the one saved by "
         "`gptkit finetune instruct`, else gptkit's default) and generate the assistant's answer",
     )
+    p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt before it")
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    add_device_flags(p)
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model in the terminal (its chat template, the conversation so far, streamed answers)",
+        description=(
+            "Read a message per line and stream MODEL's answer to it, the whole conversation rendered with the "
+            "model's chat template (the one `gptkit finetune instruct` saves, else gptkit's plain-text one). "
+            "/reset forgets the conversation, /exit or Ctrl-D ends it; when the context is full the oldest "
+            "exchanges are forgotten. Piped input is read the same way, one message per line."
+        ),
+    )
+    add_model_flags(p)
+    p.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
+    add_dataclass_flags(p, SamplingParams, _SAMPLING_HELP, skip={"logit_bias", "logprobs", "num_return_sequences"})
+    add_device_flags(p)
+    p.set_defaults(func=_chat)

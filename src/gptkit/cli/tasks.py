@@ -8,7 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, read_input, resolve_device
+from gptkit.cli.common import (
+    add_dataclass_flags,
+    add_device_flags,
+    add_model_flags,
+    load_for_inference,
+    read_input,
+    resolve_device,
+)
 from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
@@ -204,13 +211,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("text", nargs="*", help="texts to embed, one vector each")
-    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
-    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    add_model_flags(p)
     p.add_argument("--file", metavar="FILE", help="one text per line ('-' = stdin)")
     p.add_argument("--pooling", choices=("mean", "last"), default="mean", help="mean over real tokens, or last")
     p.add_argument("--no-normalize", action="store_true", help="keep raw vectors (default: unit L2 norm)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--out", metavar="FILE.npy", help="write an (N, C) float32 .npy array instead of JSONL")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype")
+    add_device_flags(p)
     p.set_defaults(func=_embed)

@@ -8,7 +8,14 @@ import json
 import os
 from typing import Any
 
-from gptkit.cli.common import DTYPES, MODEL_HELP, add_dataclass_flags, load_for_inference, resolve_device
+from gptkit.cli.common import (
+    MODEL_HELP,
+    add_dataclass_flags,
+    add_device_flags,
+    add_model_flags,
+    load_for_inference,
+    resolve_device,
+)
 from gptkit.errors import GptkitError
 from gptkit.training.config import (  # no torch: fast `gptkit --help`
     FLAT_LORA_KEYS,
@@ -304,8 +311,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             'docs do) or --lambada FILE.jsonl (one {"text": ...} per line; greedy accuracy on the last word).'
         ),
     )
-    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
-    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    add_model_flags(p)
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--text", metavar="FILE", help="UTF-8 text file; encoded whole")
     data.add_argument("--lambada", metavar="FILE", help="LAMBADA-style JSONL file")
@@ -318,7 +324,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, help="window length in tokens (default: the model's context)")
     p.add_argument("--stride", type=int, help="tokens each window moves (default: 512, or the window if shorter)")
     p.add_argument("--batch-size", type=int, default=1, help="windows or examples per forward pass (default: 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    add_device_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
