@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gptkit.errors import DataError
-from gptkit.tasks.choice import ChoiceExample, encode_choice, read_choice
+from gptkit.errors import ConfigError, DataError
+from gptkit.tasks.choice import CHOICE_TOKENS, ChoiceExample, encode_choice, read_choice, with_choice_tokens
 from gptkit.text.tokenizer import Tokenizer
 
 from conftest import EOS, jsonl, write
@@ -71,3 +71,28 @@ def test_encode_choice_appends_eos_and_cuts_context_from_the_left(tok: Tokenizer
     assert len(walks) == 3 and len(runs) == 4 and len(context) > 2
     assert cut.input_ids[0] == [context[-2:] + walks, context[-1:] + runs]
     assert all(len(row) <= 5 for row in cut.input_ids[0])
+
+
+def test_gpt1_choices_take_its_papers_start_delimiter_and_extract_tokens(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    gpt1 = Tokenizer.from_pretrained("openai-gpt")
+    with pytest.raises(ConfigError, match="with_choice_tokens"):  # no eos to end a choice with
+        encode_choice(gpt1, [ChoiceExample("c", ["a", "b"], 0, 1)], max_length=16)
+    ours = with_choice_tokens(gpt1)
+    # The oracle: transformers' GPT-1 tokenizer given the same tokens numbers them the same, and loads ours.
+    theirs = transformers.AutoTokenizer.from_pretrained(gpt1.save_pretrained(tmp_path / "gpt1"))
+    theirs.add_special_tokens({"additional_special_tokens": list(CHOICE_TOKENS)})
+    ids = [theirs.convert_tokens_to_ids(t) for t in CHOICE_TOKENS]
+    assert ids == [ours.token_to_id(t) for t in CHOICE_TOKENS] == [gpt1.vocab_size + k for k in range(3)]
+    reloaded = transformers.AutoTokenizer.from_pretrained(ours.save_pretrained(tmp_path / "choice"))
+    assert [reloaded.convert_tokens_to_ids(t) for t in CHOICE_TOKENS] == ids and len(reloaded) == ours.vocab_size
+    assert Tokenizer.from_pretrained(tmp_path / "choice").special_tokens == ours.special_tokens
+    start, delimiter, extract = ids
+    example = ChoiceExample("A man stands. He", ["walks.", "runs away."], 1, 1)
+    context = gpt1.encode(example.context)
+    rows = encode_choice(ours, [example], max_length=64).input_ids[0]
+    assert rows == [[start, *context, delimiter, *gpt1.encode(e), extract] for e in example.endings]
+    cut = encode_choice(ours, [example], max_length=6)
+    assert all(len(r) == 6 and r[:1] == [start] and r[-1] == extract for r in cut.input_ids[0]) and cut.truncated
+    tok = Tokenizer.from_pretrained("gpt2")
+    assert with_choice_tokens(tok) is tok  # GPT-2 ends a choice with its eos

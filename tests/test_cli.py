@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import sys
@@ -121,10 +122,10 @@ def test_cuda_without_cuda_is_one_line(tiny_dir: Path, capsys) -> None:
     assert capsys.readouterr().err.startswith("gptkit generate: error: --device cuda: this torch ")
 
 
-def test_unwritable_outputs_name_the_destination_not_a_temporary_file(tiny_dir: Path, tmp_path: Path, capsys) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    dest = blocker / "out"  # below a plain file: no one can create it, not even root
+def test_unwritable_outputs_name_the_destination_not_a_temporary_file(
+    tiny_dir: Path, tmp_path: Path, unwritable: Path, capsys
+) -> None:
+    dest = unwritable
     cases = [
         (["convert", str(tiny_dir), str(dest)], "cannot write DST"),
         (["embed", "--model", str(tiny_dir), "x", "--out", f"{dest}.npy"], "cannot write --out"),
@@ -134,6 +135,44 @@ def test_unwritable_outputs_name_the_destination_not_a_temporary_file(tiny_dir: 
         assert cli(argv) == 2
         err = capsys.readouterr().err
         assert expected in err and len(err.splitlines()) == 1 and ".tmp" not in err, err
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-step classification run with a LoRA adapter, and its training file (rows of text and label)."""
+    folder = tmp_path_factory.mktemp("lora-run")
+    (folder / "train.tsv").write_text("text\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(40)))
+    argv = ["finetune", "classify", "--train", str(folder / "train.tsv"), "--init-from", "scratch", "--model"]
+    argv += ["gpt2-tiny", "--max-steps", "1", "--max-length", "8", "--lora-r", "2", "--no-progress", "--device", "cpu"]
+    assert cli([*argv, "--out-dir", str(folder / "run")]) == 0
+    assert cli(["prepare", str(folder / "train.tsv"), "--tokenizer", "char", "--out", str(folder / "prepared")]) == 0
+    return folder
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Path:
+    """A path below a plain file: no one can create it, not even root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker / "out"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["prepare", "{data}/train.tsv", "--out", "{dest}"], "--out"),
+        (["train", "--data", "{data}/prepared", "--block-size", "4", "--out-dir", "{dest}"], "--out-dir"),
+        (["predict", "{data}/train.tsv", "--model", "{data}/run", "--out", "{dest}"], "--out"),
+        (["merge-lora", "{data}/run", "{dest}"], "OUT"),
+        (["new", "gpt2-tiny", "{dest}"], "OUT"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_an_output_that_cannot_be_written_is_named(lora_run: Path, unwritable: Path, capsys, argv, flag) -> None:
+    capsys.readouterr()
+    assert cli([a.format(data=lora_run, dest=unwritable) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {flag} {unwritable}" in err and len(err.splitlines()) == 1 and ".tmp" not in err, err
 
 
 def test_config_field_of_the_wrong_type_is_named(tmp_path: Path, capsys) -> None:
@@ -164,3 +203,158 @@ def test_flags_that_were_silently_accepted_are_errors(tiny_dir: Path, tmp_path: 
     config.write_text("n_layer: 2\ndata: d\n")
     assert cli(["train", "--config", str(config)]) == 2
     assert "model fields go under model_overrides, e.g. model_overrides: {n_layer: ...}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("preset", "flags", "overrides"),
+    [
+        ("gpt2-tiny", ["--n-layer", "3", "--n-head", "2"], dict(n_layer=3, n_head=2)),
+        ("openai-gpt-tiny", ["--n-positions", "64", "--n-embd", "48"], dict(n_positions=64, n_embd=48)),
+    ],
+)
+def test_new_writes_a_random_model_that_transformers_loads_and_generate_runs(
+    tmp_path: Path, capsys, preset: str, flags: list[str], overrides: dict
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "fresh"
+    before = torch.random.get_rng_state()
+    assert cli(["new", preset, str(out), "--seed", "5", *flags]) == 0
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left alone
+    model = GPT.from_pretrained(out)
+    tokenizer = Tokenizer.from_pretrained(out)
+    assert (
+        model.config.to_dict()
+        == GPTConfig.from_name(
+            preset, **overrides, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id
+        ).to_dict()
+    )
+    assert tokenizer.kind == model.config.family  # the preset's own vocabulary
+    reference = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(ids).logits - reference(ids).logits).abs().max().item() <= 1e-5
+    # The seed decides the weights.
+    assert cli(["new", preset, str(tmp_path / "again"), "--seed", "5", *flags]) == 0
+    assert cli(["new", preset, str(tmp_path / "other"), "--seed", "6", *flags]) == 0
+    weights = {k: GPT.from_pretrained(tmp_path / k).transformer.wte.weight for k in ("again", "other")}
+    assert torch.equal(weights["again"], model.transformer.wte.weight)
+    assert not torch.equal(weights["other"], model.transformer.wte.weight)
+    # `gptkit generate` runs on it, picking transformers' greedy tokens.
+    capsys.readouterr()
+    argv = ["generate", "--model", str(out), "--temperature", "0", "--max-new-tokens", "6", "--json", "hello world"]
+    assert cli(argv) == 0
+    row = json.loads(capsys.readouterr().out)
+    prompt = torch.tensor([tokenizer.encode("hello world")])
+    expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False)
+    assert row["token_ids"] == expected[0, prompt.shape[1] :].tolist()
+
+
+def test_new_refuses_a_used_folder_and_a_vocabulary_too_small(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    assert cli(["new", "gpt2-tiny", str(tiny_dir)]) == 2
+    assert "already exists and is not an empty folder" in capsys.readouterr().err
+    assert cli(["new", "gpt2-tiny", str(tmp_path / "small"), "--vocab-size", "100"]) == 2
+    assert "the gpt2 tokenizer has 50,257 tokens but vocab_size is 100" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()
+
+
+def test_version_comes_from_the_package_metadata(capsys, monkeypatch) -> None:
+    import gptkit
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"gptkit {importlib.metadata.version('gptkit')}\n"
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a source tree on PYTHONPATH, not installed
+    monkeypatch.setattr(gptkit, "__version__", "9.9.9")
+    with pytest.raises(SystemExit):
+        cli(["--version"])
+    assert capsys.readouterr().out == "gptkit 9.9.9\n"
+
+
+_FILLER = {"a", "an", "the", "of", "per", "to", "in", "on", "for", "and", "or", "is", "by", "with", "default", "none"}
+
+
+def _help_lines() -> list[tuple[str, str, str]]:
+    """(subcommand, flag, help text) of every argument of every subcommand, and each subcommand's own help."""
+    import argparse
+
+    from gptkit.cli import _build_parser
+
+    [sub] = [a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {c.dest: c.help or "" for c in sub._choices_actions}
+    lines = [(name, "", helps.get(name, "")) for name in sub.choices]
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                lines.append((name, "/".join(action.option_strings) or action.dest, action.help or ""))
+    return lines
+
+
+def test_every_help_line_says_more_than_the_flag_name() -> None:
+    import re
+
+    repeats = []
+    for command, flag, text in _help_lines():
+        said = re.sub(r"\(default[^()]*(\([^()]*\)[^()]*)*\)|%\(default\)s", " ", text)  # the default, (nested) parens
+        own = set(re.findall(r"[a-z0-9]+", f"{command} {flag}".lower())) | _FILLER
+        if len([w for w in re.findall(r"[a-z0-9]+", said.lower()) if w not in own]) < 2:
+            repeats.append(f"gptkit {command} {flag}: {text!r}")
+    assert not repeats, "help that only repeats the flag's name:\n" + "\n".join(repeats)
+
+
+def test_tokenize_shows_a_token_that_holds_part_of_a_character_as_its_bytes(capsys) -> None:
+    import ast
+
+    text = "a😀 閒b"  # GPT-2 splits each of the two characters across byte-level tokens
+    assert cli(["tokenize", text]) == 0
+    shown = [ast.literal_eval(line.split(maxsplit=1)[1]) for line in capsys.readouterr().out.splitlines()[1:]]
+    pieces = [s.encode() if isinstance(s, str) else s for s in shown]
+    gpt2 = Tokenizer.from_pretrained("gpt2")
+    assert pieces == [gpt2.decode_bytes([i]) for i in gpt2.encode(text)]  # each token's own bytes: none twice
+    assert b"".join(pieces) == text.encode() and shown[0] == "a" and isinstance(shown[1], bytes)
+
+
+@pytest.fixture(scope="module")
+def gpt1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gpt1")
+    GPT(GPTConfig.from_name("openai-gpt-tiny")).save_pretrained(path, tokenizer=Tokenizer.from_pretrained("openai-gpt"))
+    return path
+
+
+@pytest.mark.parametrize(("argv", "stdin"), [(["   "], ""), ([], " \n\t \n")])
+def test_a_gpt1_prompt_of_only_whitespace_is_a_one_line_error(gpt1_dir: Path, capsys, monkeypatch, argv, stdin) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert cli(["generate", "--model", str(gpt1_dir), "--max-new-tokens", "2", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "encodes to no tokens with the openai-gpt tokenizer" in err and len(err.splitlines()) == 1, err
+    assert cli(["generate", "--model", str(gpt1_dir), "--max-new-tokens", "2", "--temperature", "0", " hi "]) == 0
+
+
+def test_chat_answers_each_line_with_the_conversation_so_far(tiny_dir: Path, capsys, monkeypatch) -> None:
+    from gptkit.generation.chat import Conversation
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n\n/reset\nHello there\nAnd then?\n/exit\nunread\n"))
+    flags = ["--temperature", "0", "--max-new-tokens", "5", "--ignore-eos"]
+    assert cli(["chat", "--model", str(tiny_dir), "--system", "Be brief.", *flags]) == 0
+    model, tok = GPT.from_pretrained(tiny_dir), Tokenizer.from_pretrained(tiny_dir)
+    params = SamplingParams(temperature=0, max_new_tokens=5, ignore_eos=True)
+    chat = Conversation(model, tok, system="Be brief.", params=params)
+    first = "".join(chat.reply("Hello there"))
+    chat.reset()
+    answers = ["".join(chat.reply(m)) for m in ("Hello there", "And then?")]
+    assert capsys.readouterr().out == "".join(a + "\n" for a in [first, *answers])
+
+
+def test_generate_no_echo_prints_only_the_new_text(tiny_dir: Path, capsys) -> None:
+    model, tok = GPT.from_pretrained(tiny_dir), Tokenizer.from_pretrained(tiny_dir)
+    expected = generate(model, ["Hello there", "Bye"], SamplingParams(max_new_tokens=4, seed=3), tokenizer=tok)
+    argv = ["generate", "--model", str(tiny_dir), "--max-new-tokens", "4", "--seed", "3", "--no-echo"]
+    assert cli([*argv, "Hello there"]) == 0
+    assert capsys.readouterr().out == expected[0].text + "\n"
+    assert cli([*argv, "Hello there", "Bye"]) == 0
+    batch = "".join(f"=== prompt {c.prompt_index} sample 0 ({c.finish_reason}) ===\n{c.text}\n" for c in expected)
+    assert capsys.readouterr().out == batch

@@ -51,6 +51,7 @@ def test_txt_is_one_document_split_90_10_like_nanogpt(tmp_path, gpt2, monkeypatc
     n = len(ids)
     assert d.train.tolist() == ids[: int(n * 0.9)] and d.val.tolist() == ids[int(n * 0.9) :]
     assert (info.train_tokens, info.val_tokens, info.documents, info.skipped) == (int(n * 0.9), n - int(n * 0.9), 1, 0)
+    assert info.summary().endswith("), 1 document, 0 rows skipped")
     assert d.train.dtype == np.dtype("<u2") and not d.train.flags.writeable and isinstance(d.train, np.memmap)
     assert d.meta["tokens"] == {"train": len(d.train), "val": len(d.val)} and d.eos_token_id == EOS
     assert d.meta["sources"][0]["sha256"] and d.meta["config"]["tokenizer"] == "gpt2"

@@ -26,20 +26,27 @@ def test_embed_batched_equals_one_text_at_a_time(pooling: str, tokenizer) -> Non
     torch.manual_seed(0)
     gpt = randomized(GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=tokenizer.vocab_size))).train()
     texts = ["a cat.", "the quick brown fox jumps", "z", "hello, world", "dogs bark at night, loudly"]
-    batched = embed(gpt, tokenizer, texts, pooling=pooling, batch_size=2)
-    single = torch.cat([embed(gpt, tokenizer, [t], pooling=pooling) for t in texts])
+    batched = embed(gpt, texts, tokenizer=tokenizer, pooling=pooling, batch_size=2)
+    single = torch.cat([embed(gpt, [t], tokenizer=tokenizer, pooling=pooling) for t in texts])
     assert batched.shape == (5, 64) and gpt.training  # mode restored
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched.norm(dim=-1), torch.ones(5))
-    raw = embed(gpt, tokenizer, texts, pooling=pooling, normalize=False)
+    raw = embed(gpt, texts, tokenizer=tokenizer, pooling=pooling, normalize=False)
     torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), batched, rtol=1e-5, atol=1e-5)
-    truncated = embed(gpt, tokenizer, texts[1:2], pooling=pooling, max_length=4)
-    torch.testing.assert_close(truncated, embed(gpt, tokenizer, ["the "], pooling=pooling))
+    truncated = embed(gpt, texts[1:2], tokenizer=tokenizer, pooling=pooling, max_length=4)
+    torch.testing.assert_close(truncated, embed(gpt, ["the "], tokenizer=tokenizer, pooling=pooling))
 
 
 def test_embed_rejects_empty_text(tokenizer) -> None:
     gpt = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=tokenizer.vocab_size))
     with pytest.raises(DataError, match="text 1 encodes to no tokens"):
-        embed(gpt, tokenizer, ["abc", ""])
+        embed(gpt, ["abc", ""], tokenizer=tokenizer)
     with pytest.raises(ConfigError, match="pooling"):
-        embed(gpt, tokenizer, ["abc"], pooling="max")  # type: ignore[arg-type]
+        embed(gpt, ["abc"], tokenizer=tokenizer, pooling="max")  # type: ignore[arg-type]
+
+
+def test_embed_takes_the_model_the_texts_then_keywords_as_generate_does(tokenizer) -> None:
+    gpt = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=tokenizer.vocab_size))
+    assert embed(gpt, ["abc"], tokenizer=tokenizer).shape == (1, 64)
+    with pytest.raises(TypeError):  # the old order, (model, tokenizer, texts), fails loudly rather than guessing
+        embed(gpt, tokenizer, ["abc"])  # type: ignore[misc]

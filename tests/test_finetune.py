@@ -96,17 +96,16 @@ def test_collate_pads_ids_masks_and_token_labels():
 # -- classification -------------------------------------------------------------------------------
 
 
+def sentiment_task(folder: Path, n_train: int, n_dev: int, epochs: float) -> TaskConfig:
+    train_file = str(write_sentiment(folder / "train.tsv", n_train, 0))
+    dev_file = str(write_sentiment(folder / "dev.tsv", n_dev, 1))
+    return TaskConfig(task="classify", train_file=train_file, eval_file=dev_file, max_length=16, epochs=epochs)
+
+
 @pytest.fixture(scope="module")
 def sentiment_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("sentiment")
-    task = TaskConfig(
-        task="classify",
-        train_file=str(write_sentiment(tmp / "train.tsv", 320, 0)),
-        eval_file=str(write_sentiment(tmp / "dev.tsv", 100, 1)),
-        max_length=16,
-        epochs=4,
-    )
-    return finetune(task, small_train(tmp, "run"))
+    return finetune(sentiment_task(tmp, 320, 100, epochs=4), small_train(tmp, "run"))
 
 
 def test_classifier_learns_a_synthetic_task_far_above_chance(sentiment_run):
@@ -130,6 +129,43 @@ def test_classifier_checkpoint_loads_in_transformers_with_equal_logits(sentiment
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
     task = json.loads((run / "task.json").read_text())
     assert task["labels"] == ["0", "1"] and task["task"]["task"] == "classify"
+
+
+def test_predict_reads_texts_and_rows_in_memory_as_it_reads_a_file(sentiment_run, tmp_path: Path):
+    from gptkit.errors import DataError
+    from gptkit.tasks.predict import predict
+
+    bundle = load(sentiment_run.run_dir, merge_lora=False)
+    texts = ["the plot was superb", "it was dull really", "a lovely film"]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    from_file = list(predict(bundle, path))
+    assert [r["text"] for r in from_file] == texts
+    assert list(predict(bundle, texts)) == from_file
+    assert list(predict(bundle, [{"text": t} for t in texts])) == from_file
+    with pytest.raises(DataError, match="inputs item 2: int is not an input of classify"):
+        list(predict(bundle, ["fine", 3]))
+    with pytest.raises(DataError, match="inputs item 1: .*text"):  # the task's reader checks a row as in a file
+        list(predict(bundle, [{"review": "fine"}]))
+
+
+def test_finetune_counts_tokens_not_examples_and_draws_nats_per_example(tmp_path: Path, monkeypatch):
+    from gptkit.tasks.registry import TASK_TYPES
+    from gptkit.text.tokenizer import Tokenizer
+    from gptkit.training import loop
+
+    drawn: list[str] = []
+    monkeypatch.setattr(loop, "plot_curves", lambda run_dir, *, unit: drawn.append(unit))
+    task = sentiment_task(tmp_path, 32, 8, epochs=1)
+    events: list = []
+    finetune(task, small_train(tmp_path, "run", batch_size=8), on_event=events.append)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    recipe = TASK_TYPES["classify"].recipe
+    examples, _ = recipe.read(task, task.train_file, None)
+    encoded = recipe.encode(task, examples, Tokenizer.from_pretrained("gpt2"), recipe.labels(task, examples))
+    assert len(steps) == 4  # one epoch: every example once
+    assert steps[-1].tokens == sum(len(row["input_ids"]) for row in encoded.rows) > len(examples)
+    assert drawn == ["example"]
 
 
 def test_resumed_finetune_equals_uninterrupted(tmp_path: Path):
@@ -219,6 +255,8 @@ def test_tagger_learns_names_and_loads_in_transformers(tmp_path: Path):
     rows = list(predict(ours, tmp_path / "input.txt"))
     assert [r["tokens"] for r in rows] == [["Carl", "went", "home"], ["the", "sea"]]
     assert all(len(r["tags"]) == len(r["tokens"]) for r in rows)
+    in_memory = list(predict(ours, ["Carl went home", ["the", "sea"]]))  # a sentence, or its words
+    assert [(r["tokens"], r["tags"]) for r in in_memory] == [(r["tokens"], r["tags"]) for r in rows]
 
 
 def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
@@ -287,6 +325,14 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
     from gptkit.cli import main
 
     merged = load(result.run_dir, lm=True).model
+    from gptkit.generation.generate import generate
+    from gptkit.generation.sampling import SamplingParams
+    from gptkit.tasks.predict import predict
+
+    run = load(result.run_dir)
+    [answer] = predict(run, ["Q: 1+2="], max_new_tokens=3)
+    greedy = SamplingParams(temperature=0, max_new_tokens=3)
+    assert answer["completion"] == generate(run.model, "Q: 1+2=", greedy, tokenizer=run.tokenizer)[0].text
     ids = torch.tensor([[16, 25, 17, 10]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, load(result.run_dir, merge_lora=False).model(ids).logits, atol=1e-5)
@@ -308,6 +354,47 @@ def test_qa_choice_and_instruct_train_save_and_score(tmp_path: Path):
         )
         == 0
     )
+
+
+def test_gpt1_multiple_choice_runs_with_its_papers_tokens_and_loads_in_transformers(tmp_path: Path, capsys):
+    """README's `gptkit finetune choice --model openai-gpt ...`: GPT-1's vocabulary has no eos to score, so the run
+    adds its paper's start/delimiter/extract tokens and embeddings for them."""
+    transformers = pytest.importorskip("transformers")
+    from gptkit.cli import main
+    from gptkit.tasks.choice import CHOICE_TOKENS, encode_choice, read_choice
+    from gptkit.text.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    config = transformers.OpenAIGPTConfig(n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    base = tmp_path / "gpt1"
+    transformers.OpenAIGPTLMHeadModel(config).save_pretrained(base)
+    Tokenizer.from_pretrained("openai-gpt").save_pretrained(base)  # the real GPT-1 vocabulary gptkit ships
+    swag = [
+        {"sent1": "She opened the door.", "sent2": "She", "ending0": "walked in.", "ending1": "ate it.", "label": 0},
+        {"sent1": "He sat down.", "sent2": "He", "ending0": "flew away.", "ending1": "read a book.", "label": 1},
+    ] * 3
+    (tmp_path / "swag.jsonl").write_text("".join(json.dumps(x) + "\n" for x in swag))
+    run = tmp_path / "run"
+    argv = ["finetune", "choice", "--model", str(base), "--train", str(tmp_path / "swag.jsonl"), "--aux-lm-weight"]
+    argv += ["0.5", "--max-steps", "2", "--batch-size", "2", "--max-length", "24", "--out-dir", str(run)]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    assert "fine-tuned choice for 2 steps" in capsys.readouterr().out
+    theirs = transformers.OpenAIGPTDoubleHeadsModel.from_pretrained(run).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run)
+    vocab = config.vocab_size
+    assert theirs.config.vocab_size == len(tokenizer) == vocab + 3
+    assert [tokenizer.convert_tokens_to_ids(t) for t in CHOICE_TOKENS] == [vocab, vocab + 1, vocab + 2]
+    ours = load(run)
+    [rows] = encode_choice(ours.tokenizer, read_choice(tmp_path / "swag.jsonl").examples[:1], max_length=24).input_ids
+    assert rows[0][0] == vocab and rows[0][-1] == vocab + 2  # start ... extract
+    with torch.no_grad():
+        for row in rows:  # transformers scores the token at mc_token_ids, gptkit each candidate's last
+            ids = torch.tensor([[row]])
+            expected = theirs(ids, mc_token_ids=torch.tensor([[len(row) - 1]])).mc_logits
+            torch.testing.assert_close(ours.model(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    assert main(["predict", str(tmp_path / "swag.jsonl"), "--model", str(run), "--device", "cpu"]) == 0
+    predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(predictions) == 6 and all(p["label"] in (0, 1) for p in predictions)
 
 
 def test_completion_only_loss_and_uneven_accumulation_equal_one_batch(tmp_path: Path):
@@ -402,6 +489,9 @@ def test_cli_finetune_predict_eval_and_embed(tmp_path: Path, capsys: pytest.Capt
     assert main(["eval", "--model", str(run), "--labelled", str(dev_file), "--json", "--device", "cpu"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["examples"] == 12 and 0 <= scores["accuracy"] <= 1
+    assert main(["eval", "--model", str(run), "--labelled", str(dev_file), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy {scores['accuracy']:.4f}" in printed and printed.rstrip().endswith("examples 12")  # a count
     assert main(["embed", "--model", str(run), "one text", "another text", "--device", "cpu"]) == 0
     vectors = [json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()]
     assert len(vectors) == 2 and abs(sum(v * v for v in vectors[0]) - 1) < 1e-4
@@ -627,7 +717,7 @@ def test_finetune_prints_nothing_counts_bad_rows_and_takes_the_world_size_it_is_
     argv += ["--model", "gpt2-tiny", "--max-length", "16", "--max-steps", "1", "--out-dir", str(tmp_path / "cli")]
     argv += ["--no-progress", "--device", "cpu"]
     assert main(argv) == 0
-    assert "skipped 1 bad rows (see --on-error)" in capsys.readouterr().out
+    assert "skipped 1 bad row (see --on-error)\nfine-tuned classify for 1 step (" in capsys.readouterr().out
 
 
 def test_finetune_never_writes_into_its_base_model_or_over_a_run(tmp_path: Path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptkit import GPT, ContextLengthError, GPTConfig
+from gptkit import GPT, ContextLengthError, GPTConfig, TokenIdError
 from gptkit.generation.generate import generate, score_tokens, stream
 from gptkit.generation.sampling import SamplingParams
 from gptkit.models.gpt import load_model
@@ -174,6 +174,14 @@ def test_prompt_longer_than_context_errors_or_slides_the_window() -> None:
         batched[1].token_ids
         == generate(model, long_prompt, GREEDY.replace(max_new_tokens=40, truncate=True))[0].token_ids
     )
+
+
+@pytest.mark.parametrize("params", [GREEDY, GREEDY.replace(num_beams=2)], ids=["sampling", "beam"])
+def test_prompt_ids_outside_the_vocabulary_are_named(params: SamplingParams) -> None:
+    model = _tiny_model()
+    vocab = model.config.vocab_size
+    with pytest.raises(TokenIdError, match=f"token id {vocab + 3} is out of range .* vocabulary of {vocab} tokens"):
+        generate(model, [[5, 6], [1, vocab + 3, 2]], params.replace(max_new_tokens=2))
 
 
 def test_beam_logprobs_equal_score_tokens(pair) -> None:

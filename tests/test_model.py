@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptkit import GPT, ContextLengthError, GPTConfig, KVCache
+from gptkit import GPT, ContextLengthError, GPTConfig, KVCache, TokenIdError
 from gptkit.models.gpt import IGNORE_INDEX
 
 from conftest import SHAPES, hf_model, random_ids
@@ -117,6 +117,19 @@ def test_bad_inputs_raise_clear_errors() -> None:
         KVCache(model.config, batch_size=1, max_len=200)
 
 
+@pytest.mark.parametrize("bad", [100, 5000, -1])
+def test_token_ids_outside_the_vocabulary_are_named(bad: int) -> None:
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=100)).eval()
+    ids = torch.tensor([[3, 99, bad, 7]])
+    with pytest.raises(TokenIdError, match=rf"token id {bad} is out of range .* vocabulary of 100 tokens") as error:
+        model(ids)
+    assert isinstance(error.value, IndexError)  # what torch's embedding raised before, for callers catching it
+    cache = KVCache(model.config, batch_size=1)
+    with pytest.raises(TokenIdError, match=rf"token id {bad} "):  # a decode step over the cache too
+        model(ids[:, 2:3], cache=cache, cache_position=torch.tensor([0]))
+    assert model(ids[:, :2]).logits.shape == (1, 2, 100)  # ids 0..99 are fine
+
+
 def test_gpt2_initialisation_scales_residual_projections() -> None:
     torch.manual_seed(0)
     config = GPTConfig.from_name("gpt2-tiny", n_embd=256, n_layer=8, n_head=4)
@@ -142,3 +155,20 @@ def test_fast_inference_paths_equal_the_plain_ones() -> None:
         bf16(ids[:, :11], attention_mask=mask, cache=cache, cache_position=torch.arange(11))
         step = bf16(ids[:, 11:], attention_mask=mask, cache=cache, cache_position=torch.tensor([11])).logits[:, -1]
     assert (step.float() - full).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_resized_embeddings_keep_every_old_tokens_logits(tied: bool) -> None:
+    from gptkit.models.gpt import resize_token_embeddings
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("openai-gpt-tiny", vocab_size=100, tie_word_embeddings=tied)).eval()
+    ids = random_ids(100, 2, 9)
+    with torch.no_grad():
+        before = model(ids).logits
+        resize_token_embeddings(model, 103)
+        after = model(ids).logits
+        assert after.shape == (2, 9, 103)
+        torch.testing.assert_close(after[..., :100], before, rtol=0, atol=1e-6)
+        assert model.config.vocab_size == 103 and (model.lm_head.weight is model.transformer.wte.weight) == tied
+        assert model(torch.tensor([[100, 101, 102]])).logits.isfinite().all()  # the new ids have embeddings

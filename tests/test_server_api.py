@@ -220,7 +220,7 @@ def test_embeddings_equal_embed_as_floats_and_base64(api, oracle) -> None:
         ]
 
     decoded, floats, encoded, from_ids, single = run(api, ask)
-    want = embed(oracle.model, oracle.tokenizer, texts)
+    want = embed(oracle.model, texts, tokenizer=oracle.tokenizer)
     for response in (decoded, floats):
         assert torch.tensor([d.embedding for d in response.data]) == pytest.approx(want, abs=1e-5)
     for d, vector in zip(encoded.data, floats.data, strict=True):

@@ -275,6 +275,9 @@ def test_a_run_stopped_between_steps_resumes_to_the_uninterrupted_one(char_data:
     assert resumed.step == 30 and not resumed.stopped
     assert _curve(part) == _curve(tmp_path / "whole")
     assert _curve(part, "val_loss") == _curve(tmp_path / "whole", "val_loss")
+    assert _curve(part, "tokens") == _curve(tmp_path / "whole", "tokens")  # counted from the run's start
+    clock = [seconds for _, seconds in _curve(part, "elapsed")]
+    assert len(clock) == 30 and clock == sorted(clock)  # and the clock goes on from where it stopped
     ours, theirs = GPT.from_pretrained(part).state_dict(), GPT.from_pretrained(tmp_path / "whole").state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
@@ -394,3 +397,51 @@ def test_resume_takes_the_runs_settings_and_refuses_other_ones(char_data: Path, 
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["max_steps"] == 6 and saved["block_size"] == 32 and saved["init_from"] == "resume"
     assert "trained to step 6" in capsys.readouterr().out
+
+
+def test_the_progress_bar_shows_each_steps_figures_with_that_step(monkeypatch) -> None:
+    import tqdm.auto
+
+    from gptkit.training.progress import ProgressBar
+
+    class Bar:  # tqdm's contract: update() redraws with the postfix set so far; set_postfix(refresh=False) does not
+        def __init__(self, **kwargs) -> None:
+            self.n, self.postfix, self.drawn = kwargs.get("initial", 0), {}, []
+
+        def set_postfix(self, refresh: bool = True, **postfix) -> None:
+            self.postfix = postfix
+
+        def update(self, n: int) -> None:
+            self.n += n
+            self.drawn.append((self.n, self.postfix))
+
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    bar = ProgressBar()
+    bar(StartEvent(Path("run"), 0, 3))
+    for step, loss in ((1, 3.0), (2, 2.5), (3, 2.0)):
+        bar(StepEvent(step, 3, loss, 1e-3 * step, 100 * step, 50.0, 2.0 * step))
+    assert [(n, p["loss"], p["lr"]) for n, p in bar.bar.drawn] == [
+        (1, "3.0000", "1.00e-03"),
+        (2, "2.5000", "2.00e-03"),
+        (3, "2.0000", "3.00e-03"),
+    ]
+
+
+def test_curves_label_the_loss_per_target_and_draw_the_validation_metrics() -> None:
+    from gptkit.training.runlog import curves_figure
+
+    records = [
+        {"step": 1, "loss": 0.9, "lr": 1e-3},
+        {"step": 2, "loss": 0.7, "lr": 1e-3},
+        {"step": 2, "val_loss": 0.8, "accuracy": 0.5, "f1": 0.4},
+        {"step": 4, "val_loss": 0.6, "accuracy": 0.75, "f1": 0.7, "sample": "text"},
+    ]
+    loss, metrics, _ = curves_figure(records, unit="example").axes
+    assert loss.get_ylabel() == "loss (nats/example)"
+    assert {line.get_label(): list(line.get_ydata()) for line in metrics.get_lines()} == {
+        "accuracy": [0.5, 0.75],
+        "f1": [0.4, 0.7],
+    }
+    assert len(curves_figure(records[:2]).axes) == 2  # no evaluation metrics: loss and learning rate only

@@ -16,6 +16,7 @@ from gptkit.errors import (
     GptkitError,
     ModelNotFoundError,
     SpecialTokenError,
+    TokenIdError,
     TokenizerError,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "GptkitError",
     "ModelNotFoundError",
     "SpecialTokenError",
+    "TokenIdError",
     "TokenizerError",
     "__version__",
     *_LAZY,

@@ -31,5 +31,9 @@ class ContextLengthError(GptkitError, ValueError):
     """A sequence is longer than the model's context window."""
 
 
+class TokenIdError(GptkitError, ValueError, IndexError):
+    """A token id is outside the model's vocabulary: it has no embedding row (an IndexError, as torch's is)."""
+
+
 class DataError(GptkitError, ValueError):
     """A training corpus or data directory is unusable (missing file, bad row, damaged meta.json)."""

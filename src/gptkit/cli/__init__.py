@@ -28,10 +28,24 @@ def _build_parser() -> argparse.ArgumentParser:
             "matrix products to MKL instead of oneDNN; GPTKIT_MALLOPT=0 lets glibc unmap freed memory while training."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"gptkit {version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (models, training, tasks, serve):  # this order is the order of the subcommands in `gptkit --help`
         module.register(sub)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version; gptkit.__version__ when run from a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("gptkit")
+    except PackageNotFoundError:
+        from gptkit import __version__
+
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # The flag (and argparse's name for it) of each subcommand's output; an OSError on a path there names the flag.
 _OUTPUTS = {
+    "new": ("OUT", "out"),
     "convert": ("DST", "dest"),
     "prepare": ("--out", "out"),
     "quickstart": ("--out-dir", "out_dir"),

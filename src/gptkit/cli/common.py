@@ -12,6 +12,26 @@ from gptkit.errors import GptkitError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
+# GPTConfig's fields as flags (`gptkit new`; the shape ones for scratch models in train and finetune).
+MODEL_HELP = {
+    "vocab_size": "rows of the token embedding; at least the tokenizer's vocabulary",
+    "n_positions": "context length in tokens (rows of the position embedding)",
+    "n_embd": "width of the hidden states (a multiple of --n-head)",
+    "n_layer": "number of transformer blocks",
+    "n_head": "attention heads per block",
+    "n_inner": "width of the MLP's hidden layer (none: 4 x n-embd)",
+    "activation": "the MLP's nonlinearity (gelu_new is GPT-1's and GPT-2's tanh approximation)",
+    "pre_norm": "LayerNorm before attention and MLP (GPT-2) instead of after each residual addition (GPT-1)",
+    "final_norm": "a LayerNorm after the last block (GPT-2 has one, GPT-1 none)",
+    "layer_norm_epsilon": "epsilon added to the variance in every LayerNorm",
+    "embd_pdrop": "dropout probability on the summed embeddings while training",
+    "attn_pdrop": "dropout probability on the attention weights while training",
+    "resid_pdrop": "dropout probability on each block's residual branches while training",
+    "bias": "Linear layers and LayerNorms have bias terms",
+    "tie_word_embeddings": "the LM head shares its weight with the token embedding",
+    "initializer_range": "standard deviation of the random normal initial weights",
+}
+
 
 def resolve_device(name: str, flag: str = "--device") -> str:
     """`auto` -> cuda when available, else cpu; any other name is checked: torch must know it and have it here."""
@@ -47,6 +67,20 @@ def read_input(path: str, flag: str) -> str:
         raise GptkitError(f"cannot read {flag} {path}: {reason}") from exc
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--model and --tokenizer, as `load_for_inference` reads them."""
+    parser.add_argument("--model", required=True, help="hub name or checkpoint folder")
+    parser.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype, as `load_for_inference` reads them."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: %(default)s)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: %(default)s)"
+    )
+
+
 def load_for_inference(args: argparse.Namespace) -> Any:
     """The language model's ModelBundle from --model/--tokenizer/--device/--dtype; an error if it has no tokenizer."""
     import torch
@@ -65,8 +99,13 @@ def load_for_inference(args: argparse.Namespace) -> Any:
     return bundle
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: set[str]) -> None:
-    """One --flag per dataclass field; default None so that only flags the user gives override a --config."""
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: set[str], default_note: str | None = None
+) -> None:
+    """One --flag per dataclass field; default None so that only flags the user gives override a --config.
+
+    Each help line ends with the field's default, or with `default_note` where the defaults come from elsewhere.
+    """
     import dataclasses
     import types
     import typing
@@ -78,7 +117,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default!r})"
+        text = f"{helps.get(f.name, f.name.replace('_', ' '))} ({default_note or f'default: {default!r}'})"
         args = typing.get_args(hint)
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         options = [a for a in args if a is not type(None)] if union else [hint]  # X | None -> X

@@ -1,24 +1,36 @@
-"""Subcommands that read or run a model: convert, info, tokenize, generate."""
+"""Subcommands that make, read or run a model: new, convert, info, tokenize, generate, chat."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Any
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, dataclass_values, load_for_inference, read_input
+from gptkit.cli.common import (
+    DTYPES,
+    MODEL_HELP,
+    add_dataclass_flags,
+    add_device_flags,
+    add_model_flags,
+    dataclass_values,
+    load_for_inference,
+    read_input,
+)
 from gptkit.errors import GptkitError
-from gptkit.generation.params import SamplingParams  # a plain dataclass, no torch: safe for `gptkit --help`
+from gptkit.generation.params import SamplingParams  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.models.config import GPTConfig
+from gptkit.training.runlog import counted
 
 _SAMPLING_HELP = {
-    "max_new_tokens": "tokens to generate per sequence",
-    "temperature": "0 = greedy",
+    "max_new_tokens": "most tokens generated after each prompt (fewer when a stop ends the sequence)",
+    "temperature": "divide the logits by this before sampling (0 = greedy)",
     "top_k": "keep the k most likely tokens (0 = off)",
     "top_p": "nucleus sampling mass (1 = off)",
     "min_p": "drop tokens below min-p x top probability",
     "repetition_penalty": "transformers' penalty (1 = off)",
-    "presence_penalty": "OpenAI presence penalty",
-    "frequency_penalty": "OpenAI frequency penalty",
+    "presence_penalty": "OpenAI's: subtract this from the logit of each token already generated",
+    "frequency_penalty": "OpenAI's: subtract this x the number of times a token was generated from its logit",
     "no_repeat_ngram_size": "forbid repeating n-grams (0 = off)",
     "seed": "seed for reproducible sampling",
     "stop": "stop string, not printed",
@@ -28,9 +40,31 @@ _SAMPLING_HELP = {
     "num_beams": "beam search width (needs --temperature 0)",
     "length_penalty": "beam score / length**penalty",
     "early_stopping": "beam search: stop once num-beams beams finished",
-    "num_return_sequences": "sequences per prompt",
+    "num_return_sequences": "how many sequences to sample for each prompt",
     "truncate": "slide the context window (drop the oldest tokens) when prompt + new tokens exceed it",
 }
+
+
+def _new(args: argparse.Namespace) -> int:
+    from gptkit.errors import CheckpointError
+    from gptkit.models.hf_names import config_to_hf
+    from gptkit.models.loading import new_model
+    from gptkit.text.tokenizer import Tokenizer
+
+    config = GPTConfig.from_name(args.preset, **dataclass_values(args, GPTConfig))
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer or config.family or "gpt2")
+    model = new_model(config, tokenizer, args.out, seed=args.seed)
+    try:
+        config_to_hf(config)
+        note = ""
+    except CheckpointError as exc:
+        note = f"; {exc}, so only gptkit loads it"
+    print(
+        f"wrote {args.out}: a randomly initialised {config.name} (seed {args.seed}, "
+        f"{model.num_parameters():,} parameters) with the {tokenizer.kind} tokenizer{note}"
+    )
+    print(f'Try: gptkit generate --model {args.out} --max-new-tokens 20 "Hello"')
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -67,6 +101,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _tokenize(args: argparse.Namespace) -> int:
     from gptkit.text.tokenizer import Tokenizer
+    from gptkit.text.tokenizer_files import BYTE_LEVEL_KINDS
 
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     text = " ".join(args.text) if args.text else sys.stdin.read()
@@ -74,10 +109,20 @@ def _tokenize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ids": encoding.ids, "offsets": encoding.offsets}))
         return 0
-    print(f"{len(encoding.ids)} tokens ({tokenizer.kind}, vocabulary {tokenizer.vocab_size:,})")
+    print(f"{counted(len(encoding.ids), 'token')} ({tokenizer.kind}, vocabulary {tokenizer.vocab_size:,})")
+    byte_level = tokenizer.kind in BYTE_LEVEL_KINDS
     for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
-        print(f"{token_id:>8}  {text[start:end]!r}")
+        print(f"{token_id:>8}  {_token_text(tokenizer, token_id) if byte_level else repr(text[start:end])}")
     return 0
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    """A byte-level token as text, or as its bytes (b'\\xe6\\x97') where it holds only part of a character."""
+    piece = tokenizer.decode_bytes([token_id])
+    try:
+        return repr(piece.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(piece)
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -128,7 +173,7 @@ def _generate(args: argparse.Namespace) -> int:
     n = params.num_return_sequences
     live = not args.json and len(prompts) * n == 1
     results: dict[int, dict] = {}
-    if live:
+    if live and not args.no_echo:
         print(prompts[0], end="", flush=True)
     for event in stream(model, prompts, params, tokenizer=tokenizer, allow_special=True):
         if live:
@@ -158,14 +203,76 @@ def _generate(args: argparse.Namespace) -> int:
                 print(json.dumps(r, ensure_ascii=False), flush=True)
             else:
                 print(f"=== prompt {r['prompt_index']} sample {r['sample']} ({event.finish_reason}) ===")
-                print(r["prompt"] + r["text"], flush=True)
+                print(r["text"] if args.no_echo else r["prompt"] + r["text"], flush=True)
     if live:
         print()
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from gptkit.generation.chat import Conversation
+
+    params = SamplingParams(**dataclass_values(args, SamplingParams))
+    bundle = load_for_inference(args)
+    conversation = Conversation(
+        bundle.model, bundle.tokenizer, template=bundle.chat_template, system=args.system, params=params
+    )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        template = "its own chat template" if bundle.chat_template else "gptkit's default chat template"
+        print(f"chatting with {args.model} ({template}); /reset starts over, /exit or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "").strip()
+        except EOFError:
+            break
+        if line == "/exit":
+            break
+        if line == "/reset":
+            conversation.reset()
+        elif line:
+            _answer(conversation, line)
+    if interactive:
+        print(file=sys.stderr)
+    return 0
+
+
+def _answer(conversation: Any, message: str) -> None:
+    """Stream the answer to one message; Ctrl-C ends the answer (kept as far as it got), not the chat."""
+    try:
+        for text in conversation.reply(message):
+            print(text, end="", flush=True)
+    except KeyboardInterrupt:
+        print(" [interrupted]", end="")
+    except GptkitError as exc:  # this message did not fit, say: the chat goes on
+        print(f"gptkit chat: error: {exc}", file=sys.stderr)
+    print(flush=True)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add convert, info, tokenize and generate to the `gptkit` subcommands."""
+    """Add new, convert, info, tokenize, generate and chat to the `gptkit` subcommands."""
+    p = sub.add_parser(
+        "new",
+        help="write a randomly initialised model of a preset's shape (a model to try offline)",
+        description=(
+            f"Build PRESET ({', '.join(GPTConfig.presets())}) with the shape flags given, initialise it "
+            "randomly from --seed, and write OUT: a directory gptkit and transformers.AutoModelForCausalLM both "
+            "load, with the tokenizer's files. Its text is noise until it is trained (`gptkit train "
+            "--init-from pretrained --model OUT`)."
+        ),
+    )
+    p.add_argument("preset", metavar="PRESET", help="the GPTConfig preset whose shape the flags below change")
+    p.add_argument("out", metavar="OUT", help="directory to write (new or empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initial weights (default: 0)")
+    p.add_argument(
+        "--tokenizer",
+        help="gpt2, openai-gpt or a tokenizer folder, saved beside the model (default: the preset's family's)",
+    )
+    group = p.add_argument_group("shape (GPTConfig fields)")
+    skip = {"name", "bos_token_id", "eos_token_id"}  # the end-of-text id is the tokenizer's
+    add_dataclass_flags(group, GPTConfig, MODEL_HELP, skip=skip, default_note="default: the preset's")
+    p.set_defaults(func=_new)
+
     p = sub.add_parser(
         "convert",
         help="convert any supported checkpoint into a gptkit / Hugging Face directory",
@@ -194,7 +301,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show how a tokenizer splits text (ids and the text of each token)",
         description="Encode TEXT (or stdin) with OpenAI's GPT-2 or GPT-1 tokenizer, or a checkpoint's.",
     )
-    p.add_argument("text", nargs="*", help="text to encode (default: stdin)")
+    p.add_argument("text", nargs="*", help="the text to split into tokens, arguments joined by spaces (default: stdin)")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2, openai-gpt, or a checkpoint folder (default: gpt2)")
     p.add_argument("--allow-special", action="store_true", help="encode <|endoftext|> as its special id")
     p.add_argument("--json", action="store_true", help="print ids and character offsets as JSON")
@@ -209,9 +316,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "transformers' generate; --temperature 0 is greedy decoding."
         ),
     )
-    p.add_argument("prompt", nargs="*", help="prompt text (default: read stdin, else <|endoftext|>)")
-    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
-    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    p.add_argument(
+        "prompt",
+        nargs="*",
+        help="text for the model to continue; several run as a batch (default: stdin, else <|endoftext|>)",
+    )
+    add_model_flags(p)
     p.add_argument("--prompt-file", metavar="FILE", help="one prompt per line ('-' = stdin; \\n for newlines)")
     add_dataclass_flags(p, SamplingParams, _SAMPLING_HELP, skip={"logit_bias"})
     p.add_argument(
@@ -220,7 +330,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="send each prompt as a user message through the model's chat template (the one saved by "
         "`gptkit finetune instruct`, else gptkit's default) and generate the assistant's answer",
     )
+    p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt before it")
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    add_device_flags(p)
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model in the terminal (its chat template, the conversation so far, streamed answers)",
+        description=(
+            "Read a message per line and stream MODEL's answer to it, the whole conversation rendered with the "
+            "model's chat template (the one `gptkit finetune instruct` saves, else gptkit's plain-text one). "
+            "/reset forgets the conversation, /exit or Ctrl-D ends it; when the context is full the oldest "
+            "exchanges are forgotten. Piped input is read the same way, one message per line."
+        ),
+    )
+    add_model_flags(p)
+    p.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
+    add_dataclass_flags(p, SamplingParams, _SAMPLING_HELP, skip={"logit_bias", "logprobs", "num_return_sequences"})
+    add_device_flags(p)
+    p.set_defaults(func=_chat)

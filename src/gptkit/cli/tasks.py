@@ -8,10 +8,18 @@ import json
 import sys
 from pathlib import Path
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, read_input, resolve_device
+from gptkit.cli.common import (
+    add_dataclass_flags,
+    add_device_flags,
+    add_model_flags,
+    load_for_inference,
+    read_input,
+    resolve_device,
+)
 from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
+from gptkit.training.runlog import counted, format_metrics  # no torch either
 
 TASKS = ("classify", "tag", "qa", "choice", "instruct")
 _TASK_HELP = {
@@ -57,10 +65,10 @@ def _finetune(args: argparse.Namespace) -> int:
     if not result.train.is_main:
         return 0
     if result.skipped_rows:
-        print(f"skipped {result.skipped_rows} bad rows (see --on-error)")
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        print(f"skipped {counted(result.skipped_rows, 'bad row')} (see --on-error)")
+    shown = format_metrics(result.metrics)
     print(
-        f"fine-tuned {args.task} for {result.train.step} steps ({result.train.seconds:.0f} s): {shown}; "
+        f"fine-tuned {args.task} for {counted(result.train.step, 'step')} ({result.train.seconds:.0f} s): {shown}; "
         f"model in {result.run_dir}"
     )
     return 0
@@ -78,7 +86,7 @@ def _predict(args: argparse.Namespace) -> int:
 
         lines = [json.dumps(r, ensure_ascii=False) for r in records]
         atomic_write_text(Path(args.out), "".join(line + "\n" for line in lines))
-        print(f"{len(lines)} predictions written to {args.out}", file=sys.stderr)
+        print(f"{counted(len(lines), 'prediction')} written to {args.out}", file=sys.stderr)
     else:
         write_jsonl(records, sys.stdout)
     return 0
@@ -110,8 +118,8 @@ def _embed(args: argparse.Namespace) -> int:
     bundle = load_for_inference(args)
     vectors = embed(
         bundle.model,
-        bundle.tokenizer,
         texts,
+        tokenizer=bundle.tokenizer,
         pooling=args.pooling,
         batch_size=args.batch_size,
         normalize=not args.no_normalize,
@@ -126,7 +134,7 @@ def _embed(args: argparse.Namespace) -> int:
                 np.save(fh, vectors.numpy())
 
         atomic_write(Path(args.out), write)
-        print(f"{len(texts)} vectors of size {vectors.shape[1]} written to {args.out}", file=sys.stderr)
+        print(f"{counted(len(texts), 'vector')} of size {vectors.shape[1]} written to {args.out}", file=sys.stderr)
     else:
         for text, vector in zip(texts, vectors.tolist(), strict=True):
             print(json.dumps({"text": text, "embedding": [round(v, 6) for v in vector]}))
@@ -202,14 +210,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Embed TEXT arguments and/or lines of --file with MODEL; print JSONL or write a .npy array.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("text", nargs="*", help="texts to embed")
-    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
-    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    p.add_argument("text", nargs="*", help="texts to embed, one vector each")
+    add_model_flags(p)
     p.add_argument("--file", metavar="FILE", help="one text per line ('-' = stdin)")
     p.add_argument("--pooling", choices=("mean", "last"), default="mean", help="mean over real tokens, or last")
     p.add_argument("--no-normalize", action="store_true", help="keep raw vectors (default: unit L2 norm)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--out", metavar="FILE.npy", help="write an (N, C) float32 .npy array instead of JSONL")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype")
+    add_device_flags(p)
     p.set_defaults(func=_embed)

@@ -8,7 +8,14 @@ import json
 import os
 from typing import Any
 
-from gptkit.cli.common import DTYPES, add_dataclass_flags, load_for_inference, resolve_device
+from gptkit.cli.common import (
+    MODEL_HELP,
+    add_dataclass_flags,
+    add_device_flags,
+    add_model_flags,
+    load_for_inference,
+    resolve_device,
+)
 from gptkit.errors import GptkitError
 from gptkit.training.config import (  # no torch: fast `gptkit --help`
     FLAT_LORA_KEYS,
@@ -17,6 +24,7 @@ from gptkit.training.config import (  # no torch: fast `gptkit --help`
     fold_lora_keys,
     read_config_file,
 )
+from gptkit.training.runlog import format_metrics
 
 TRAIN_HELP = {
     "data": "data directory written by `gptkit prepare`",
@@ -27,6 +35,12 @@ TRAIN_HELP = {
     "block_size": "tokens per training sequence",
     "batch_size": "sequences per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",
+    "max_steps": "how many optimizer steps the run takes",
+    "warmup_steps": "optimizer steps of linear learning-rate warmup from 0 to --lr",
+    "weight_decay": "AdamW's decoupled weight decay on matrices and embeddings (never biases or LayerNorms)",
+    "beta1": "AdamW's decay rate of the running mean of gradients",
+    "beta2": "AdamW's decay rate of the running mean of squared gradients",
+    "eps": "AdamW's term added to the denominator for numerical stability",
     "lr": "peak learning rate",
     "min_lr": "final learning rate (default lr/10)",
     "schedule": "decay after warmup: cosine, linear or constant",
@@ -40,6 +54,9 @@ TRAIN_HELP = {
     "device": "cpu, cuda, or auto",
     "eval_interval": "evaluate (val loss, sample) every N steps (0 = at the end)",
     "eval_batches": "batches per split per evaluation",
+    "log_interval": "write loss, learning rate and throughput to metrics.jsonl every N steps",
+    "sample_prompt": "text the samples generated at each evaluation start from",
+    "seed": "seed of the initial weights, the data order and dropout (a resumed run continues its own)",
     "sample_tokens": "tokens generated at each evaluation (0 = none)",
     "save_interval": "checkpoint every N steps (default: at each evaluation)",
     "keep_last": "checkpoints kept besides best/",
@@ -52,7 +69,7 @@ TRAIN_HELP = {
 LORA_HELP = {
     "lora_r": "rank of LoRA adapters (0 = no LoRA); saved in peft's format beside the model",
     "lora_alpha": "LoRA scale numerator (scale = alpha / r) (default: 16.0)",
-    "lora_dropout": "dropout on the LoRA input (default: 0.0)",
+    "lora_dropout": "dropout probability on each LoRA adapter's input while training (default: 0.0)",
     "lora_targets": "comma-separated module names for adapters, e.g. c_attn,c_proj,c_fc (default: c_attn)",
 }
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "n_inner", "activation", "bias")
@@ -78,7 +95,7 @@ def add_train_flags(parser: argparse.ArgumentParser | Any, helps: dict[str, str]
             "--" + name.replace("_", "-"),
             default=None,
             type={"activation": str, "bias": parse_bool}.get(name, int),
-            help=f"scratch models: GPTConfig.{name}",
+            help=f"--init-from scratch: {MODEL_HELP[name]} (default: the preset's)",
         )
 
 
@@ -175,7 +192,7 @@ def _eval(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"task": "labelled", "model": args.model, "file": args.labelled, **scores}))
         else:
-            print(f"{args.model} on {args.labelled}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            print(f"{args.model} on {args.labelled}: {format_metrics(scores)}")
         return 0
     bundle = load_for_inference(args)
     model, tokenizer = bundle.model, bundle.tokenizer
@@ -295,8 +312,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             'docs do) or --lambada FILE.jsonl (one {"text": ...} per line; greedy accuracy on the last word).'
         ),
     )
-    p.add_argument("--model", required=True, help="hub name or checkpoint folder")
-    p.add_argument("--tokenizer", help="tokenizer name or folder, if not the one stored with the model")
+    add_model_flags(p)
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--text", metavar="FILE", help="UTF-8 text file; encoded whole")
     data.add_argument("--lambada", metavar="FILE", help="LAMBADA-style JSONL file")
@@ -309,7 +325,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, help="window length in tokens (default: the model's context)")
     p.add_argument("--stride", type=int, help="tokens each window moves (default: 512, or the window if shorter)")
     p.add_argument("--batch-size", type=int, default=1, help="windows or examples per forward pass (default: 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    add_device_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)

@@ -121,11 +121,16 @@ def encode_prompts(
     one = isinstance(prompts, str) or (isinstance(prompts, Sequence) and bool(prompts) and isinstance(prompts[0], int))
     many: Sequence[Prompt] = [prompts] if one else prompts  # type: ignore[list-item,assignment]
     out = []
-    for prompt in many:
+    for i, prompt in enumerate(many):
         if isinstance(prompt, str):
             if tokenizer is None:
                 raise TokenizerError("text prompts need a tokenizer; pass tokenizer=... or token ids")
             out.append(tokenizer.encode(prompt, allowed_special="all" if allow_special else frozenset()))
+            if prompt and not out[-1]:  # GPT-1's BPE keeps no whitespace: "  " is no tokens at all
+                raise TokenizerError(
+                    f"prompt {i} ({prompt[:20]!r}) encodes to no tokens with the {getattr(tokenizer, 'kind', 'given')} "
+                    "tokenizer, which drops whitespace; give a prompt with some text"
+                )
         else:
             out.append([int(t) for t in prompt])
     if not out or any(len(ids) == 0 for ids in out):

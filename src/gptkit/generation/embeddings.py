@@ -24,9 +24,9 @@ _POOLING = {"mean": mean_pool, "last": last_token}
 
 def embed(
     model: GPT,
-    tokenizer: Any,
     texts: Sequence[str],
     *,
+    tokenizer: Any,
     pooling: Literal["mean", "last"] = "mean",
     batch_size: int = 32,
     normalize: bool = True,
@@ -36,7 +36,8 @@ def embed(
 
     Texts are encoded (special-token strings as plain text), cut to max_length tokens (default and at most
     the context), and run in right-padded batches of similar length; each vector equals the one computed
-    for its text alone. normalize: unit L2 norm, for cosine similarity by dot product.
+    for its text alone. normalize: unit L2 norm, for cosine similarity by dot product. The arguments follow
+    generate's convention: model, inputs, then keywords (tokenizer=...).
     """
     if isinstance(texts, str):
         raise TypeError("embed takes a sequence of texts; wrap a single text as [text]")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gptkit.errors import ContextLengthError
+from gptkit.errors import ConfigError, ContextLengthError, TokenIdError
 from gptkit.models import checkpoint
 from gptkit.models.config import IGNORE_INDEX, GPTConfig
 from gptkit.models.kernels import Linear, attention
@@ -226,6 +226,14 @@ class GPTModel(nn.Module):
                 f"sequence of {T} tokens is longer than the model's context of {self.config.n_positions}; "
                 "truncate it (keep the last tokens) or use a sliding window"
             )
+        if input_ids.numel() and not torch.compiler.is_compiling():  # one small reduction; compiled graphs skip it
+            low, high = torch.stack(input_ids.aminmax()).tolist()
+            if low < 0 or high >= self.config.vocab_size:
+                bad = input_ids[(input_ids < 0) | (input_ids >= self.config.vocab_size)][0].item()
+                raise TokenIdError(
+                    f"token id {bad} is out of range for the model's vocabulary of {self.config.vocab_size} tokens "
+                    f"(ids 0 to {self.config.vocab_size - 1}); encode text with the model's own tokenizer"
+                )
         return B, T
 
     @staticmethod
@@ -356,6 +364,29 @@ def with_dropout(model: GPT, p: float) -> GPT:
             module.p = p
         if isinstance(module, CausalSelfAttention):
             module.attn_pdrop = p
+    return model
+
+
+def resize_token_embeddings(model: GPT, vocab_size: int) -> GPT:
+    """Give `model` `vocab_size` token embeddings and LM-head rows, as transformers' resize_token_embeddings
+    does for added tokens: the existing rows are kept and new ones drawn as GPT's initialisation draws them."""
+    config, old = model.config, model.transformer.wte.weight
+    if vocab_size < config.vocab_size:
+        raise ConfigError(f"cannot shrink the vocabulary from {config.vocab_size} to {vocab_size} tokens")
+    wte = nn.Embedding(vocab_size, config.n_embd, device=old.device, dtype=old.dtype)
+    nn.init.normal_(wte.weight, mean=0.0, std=config.initializer_range)
+    with torch.no_grad():
+        wte.weight[: config.vocab_size] = old
+    model.transformer.wte = wte
+    if config.tie_word_embeddings:
+        model.lm_head.weight = wte.weight
+    else:
+        head = Linear(config.n_embd, vocab_size, bias=False, device=old.device, dtype=old.dtype)
+        nn.init.normal_(head.weight, mean=0.0, std=config.initializer_range)
+        with torch.no_grad():
+            head.weight[: config.vocab_size] = model.lm_head.weight
+        model.lm_head = head
+    model.config = model.transformer.config = config.replace(vocab_size=vocab_size)
     return model
 
 

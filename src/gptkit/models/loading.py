@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptkit.errors import CheckpointError
+from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import read_json
 from gptkit.models import checkpoint, lora
-from gptkit.models.gpt import GPT, load_model, parameter_shapes
+from gptkit.models.config import GPTConfig
+from gptkit.models.gpt import GPT, load_model, parameter_shapes, save_model
 from gptkit.text.tokenizer import Tokenizer
 
 
@@ -58,6 +59,30 @@ def tokenizer_for(
     if tok is not None and tok.vocab_size > vocab_size:
         raise CheckpointError(f"tokenizer has {tok.vocab_size} tokens but the model only {vocab_size} embeddings")
     return tok
+
+
+def new_model(config: GPTConfig, tokenizer: Tokenizer, path: str | os.PathLike[str], *, seed: int = 0) -> GPT:
+    """A randomly initialised GPT of `config`, seeded, saved with `tokenizer` to `path` (a new or empty folder).
+
+    The model's end-of-text id is the tokenizer's (none for GPT-1's vocabulary), so generation stops where the
+    tokenizer says. The global RNG is left as it was. ConfigError if the tokenizer has more tokens than the
+    config has embeddings; CheckpointError if `path` already holds files (a random model never replaces one).
+    """
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ConfigError(
+            f"the {tokenizer.kind} tokenizer has {tokenizer.vocab_size:,} tokens but vocab_size is "
+            f"{config.vocab_size:,}; set vocab_size >= {tokenizer.vocab_size} (--vocab-size)"
+        )
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out} already exists and is not an empty folder; choose a new path")
+    eos = tokenizer.eos_token_id
+    config = config.replace(bos_token_id=eos, eos_token_id=eos)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT(config).eval()
+    save_model(model, out, tokenizer=tokenizer)
+    return model
 
 
 def describe(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:

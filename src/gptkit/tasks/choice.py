@@ -5,7 +5,8 @@
 objects (as swag_sample.json); each example knows the line its object starts on. on_error="fail" raises
 DataError at the first bad object; "skip" drops it and lists it in `skipped`. A file that is not valid JSON,
 or holds no example at all, always raises DataError. `encode_choice` makes one sequence per choice, ending
-in the eos token that a multiple-choice head scores.
+in the token that a multiple-choice head scores: the eos token, or for GPT-1, whose vocabulary has none, the
+extract token of its paper's input transformation (`with_choice_tokens` adds the paper's tokens).
 """
 
 from __future__ import annotations
@@ -19,14 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptkit.errors import DataError
-from gptkit.tasks.data import TaskSet, collect, require_eos, unpack
+from gptkit.errors import ConfigError, DataError
+from gptkit.tasks.data import TaskSet, collect, unpack
 from gptkit.training.corpus import BadRow, OnError, iter_records
 
 if TYPE_CHECKING:
     from gptkit.text.tokenizer import Tokenizer
 
-__all__ = ["ChoiceExample", "ChoiceFeatures", "ChoiceSet", "encode_choice", "read_choice"]
+__all__ = [
+    "CHOICE_TOKENS",
+    "ChoiceExample",
+    "ChoiceFeatures",
+    "ChoiceSet",
+    "encode_choice",
+    "read_choice",
+    "with_choice_tokens",
+]
+
+# GPT-1's paper: each choice is start + context + delimiter + answer + extract, the extract token's state scored.
+# The names are those of transformers' OpenAIGPTDoubleHeadsModel examples (run_openai_gpt.py).
+CHOICE_TOKENS = ("_start_", "_delimiter_", "_classify_")
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
@@ -121,15 +134,37 @@ def _choice(obj: Any, line: int, require_label: bool) -> ChoiceExample | str:
     return ChoiceExample(context, [e.strip() for e in endings], label, line)
 
 
+def with_choice_tokens(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer a multiple-choice run uses: `tokenizer` where it has an eos token to end each choice with,
+    else (GPT-1) a copy with GPT-1's start, delimiter and extract tokens added (CHOICE_TOKENS); the model then
+    needs an embedding for each (gptkit.models.gpt.resize_token_embeddings)."""
+    if tokenizer.eos_token_id is not None:
+        return tokenizer
+    return tokenizer.with_special_tokens(CHOICE_TOKENS)
+
+
 def encode_choice(
     tokenizer: Tokenizer, examples: ChoiceSet | Sequence[ChoiceExample], *, max_length: int
 ) -> ChoiceFeatures:
-    """Per example, one sequence per choice: context + " " + ending + eos (the eos is the token scored).
+    """Per example, one sequence per choice, ending in the token a multiple-choice head scores.
 
-    The context and " " + ending are encoded separately (so every choice shares the context's ids); if a
-    sequence is too long its context is cut from the left, then the ending from the right (eos kept).
+    A tokenizer with GPT-1's CHOICE_TOKENS gets the paper's form, start + context + delimiter + ending +
+    extract; any other ends context + " " + ending with its eos. The context and the ending are encoded
+    separately (so every choice shares the context's ids); if a sequence is too long its context is cut from
+    the left, then the ending from the right (the start and the scored token kept).
     """
-    eos = require_eos(tokenizer, "multiple choice")
+    specials = tokenizer.special_tokens
+    if all(t in specials for t in CHOICE_TOKENS):
+        start, delimiter, last = (specials[t] for t in CHOICE_TOKENS)
+        head, between = [start], [delimiter]
+    else:
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(
+                "multiple choice ends each choice with the eos token or GPT-1's extract token, and this tokenizer "
+                "has neither; pass it through gptkit.tasks.choice.with_choice_tokens first"
+            )
+        last, head, between = tokenizer.eos_token_id, [], []
+    budget = max_length - len(head)
     _, items = unpack(examples)
     out = ChoiceFeatures([], [])
     for ex in items:
@@ -137,12 +172,12 @@ def encode_choice(
         cut = False
         rows = []
         for ending in ex.endings:
-            tail = tokenizer.encode(" " + ending if ex.context else ending, disallowed_special=()) + [eos]
-            room = max_length - len(tail)
-            if room < 0:
-                tail, room = tail[: max_length - 1] + [eos], 0
-            cut = cut or room < len(context)
-            rows.append(context[len(context) - min(room, len(context)) :] + tail)
+            spaced = " " + ending if ex.context and not between else ending
+            tail = between + tokenizer.encode(spaced, disallowed_special=()) + [last]
+            cut = cut or len(context) + len(tail) > budget
+            tail = tail[: budget - 1] + [last] if len(tail) > budget else tail
+            room = budget - len(tail)
+            rows.append(head + context[len(context) - min(room, len(context)) :] + tail)
         out.truncated += cut
         out.input_ids.append(rows)
         out.labels.append(ex.label)

@@ -179,10 +179,17 @@ def _read_sets(task: TaskConfig, recipe: Recipe, seed: int) -> tuple[list[Any], 
 
 
 def _build_model(
-    task: TaskConfig, train: TrainConfig, recipe: Recipe, labels: Any, device: torch.device, resume_from: Path | None
+    task: TaskConfig,
+    train: TrainConfig,
+    recipe: Recipe,
+    labels: Any,
+    vocab_size: int,
+    device: torch.device,
+    resume_from: Path | None,
 ) -> nn.Module:
-    """The model to train: a heads.TaskModel, or the GPT itself for instruct."""
-    from gptkit.models.gpt import load_model
+    """The model to train: a heads.TaskModel, or the GPT itself for instruct; with an embedding for each of the
+    run tokenizer's `vocab_size` tokens (a task's added tokens get new ones)."""
+    from gptkit.models.gpt import load_model, resize_token_embeddings
 
     fields = recipe.head(task, labels)
     spec = None if fields is None else TaskSpec(task.task, **fields)
@@ -195,6 +202,8 @@ def _build_model(
     else:
         gpt, _ = base_model(train, task.max_length)
         torch.manual_seed(train.seed)  # the new head's initialisation (and dropout) repeat (fit's RNG scope)
+        if vocab_size > gpt.config.vocab_size:
+            resize_token_embeddings(gpt, vocab_size)
         model = gpt if spec is None else TaskModel(gpt, spec, aux_lm_weight=task.aux_lm_weight)
         if train.lora is not None:
             lora.apply_lora(model, train.lora)
@@ -205,6 +214,11 @@ def _build_model(
 def _size(ids: list[Any]) -> int:
     """Tokens of a row's input: its length, or its longest candidate's (multiple choice)."""
     return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def _tokens(ids: list[Any]) -> int:
+    """Real tokens a row puts through the model: its length, or all its candidates' (multiple choice)."""
+    return sum(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
 
 
 def predict_outputs(
@@ -311,10 +325,13 @@ def finetune(
         check_task_resume(task, Path(train.out_dir))
     train_examples, eval_examples, labels, skipped = _read_sets(task, recipe, train.seed)
     tokenizer = run_tokenizer(train)
+    if recipe.tokenizer is not None:
+        tokenizer = recipe.tokenizer(tokenizer)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     train_set = recipe.encode(task, train_examples, tokenizer, labels)
     eval_set = recipe.encode(task, eval_examples, tokenizer, labels)
     rows, targets = train_set.rows, torch.tensor(train_set.targets)
+    tokens = torch.tensor([_tokens(r["input_ids"]) for r in rows])
     info = dist if dist is not None else DistInfo.from_env()
     per_step = train.batch_size * train.grad_accum * info.world_size  # examples per step
     if task.epochs is not None:
@@ -323,7 +340,7 @@ def finetune(
     last: dict[str, float] = {}
 
     def build(config: TrainConfig, device: torch.device, resume_from: Path | None) -> Objective:
-        model = _build_model(task, config, recipe, labels, device, resume_from)
+        model = _build_model(task, config, recipe, labels, tokenizer.vocab_size, device, resume_from)
 
         def loss(module: nn.Module, batch: Batch) -> tuple[Tensor, int]:
             n = int(batch.pop("_targets").sum())
@@ -365,6 +382,8 @@ def finetune(
                 task.train_file, task.eval_file, settings={"tokenizer": tokenizer_fingerprint(tokenizer)}
             ),
             data=task.train_file,
+            tokens=lambda items: int(tokens[items].sum()),
+            unit=recipe.unit,
         )
 
     result = fit(train, build, on_event=on_event, should_stop=should_stop, dist=info)

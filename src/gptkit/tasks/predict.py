@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from gptkit.errors import DataError
 from gptkit.models import lora
 from gptkit.tasks.bundle import TASK_FILE, ModelBundle, require_run
+from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.finetune import predict_outputs
 from gptkit.tasks.heads import TaskModel, save_task_model
 
@@ -41,7 +44,7 @@ def save_merged(bundle: ModelBundle, directory: str | os.PathLike[str]) -> Path:
 
 
 def evaluate_file(bundle: ModelBundle, path: str | os.PathLike[str], *, batch_size: int = 16) -> dict[str, float]:
-    """The task's metrics (and loss) on a labelled file in the training format."""
+    """The task's metrics (and loss) on a labelled file in the training format, and its number of examples."""
     task, labels = require_run(bundle)
     recipe = bundle.kind.recipe
     examples, _ = recipe.read(task, str(path), labels)
@@ -49,22 +52,64 @@ def evaluate_file(bundle: ModelBundle, path: str | os.PathLike[str], *, batch_si
     loss, outputs = predict_outputs(
         bundle.model, encoded.rows, encoded.targets, bundle.pad_id, recipe.outputs, batch_size, nullcontext()
     )
-    return {"loss": loss, **recipe.score(outputs, encoded, labels), "examples": float(len(examples))}
+    return {"loss": loss, **recipe.score(outputs, encoded, labels), "examples": len(examples)}
+
+
+Inputs = str | os.PathLike[str] | Sequence[str | Sequence[str] | dict[str, Any]]
 
 
 def predict(
     bundle: ModelBundle,
-    path: str | os.PathLike[str],
+    inputs: Inputs,
     *,
     batch_size: int = 16,
     max_new_tokens: int = 128,
     fmt: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One JSON-ready prediction per example of an unlabelled (or labelled: labels are ignored) file.
+    """One JSON-ready prediction per example of an unlabelled (or labelled: labels are ignored) file or list.
 
-    fmt: the input's format (TaskConfig.format's values; None: the one the run was trained with). Tagging also
+    inputs: a file path, or the examples themselves: the rows of the task's JSONL format (dicts), or for
+    classify a text, for tag a sentence (a string split at whitespace, or a list of words) and for instruct a
+    prompt. A list's records number its items from 1 in their "line" field, as a file's lines are numbered.
+    fmt: a file's format (TaskConfig.format's values; None: the one the run was trained with). Tagging also
     reads "lines" (a whitespace-split sentence per line) and "jsonl" ({"tokens": [...]} per line).
     """
+    if isinstance(inputs, (str, os.PathLike)):
+        yield from _predict_file(bundle, inputs, batch_size, max_new_tokens, fmt)
+        return
+    task, _ = require_run(bundle)
+    # The rows go through the task's own JSONL reader, so a list is checked exactly as a file is.
+    with tempfile.TemporaryDirectory(prefix="gptkit-predict-") as folder:
+        path = Path(folder) / "inputs.jsonl"
+        path.write_text("".join(json.dumps(_as_record(task, item, i)) + "\n" for i, item in enumerate(inputs)))
+        try:
+            yield from _predict_file(bundle, path, batch_size, max_new_tokens, "jsonl")
+        except DataError as exc:
+            raise DataError(str(exc).replace(f"{path}:", "inputs item ").replace(str(path), "inputs")) from None
+
+
+def _as_record(task: TaskConfig, item: Any, index: int) -> dict[str, Any]:
+    """An in-memory example as the task's JSONL row."""
+    if isinstance(item, dict):
+        return item
+    if task.task == "tag" and isinstance(item, Sequence) and all(isinstance(w, str) for w in item):
+        return {"tokens": item.split() if isinstance(item, str) else list(item)}
+    if isinstance(item, str) and task.task in ("classify", "instruct"):
+        return {task.text_column: item} if task.task == "classify" else {"prompt": item}
+    rows = {
+        "classify": f'a text or {{"{task.text_column}": ...}}',
+        "tag": 'a sentence, a list of words or {"tokens": [...]}',
+        "qa": 'a dict {"id", "question", "context"}',
+        "choice": 'a dict {"sent1", "sent2", "ending0", ...} or {"context", "choices"}',
+        "instruct": 'a prompt, {"prompt": ...} or {"messages": [...]}',
+    }
+    what = type(item).__name__
+    raise DataError(f"inputs item {index + 1}: {what} is not an input of {task.task}; give {rows[task.task]}")
+
+
+def _predict_file(
+    bundle: ModelBundle, path: str | os.PathLike[str], batch_size: int, max_new_tokens: int, fmt: str | None
+) -> Iterator[dict[str, Any]]:
     task, labels = require_run(bundle)
     if fmt is not None:
         task = dataclasses.replace(task, format=fmt)  # type: ignore[arg-type]  # the readers refuse others
@@ -82,7 +127,6 @@ def predict(
 
 def _complete(bundle: ModelBundle, path: str | os.PathLike[str], max_new_tokens: int) -> Iterator[dict[str, Any]]:
     """Instruct models: each prompt (or chat) rendered as in training, then greedy generation to eos."""
-    from gptkit.errors import DataError
     from gptkit.generation.generate import generate
     from gptkit.generation.sampling import SamplingParams
     from gptkit.text.chat_template import render_chat

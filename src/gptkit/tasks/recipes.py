@@ -48,6 +48,8 @@ class Recipe:
     score: Callable[[dict[str, list[Tensor]], Encoded, Any], dict[str, float]]
     read_inputs: Callable[[TaskConfig, str], list[Any]] | None = None  # a file to predict on (labels ignored)
     predictions: Callable[[dict[str, list[Tensor]], Encoded, Any, TaskConfig], Iterator[Row]] | None = None
+    unit: str = "example"  # what one target of the loss is (the curves' nats per unit)
+    tokenizer: Callable[[Any], Any] | None = None  # adds the task's own tokens to the run's tokenizer
 
 
 _PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
@@ -348,6 +350,7 @@ TAG = Recipe(
     _score_tag,
     _inputs_tag,
     _predict_tag,
+    unit="labelled token",
 )
 QA = Recipe(
     _read_qa,
@@ -358,6 +361,7 @@ QA = Recipe(
     _score_qa,
     _inputs_qa,
     _predict_qa,
+    unit="window",
 )
 CHOICE = Recipe(
     _read_choice,
@@ -368,6 +372,9 @@ CHOICE = Recipe(
     _score_choice,
     _inputs_choice,
     _predict_choice,
+    tokenizer=choice.with_choice_tokens,  # GPT-1 has no eos to score: its paper's start/delimiter/extract tokens
 )
 # instruct trains the language model itself (no head); its predictions are generated completions
-INSTRUCT = Recipe(_read_instruct, _no_labels, _encode_instruct, lambda config, labels: None, (), _score_instruct)
+INSTRUCT = Recipe(
+    _read_instruct, _no_labels, _encode_instruct, lambda config, labels: None, (), _score_instruct, unit="answer token"
+)

@@ -123,6 +123,14 @@ class Tokenizer:
         backend = tkfiles.train_byte_level_bpe(paths, vocab_size, min_frequency, specials, show_progress)
         return cls(backend, "bpe", eos_token=_default_eos(specials))
 
+    def with_special_tokens(self, tokens: Sequence[str]) -> Tokenizer:
+        """A copy with `tokens` added as special tokens after the vocabulary, in order (as transformers'
+        add_special_tokens numbers them); tokens that are special already keep their ids."""
+        backend = tk.Tokenizer.from_str(self._backend.to_str())
+        new = [t for t in dict.fromkeys(tokens) if t not in self._specials]
+        backend.add_special_tokens([tkfiles.special_token(t) for t in new])
+        return Tokenizer(backend, self._kind, eos_token=self._eos)
+
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write a directory that both gptkit and transformers.AutoTokenizer load; returns its path."""
         out = Path(directory)

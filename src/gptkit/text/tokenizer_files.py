@@ -47,7 +47,7 @@ _OPENAI_RELEASE_FILES = {
 # --- builders ---------------------------------------------------------------------------------
 
 
-def _special(content: str) -> tk.AddedToken:
+def special_token(content: str) -> tk.AddedToken:
     return tk.AddedToken(content, special=True, normalized=False)
 
 
@@ -62,7 +62,7 @@ def gpt2_backend(vocab: dict[str, int], merges: list[tuple[str, str]], specials:
     """GPT-2 byte-level BPE (no normalizer, GPT-2 split regex, byte alphabet)."""
     backend = tk.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     _byte_level_pipeline(backend)
-    backend.add_special_tokens([_special(s) for s in specials])
+    backend.add_special_tokens([special_token(s) for s in specials])
     return backend
 
 
@@ -83,7 +83,7 @@ def openai_gpt_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.BPEDecoder(suffix="</w>")
-    backend.add_special_tokens([_special(unk)])
+    backend.add_special_tokens([special_token(unk)])
     return backend
 
 
@@ -92,7 +92,7 @@ def char_backend(chars: Sequence[str], specials: Sequence[str]) -> tk.Tokenizer:
     # A BPE model with no merges and no pre-tokenizer splits text into characters, fast and with offsets.
     backend = tk.Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
     backend.decoder = decoders.Fuse()
-    backend.add_special_tokens([_special(s) for s in specials])
+    backend.add_special_tokens([special_token(s) for s in specials])
     return backend
 
 
@@ -115,7 +115,7 @@ def train_byte_level_bpe(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[_special(s) for s in specials],
+        special_tokens=[special_token(s) for s in specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )

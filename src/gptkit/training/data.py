@@ -41,6 +41,7 @@ from gptkit.training.corpus import (  # also importable from here
     TextMode,
     resolve_format,
 )
+from gptkit.training.runlog import counted
 
 __all__ = ["BadRow", "DataInfo", "PrepareConfig", "TokenData", "prepare", "split_point", "tokenizer_fingerprint"]
 
@@ -117,7 +118,8 @@ class DataInfo:
     def summary(self) -> str:
         return (
             f"wrote {self.path}: {self.train_tokens:,} train + {self.val_tokens:,} val tokens ({self.dtype}, "
-            f"vocabulary {self.vocab_size:,}), {self.documents:,} documents, {self.skipped:,} rows skipped"
+            f"vocabulary {self.vocab_size:,}), {counted(self.documents, 'document')}, "
+            f"{counted(self.skipped, 'row')} skipped"
         )
 
 

@@ -20,8 +20,8 @@ class TrainResult:
     train_loss: float
     val_loss: float | None
     best_val_loss: float | None
-    tokens_per_second: float  # targets per second: tokens for language modelling, examples for most tasks
-    seconds: float
+    tokens_per_second: float  # real (not padding) input tokens per second in this call
+    seconds: float  # this call's
     is_main: bool = True  # False on the other ranks of a distributed run
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
     stopped: bool = False  # should_stop() ended the run before max_steps (a checkpoint of `step` was left to resume)
@@ -40,9 +40,9 @@ class StepEvent:
     max_steps: int
     loss: float  # this step's training loss (mean over its targets, all processes)
     lr: float  # the learning rate this step used
-    tokens: int  # targets trained on since this call started (tokens, or examples for most tasks)
-    tokens_per_second: float
-    elapsed: float  # seconds since this call's first step started
+    tokens: int  # real (not padding) input tokens trained on since the run began, before a resume included
+    tokens_per_second: float  # in this call
+    elapsed: float  # seconds of training since the run began, before a resume included
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ class Objective:
 
     loss(module, batch) returns the batch's mean loss and the number of targets it averages over; `count(items)`
     gives that number for drawn items before any forward pass (the global normaliser). `module` is what the
-    loop calls: the model itself, or its DDP / compiled wrapper.
+    loop calls: the model itself, or its DDP / compiled wrapper. `tokens(items)` is the number of real (not
+    padding) input tokens the items hold, what tokens/s counts; None: every target is a token (`count`).
     """
 
     model: nn.Module  # on its device, in train mode; the optimizer gets its parameters that require grad
@@ -97,6 +98,8 @@ class Objective:
     fingerprint: str  # identifies the training data; a resume on other data is refused
     sample: Callable[[nn.Module], str] | None = None  # a generated text to look at after each evaluation
     data: str = "the training data"  # what `fingerprint` identifies, for messages
+    tokens: Callable[[Tensor], int] | None = None
+    unit: str = "token"  # what one target of the loss is, for the curves' label (nats per unit)
 
 
 Build = Callable[[TrainConfig, torch.device, "Path | None"], Objective]
@@ -175,7 +178,8 @@ def _fit(
         decay_embeddings=config.decay_embeddings,
         device_type=device.type,
     )
-    step, best_val = _resume(resume_from, objective, optimizer, run_dir) if resume_from is not None else (0, math.inf)
+    resumed = _resume(resume_from, objective, optimizer, run_dir) if resume_from is not None else None
+    step, best_val, tokens_before, seconds_before = resumed or (0, math.inf, 0, 0.0)
     if info.is_main:
         remove_paths(stale)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +203,7 @@ def _fit(
 
     emit(StartEvent(run_dir, step, config.max_steps))
     start, loss_value, val_loss, metrics = time.perf_counter(), math.nan, None, {}
-    targets_done, stopped = 0, False
+    tokens_done, stopped = 0, False  # in this call; a resumed run's records add what came before
     while step < config.max_steps:
         if should_stop is not None and distributed.any_across_ranks(should_stop(), info, device):
             if saver.saved_step != step:
@@ -209,16 +213,17 @@ def _fit(
         lr = config.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_value, n_global = _optimizer_step(objective, trained, optimizer, scaler, autocast, config, info, device)
+        loss_value, n_tokens = _optimizer_step(objective, trained, optimizer, scaler, autocast, config, info, device)
         if not math.isfinite(loss_value):
             raise DivergedError(
                 f"the loss became {loss_value} at step {step + 1}; training stopped. The last good checkpoint "
                 f"is in {run_dir / 'checkpoints'}; try a lower --lr, --grad-clip 1, or --dtype bfloat16"
             )
         step += 1
-        targets_done += n_global
+        tokens_done += n_tokens
         elapsed = time.perf_counter() - start
-        rate = targets_done / elapsed
+        rate = tokens_done / elapsed
+        saver.totals = total_tokens, total_seconds = tokens_before + tokens_done, seconds_before + elapsed
         last = step == config.max_steps
         if step % config.log_interval == 0 or last:
             log(
@@ -227,11 +232,11 @@ def _fit(
                     "loss": loss_value,
                     "lr": lr,
                     "tokens_per_second": rate,
-                    "tokens": targets_done,
-                    "elapsed": elapsed,
+                    "tokens": total_tokens,
+                    "elapsed": total_seconds,
                 }
             )
-        emit(StepEvent(step, config.max_steps, loss_value, lr, targets_done, rate, elapsed))
+        emit(StepEvent(step, config.max_steps, loss_value, lr, total_tokens, rate, total_seconds))
         evaluate_now = last or (config.eval_interval > 0 and step % config.eval_interval == 0)
         if evaluate_now:
             metrics = objective.evaluate(model, autocast)
@@ -253,7 +258,7 @@ def _fit(
         loss_value,
         val_loss,
         saver.best_val if math.isfinite(saver.best_val) else None,
-        targets_done / max(seconds, 1e-9),
+        tokens_done / max(seconds, 1e-9),
         seconds,
         info.is_main,
         metrics,
@@ -287,6 +292,7 @@ class _Checkpoints:
         self.run_dir, self.emit, self.best_val = run_dir, emit, best_val
         self.saved_step = -1  # the step the newest checkpoint holds
         self.last_plot = -math.inf
+        self.totals = (0, 0.0)  # tokens trained on and seconds spent since the run began (resumes included)
 
     def save(self, step: int, val_loss: float | None, *, final: bool) -> None:
         is_best = val_loss is not None and val_loss < self.best_val
@@ -300,6 +306,8 @@ class _Checkpoints:
                 "sampler": self.objective.sampler.state(),
                 "rng": rng_state(),
                 "best_val_loss": self.best_val,
+                "tokens": self.totals[0],
+                "elapsed": self.totals[1],
                 "data_fingerprint": self.objective.fingerprint,
                 "config": dataclasses.asdict(self.config),
             }
@@ -318,7 +326,7 @@ class _Checkpoints:
                     f"checkpoint in {self.run_dir / 'checkpoints'} is intact"
                 ) from exc
             if final or time.perf_counter() - self.last_plot >= PLOT_EVERY:
-                plot_curves(self.run_dir)
+                plot_curves(self.run_dir, unit=self.objective.unit)
                 self.last_plot = time.perf_counter()
             self.emit(CheckpointEvent(step, path, is_best))
         self.saved_step = step
@@ -327,8 +335,9 @@ class _Checkpoints:
 
 def _resume(
     checkpoint_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer, run_dir: Path
-) -> tuple[int, float]:
-    """Restore the optimizer, sampler and RNG of a training checkpoint; return its step and best val loss."""
+) -> tuple[int, float, int, float]:
+    """Restore the optimizer, sampler and RNG of a training checkpoint; return its step, best val loss, and the
+    tokens and seconds trained until then (0 for checkpoints older than these records)."""
     state = load_trainer_state(checkpoint_dir)
     if state.get("data_fingerprint") != objective.fingerprint:
         raise TrainingError(
@@ -337,7 +346,7 @@ def _resume(
     distributed.load_optimizer_state(objective.model, optimizer, state["optimizer"])
     objective.sampler.load_state(state["sampler"])
     set_rng_state(state["rng"])
-    return state["step"], state["best_val_loss"]
+    return state["step"], state["best_val_loss"], state.get("tokens", 0), state.get("elapsed", 0.0)
 
 
 def _optimizer_step(
@@ -350,11 +359,12 @@ def _optimizer_step(
     info: distributed.DistInfo,
     device: torch.device,
 ) -> tuple[float, int]:
-    """One optimizer step over grad_accum micro-batches on every rank; (the global mean loss, its targets)."""
+    """One optimizer step over grad_accum micro-batches on every rank; (the global mean loss, its input tokens)."""
     rows, micro, world = config.batch_size, config.grad_accum, info.world_size
     model = objective.model
     items = objective.sampler.draw(rows * micro * world)
     n_global = max(objective.count(items), 1)
+    n_tokens = objective.tokens(items) if objective.tokens is not None else n_global
     total = 0.0
     for k in range(micro):
         first = (k * world + info.rank) * rows
@@ -375,4 +385,4 @@ def _optimizer_step(
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return distributed.mean_across_ranks(total, info, device) * world, n_global
+    return distributed.mean_across_ranks(total, info, device) * world, n_tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gptkit.training.events import DoneEvent, EvalEvent, Event, StartEvent, StepEvent
+from gptkit.training.runlog import format_metrics
 
 
 class ProgressBar:
@@ -19,14 +20,15 @@ class ProgressBar:
         if isinstance(event, StartEvent):
             self.bar = tqdm(total=event.max_steps, initial=event.step, dynamic_ncols=True, unit="step")
         elif isinstance(event, StepEvent):
-            self.bar.update(1)
+            # the figures first: update() draws the bar, so they show with the step they belong to
             self.bar.set_postfix(
                 loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", tok_s=f"{event.tokens_per_second:,.0f}", refresh=False
             )
+            self.bar.update(1)
         elif isinstance(event, EvalEvent):
             if event.sample is not None:
                 self.bar.write(f"step {event.step}: val loss {event.metrics['val_loss']:.4f}\n{event.sample}\n")
             else:
-                self.bar.write(f"step {event.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in event.metrics.items()))
+                self.bar.write(f"step {event.step}: {format_metrics(event.metrics)}")
         elif isinstance(event, DoneEvent):
             self.bar.close()
