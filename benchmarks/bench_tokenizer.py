@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from machine import SHARED, load_average, machine_info
+
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -61,6 +60,7 @@ def main() -> None:
     import gptkit.text.tokenizer
     from gptkit.text.tokenizer import Tokenizer
 
+    machine = machine_info()
     text = corpus.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     n_bytes = len(text.encode("utf-8"))
@@ -97,7 +97,7 @@ def main() -> None:
                 "corpus": corpus.name,
                 "bytes": n_bytes,
                 "lines": len(lines),
-                "cpu_count": os.cpu_count(),
+                "machine": {**machine, "load_average_end": load_average()},
                 "repeat": args.repeat,
                 "identical_ids": identical,
                 "gptkit": gptkit_doc,

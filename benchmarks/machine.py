@@ -1,13 +1,14 @@
 """What every benchmark records about the machine and its own processes; imported by each bench_*.py.
 
 `machine_info()` goes into each JSON report: CPUs, the load averages, and the memory bandwidth measured right
-then (a large tensor copy), so a figure taken on a busy or slow machine says so. `source_state()` names
-the code measured.
+then (a large tensor copy), so a figure taken on a busy or slow machine says so. The rest is what the
+benchmarks' worker processes share: peak-RSS readings, CPU time, waiting for idle CPUs, the source measured.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -65,3 +66,51 @@ def source_state() -> dict[str, Any]:
 
     dirty = git("diff", "--name-only", "HEAD", "--", "src") + git("ls-files", "--others", "--exclude-standard", "src")
     return {"git_head": next(iter(git("rev-parse", "--short", "HEAD")), None), "uncommitted_src": dirty}
+
+
+# -- inside a worker process -----------------------------------------------------------------------
+
+
+def proc_status(key: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def reset_peak() -> None:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_idle(limit: float) -> float:
+    """Wait (at most `limit` s) until the CPUs are < 10% busy for 3 s running; return the seconds waited.
+
+    On a shared machine another process halves a run's speed (and OpenMP threads spin while they wait for
+    a descheduled peer), so a case that starts on a busy machine measures the neighbour.
+    """
+
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        return sum(fields[:3]), fields[3] + fields[4]  # (user+nice+system, idle+iowait)
+
+    if limit <= 0 or not os.path.exists("/proc/stat"):
+        return 0.0
+    start, quiet = time.perf_counter(), 0
+    while quiet < 3 and time.perf_counter() - start < limit:
+        busy0, idle0 = ticks()
+        time.sleep(1.0)
+        busy1, idle1 = ticks()
+        busy, idle = busy1 - busy0, idle1 - idle0
+        quiet = quiet + 1 if busy * 10 < busy + idle else 0
+    return time.perf_counter() - start
