@@ -25,6 +25,7 @@ TENSORS = {
     "scalar": torch.tensor(3.25),
     "cube": torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(3)),
     "half": torch.randn(4, 6, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16),
+    "odd": torch.randn(3, 5, generator=torch.Generator().manual_seed(5)).to(torch.float16),
     "ids": torch.arange(12, dtype=torch.int64).view(3, 4),
     "mask": torch.tensor([True, False, True]),
     "empty": torch.empty(0, 4),
@@ -44,7 +45,7 @@ def test_read_equals_torch_transpose_and_cast(stored, monkeypatch, buffer_bytes:
     monkeypatch.setattr(wf, "_BUFFER_BYTES", buffer_bytes)
     weights = StoredWeights.open([stored], dtype)
     assert weights.shapes == {k: tuple(v.shape) for k, v in TENSORS.items()}
-    layout = {k: (k, False) for k in TENSORS} | {f"{k}.t": (k, True) for k in ("matrix", "wide", "half", "ids")}
+    layout = {k: (k, False) for k in TENSORS} | {f"{k}.t": (k, True) for k in ("matrix", "wide", "half", "odd", "ids")}
     out = weights.read(layout)
     for name, (key, transposed) in layout.items():
         source = TENSORS[key].t().contiguous() if transposed else TENSORS[key]

@@ -111,7 +111,12 @@ class StoredWeights:
 
 def _matrix_bytes(entry: _Stored, dtype: torch.dtype) -> int:
     """What transposing a stored matrix takes in the buffer: the matrix, and its cast if there is one."""
-    return math.prod(entry.shape) * (entry.dtype.itemsize + (dtype.itemsize if dtype != entry.dtype else 0))
+    stored = math.prod(entry.shape) * entry.dtype.itemsize
+    return stored if dtype == entry.dtype else _aligned(stored) + math.prod(entry.shape) * dtype.itemsize
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // 8) * 8  # any dtype can be viewed at a multiple of 8 bytes
 
 
 def _file_entries(path: Path) -> dict[str, _Stored | Tensor]:
@@ -173,7 +178,8 @@ def _read(entry: _Stored | Tensor, dtype: torch.dtype, transposed: bool, buffer:
             stored = buffer[:stored_bytes].view(entry.dtype).view(entry.shape)
             _read_into(f, stored, entry.path)
             if dtype != entry.dtype:  # cast first: torch's fast transpose wants one dtype on both sides
-                cast = buffer[stored_bytes : stored_bytes + out.numel() * dtype.itemsize].view(dtype)
+                at = _aligned(stored_bytes)
+                cast = buffer[at : at + out.numel() * dtype.itemsize].view(dtype)
                 stored = cast.view(entry.shape).copy_(stored)
             out.copy_(stored.t())
         elif dtype == entry.dtype:
