@@ -196,10 +196,11 @@ def native_layout(
     if missing or unexpected:
         raise CheckpointError(f"{path}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
     shapes = state.shapes
-    for key in found:
+    layout = {key: (key, False) for key in state if key in found}  # in the files' order
+    for key in layout:
         if shapes[key] != expected[key]:
             raise CheckpointError(f"{path}: {key!r} has shape {shapes[key]}, expected {expected[key]}")
-    return {key: (key, False) for key in found}
+    return layout
 
 
 # -- writing --------------------------------------------------------------------------------------

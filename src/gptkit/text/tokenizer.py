@@ -8,8 +8,8 @@ error unless allowed (then it is one id) or disallowed_special=() (then it is or
 Which engine encodes: OpenAI's GPT-2 vocabulary (whatever the kind or files it came from) encodes through
 tiktoken, built offline from that vocabulary, whose ranks are its ids: the same ids, about three times as
 fast. Every other vocabulary (GPT-1's, char-level, trained BPEs, foreign byte-level ones, whose merges need
-not follow tiktoken's rank order) encodes through its `tokenizers` pipeline, which also trains, saves and
-decodes names for all of them.
+not follow tiktoken's rank order) encodes through its `tokenizers` pipeline. For every vocabulary that
+pipeline is also what trains, saves and looks up tokens.
 """
 
 from __future__ import annotations
