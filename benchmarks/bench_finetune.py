@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,8 +66,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from machine import SHARED, cpu_seconds, load_average, machine_info, source_state, wait_for_idle
+
 SEED = 1337
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED / "data"
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "n_positions": 128, "vocab_size": 50257}
 BATCH, BETAS, EPS, GRAD_CLIP, LOG_EVERY = 32, (0.9, 0.999), 1e-8, 1.0, 50
 TARGETS = {"time_ratio_max": 0.8, "metric_gap_points_max": 1.0}
@@ -101,46 +102,6 @@ BENCHES = {
 
 def log(message: str) -> None:
     print(f"[bench_finetune] {message}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_for_idle(limit: float) -> float:
-    """Wait up to `limit` s for 3 consecutive seconds with the CPUs < 10% busy; return the seconds waited.
-
-    On a shared machine a neighbour's burst would otherwise be measured as the engine's slowness.
-    """
-
-    def ticks() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-        return sum(fields[:3]), fields[3] + fields[4]  # (user+nice+system, idle+iowait)
-
-    if limit <= 0 or not os.path.exists("/proc/stat"):
-        return 0.0
-    start, quiet = time.perf_counter(), 0
-    while quiet < 3 and time.perf_counter() - start < limit:
-        busy0, idle0 = ticks()
-        time.sleep(1.0)
-        busy1, idle1 = ticks()
-        busy, idle = busy1 - busy0, idle1 - idle0
-        quiet = quiet + 1 if busy * 10 < busy + idle else 0
-    return time.perf_counter() - start
-
-
-def source_state() -> dict[str, Any]:
-    """The git HEAD of this checkout and the gptkit source files that differ from it (uncommitted edits)."""
-
-    def git(*cmd: str) -> list[str]:
-        return subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parents[1]), *cmd], capture_output=True, text=True, check=False
-        ).stdout.split()
-
-    dirty = git("diff", "--name-only", "HEAD", "--", "src") + git("ls-files", "--others", "--exclude-standard", "src")
-    return {"git_head": next(iter(git("rev-parse", "--short", "HEAD")), None), "uncommitted_src": dirty}
 
 
 # -- data and the shared starting point -----------------------------------------------------------
@@ -473,7 +434,7 @@ def run_case(
     if steps is not None:
         cmd += ["--steps", str(steps)]
     waited = wait_for_idle(idle_wait)
-    load = os.getloadavg()[0]
+    load = load_average()[0]
     log(f"{bench.name} / {engine} / seed {seed} (waited {waited:.0f} s for idle CPUs, load {load:.2f})")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=sys.stderr, check=False)  # the child's chatter stays off our stdout
@@ -609,7 +570,7 @@ def main() -> None:
     import torch
     import transformers
 
-    t_start, load_start, source_start = time.perf_counter(), os.getloadavg(), source_state()
+    t_start, machine, source_start = time.perf_counter(), machine_info(), source_state()
     report: dict[str, Any] = {
         "benchmark": "task fine-tuning on CPU, gptkit.tasks.finetune vs transformers Trainer",
         "setup": {
@@ -677,11 +638,7 @@ def main() -> None:
         "source_at_start": source_start,
         "source_at_end": source_state(),
     }
-    report["machine"] = {
-        "cpus": os.cpu_count(),
-        "load_average_start": [round(x, 2) for x in load_start],
-        "load_average_end": [round(x, 2) for x in os.getloadavg()],
-    }
+    report["machine"] = {**machine, "load_average_end": load_average()}
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report, indent=2))
 

@@ -29,12 +29,12 @@ import time
 from typing import Any
 
 import torch
+from machine import MIB, load_average, machine_info, proc_status, reset_peak, source_state
 
 SEED = 0
 PROMPT_TOKENS = 8
 # Eight fixed prompts of 8 token ids each; batch b uses the first b. Agreement uses all eight.
 PROMPTS = torch.randint(0, 50256, (8, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1234)).tolist()
-MIB = 2**20
 
 # name -> (batch, gptkit dtype); transformers always runs fp32 (bf16 cases also time transformers bf16).
 CASES = {"fp32-b1": (1, "float32"), "fp32-b8": (8, "float32"), "bf16-b1": (1, "bfloat16"), "bf16-b8": (8, "bfloat16")}
@@ -49,20 +49,6 @@ def log(message: str) -> None:
 
 
 # -- worker: one engine, one configuration, in its own process ---------------------------------------
-
-
-def _proc_status(key: str) -> int:
-    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
 def _weight_bytes(model: torch.nn.Module, wpe: torch.Tensor) -> int:
@@ -122,16 +108,16 @@ def worker(job: dict[str, Any]) -> None:
     torch.nn.functional.linear(torch.ones(4, 64), torch.ones(64, 64))  # start the thread pool before the baseline
     dtype = getattr(torch, job["dtype"])
     make = _gptkit_runner if job["engine"] == "gptkit" else _transformers_runner
-    rss_start = _proc_status("VmRSS")
+    rss_start = proc_status("VmRSS")
     model, run, weight_bytes = make(job["model_dir"], dtype, job["new_tokens"])
-    load_peak = _proc_status("VmHWM")
+    load_peak = proc_status("VmHWM")
     # Weights may be views of the memory-mapped checkpoint, paged in on first use; touch them all so
     # those page faults count as the model's memory, not as memory that generation adds.
     with torch.inference_mode():
         for p in model.parameters():
             p.sum()
-    rss_loaded = _proc_status("VmRSS")
-    _reset_peak()
+    rss_loaded = proc_status("VmRSS")
+    reset_peak()
     _reply({"rss_start": rss_start, "rss_loaded": rss_loaded, "load_peak": load_peak, "weight_bytes": weight_bytes})
     prompts = PROMPTS[: job["batch"]]
     tokens: list[list[int]] = []
@@ -140,9 +126,9 @@ def worker(job: dict[str, Any]) -> None:
             if line.strip() == "run":
                 start = time.perf_counter()
                 tokens = run(model, prompts)
-                _reply({"seconds": time.perf_counter() - start, "load_avg": os.getloadavg()[0]})
+                _reply({"seconds": time.perf_counter() - start, "load_avg": load_average()[0]})
                 continue
-            report: dict[str, Any] = {"run_peak": _proc_status("VmHWM"), "tokens": tokens}
+            report: dict[str, Any] = {"run_peak": proc_status("VmHWM"), "tokens": tokens}
             if job["agreement"]:  # after the memory reading: this loads a second (fp32) model
                 reference, ref_run, _ = make(job["model_dir"], torch.float32, job["new_tokens"])
                 chunks = [PROMPTS[i : i + job["batch"]] for i in range(0, len(PROMPTS), job["batch"])]
@@ -283,18 +269,6 @@ def memory_check(base: dict[str, Any], quick: bool) -> dict[str, Any]:
     }
 
 
-def _source_state() -> str:
-    """The commit measured, marked dirty when src/ has uncommitted changes (others may be editing it)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        git = ["git", "-C", root]
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="all", help=f"comma-separated: {', '.join([*CASES, MEMORY_CHECK])}")
@@ -321,6 +295,7 @@ def main() -> None:
 
     import gptkit
 
+    machine = machine_info()  # before any worker starts: the bandwidth copy wants the CPUs to itself
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as model_dir:
         log("creating GPT-2 124M with random weights")
         torch.manual_seed(SEED)
@@ -329,6 +304,12 @@ def main() -> None:
         cases = {name: run_case(name, base) for name in names if name in CASES}
         memory = memory_check(base, args.quick) if MEMORY_CHECK in names else None
 
+    for case in cases.values():
+        if case["batch"] == 1:  # a batch-1 step reads every weight once: memory bandwidth bounds it
+            for engine in ("gptkit", "transformers", "transformers_bf16"):
+                if engine in case:
+                    fraction = case[engine]["weight_gb_per_s"] / machine["memory_bandwidth_gb_per_s"]
+                    case[engine]["weight_bandwidth_fraction"] = round(fraction, 3)
     targets: dict[str, Any] = {}
     for name, minimum in TARGETS.items():
         if name in cases:
@@ -348,10 +329,10 @@ def main() -> None:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "gptkit": gptkit.__version__,
-            "gptkit_source": _source_state(),
-            "cpu_count": os.cpu_count(),
+            "gptkit_source": source_state(),
             "threads": os.cpu_count(),
         },
+        "machine": machine,
         "cases": cases,
         "memory_check": memory,
         "targets": targets,

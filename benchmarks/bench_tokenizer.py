@@ -2,21 +2,20 @@
 
     python benchmarks/bench_tokenizer.py [--repeat 5]
 
-tiktoken's gpt2 encoding is built offline from ../shared/assets/gpt2/gpt2.tiktoken.
+tiktoken's gpt2 encoding is built offline from ../shared/assets/gpt2/gpt2.tiktoken with the split pattern
+tiktoken itself uses for gpt2 (tiktoken_ext.openai_public.r50k_pat_str): what `tiktoken.get_encoding("gpt2")`
+builds, without the download.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+from machine import SHARED, load_average, machine_info
 
 
 def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -40,11 +39,6 @@ def measure(name: str, fn: Callable[[], list[int]], n_bytes: int, repeat: int) -
     }
 
 
-def gptkit_unchunked_ids(tokenizer: Any, text: str) -> list[int]:
-    """The ids of one backend call on the whole text, to check chunking changed nothing."""
-    return tokenizer.backend.encode(text, add_special_tokens=False).ids
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -57,17 +51,19 @@ def main() -> None:
 
     import tiktoken
     import tiktoken.load
+    from tiktoken_ext.openai_public import r50k_pat_str
 
     import gptkit.text.tokenizer
     from gptkit.text.tokenizer import Tokenizer
 
+    machine = machine_info()
     text = corpus.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     n_bytes = len(text.encode("utf-8"))
     ours = Tokenizer.from_pretrained("gpt2")
     ranks = tiktoken.load.load_tiktoken_bpe(str(ranks_file))
     theirs = tiktoken.Encoding(
-        name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+        name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
     )
 
     def flat(batches: list[list[int]]) -> list[int]:
@@ -83,23 +79,25 @@ def main() -> None:
         args.repeat,
     )
     chunk_chars = gptkit.text.tokenizer.CHUNK_CHARS
-    gptkit.text.tokenizer.CHUNK_CHARS = len(text)  # one backend call on the whole text: the speed before chunking
+    gptkit.text.tokenizer.CHUNK_CHARS = len(text)  # one engine call on the whole text, on one thread
     try:
         gptkit_unchunked = measure(
             "gptkit encode (whole text, unchunked)", lambda: ours.encode(text), n_bytes, args.repeat
         )
+        unchunked_ids = ours.encode(text)
     finally:
         gptkit.text.tokenizer.CHUNK_CHARS = chunk_chars
-    identical = ours.encode(text) == theirs.encode_ordinary(text) == gptkit_unchunked_ids(ours, text)
+    identical = ours.encode(text) == theirs.encode_ordinary(text) == unchunked_ids
     print(
         json.dumps(
             {
                 "corpus": corpus.name,
                 "bytes": n_bytes,
                 "lines": len(lines),
-                "cpu_count": os.cpu_count(),
+                "machine": {**machine, "load_average_end": load_average()},
                 "repeat": args.repeat,
                 "identical_ids": identical,
+                "gptkit_engine": "tiktoken" if ours._tiktoken is not None else "tokenizers",
                 "gptkit": gptkit_doc,
                 "tiktoken": tiktoken_doc,
                 "ratio_vs_tiktoken": round(gptkit_doc["MB_per_s"] / tiktoken_doc["MB_per_s"], 3),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import MIB, cpu_seconds, load_average, machine_info, proc_status, source_state, wait_for_idle
 
 BATCH, BLOCK = 4, 256
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 0.1, 1.0
@@ -47,35 +48,7 @@ def log(message: str) -> None:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_for_idle(limit: float) -> float:
-    """Wait (at most `limit` s) until the CPUs are < 10% busy for 3 s running; return the seconds waited.
-
-    On a shared 2-core machine another process halves a run's speed (and OpenMP threads spin while they
-    wait for a descheduled peer), so a case that starts on a busy machine measures the neighbour.
-    """
-
-    def busy_idle() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-        return fields[0] + fields[1] + fields[2], fields[3] + fields[4]
-
-    start, quiet = time.perf_counter(), 0
-    if limit <= 0 or not os.path.exists("/proc/stat"):
-        return 0.0
-    while quiet < 3 and time.perf_counter() - start < limit:
-        b0, i0 = busy_idle()
-        time.sleep(1.0)
-        b1, i1 = busy_idle()
-        quiet = quiet + 1 if (b1 - b0) * 10 < (b1 - b0) + (i1 - i0) else 0
-    return time.perf_counter() - start
+    return proc_status("VmHWM") / MIB
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -259,7 +232,7 @@ def run_case(
     ]
     waited = wait_for_idle(idle_wait)
     log(f"{engine} {dtype}: {warmup} warm-up + {total - warmup} timed steps (waited {waited:.0f} s for idle CPUs)")
-    load_before = os.getloadavg()[0]
+    load_before = load_average()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=sys.stderr, check=False)  # the child's chatter stays off our stdout
     if proc.returncode != 0:
@@ -326,7 +299,7 @@ def main() -> None:
     import torch
     import transformers
 
-    t_start = time.perf_counter()
+    t_start, machine = time.perf_counter(), machine_info()
     with tempfile.TemporaryDirectory(prefix="bench_train-") as tmp:
         root = Path(tmp)
         data_dir = make_data(root, args.data_chars)
@@ -393,20 +366,14 @@ def main() -> None:
         )
     import gptkit
 
-    commit = subprocess.run(
-        ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     report["versions"] = {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
         "gptkit_from": str(Path(gptkit.__file__).parent),
-        "git_head": commit or None,
+        "source": source_state(),
     }
-    report["machine"] = {"cpus": os.cpu_count()}
+    report["machine"] = {**machine, "load_average_end": load_average()}
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report, indent=2))
 

@@ -74,6 +74,15 @@ def test_gptkit_round_trip_is_exact_in_float32_and_bfloat16(tmp_path) -> None:
     assert load_model(tmp_path / "b", dtype=torch.bfloat16).transformer.wte.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_loading_in_another_dtype_equals_casting_after(hf_dir: tuple[Path, torch.nn.Module], dtype) -> None:
+    path, _ = hf_dir
+    full, cast = load_model(path), load_model(path, dtype=dtype)
+    for (name, a), (_, b) in zip(full.state_dict().items(), cast.state_dict().items(), strict=True):
+        assert b.dtype == dtype and torch.equal(a.to(dtype), b), name
+    assert cast.lm_head.weight is cast.transformer.wte.weight
+
+
 def test_shape_without_hf_equivalent_still_round_trips(tmp_path) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=300, bias=False)).eval()

@@ -173,7 +173,8 @@ def test_fuzzed_text_matches_tiktoken_with_valid_offsets(gpt2, tiktoken_gpt2, te
         tokmod.CHUNK_CHARS = old
     assert enc.ids == ids == tiktoken_gpt2.encode(text, disallowed_special=())
     assert gpt2.decode(ids) == text
-    assert len(enc.offsets) == len(ids)
+    # the spans transformers' byte-level pipeline gives (gptkit's own tokenizers backend, unchunked)
+    assert enc.offsets == [tuple(o) for o in gpt2.backend.encode(text, add_special_tokens=False).offsets]
     previous = (0, 0)
     for token_id, (start, end) in zip(ids, enc.offsets, strict=True):
         assert 0 <= start < end <= len(text)
@@ -183,6 +184,43 @@ def test_fuzzed_text_matches_tiktoken_with_valid_offsets(gpt2, tiktoken_gpt2, te
         previous = (start, end)
     if text:
         assert enc.offsets[0][0] == 0 and enc.offsets[-1][1] == len(text)
+
+
+# --- which engine encodes -------------------------------------------------------------------------
+
+
+def test_openai_gpt2_vocabulary_encodes_through_tiktoken_wherever_it_comes_from(gpt2, trained, tmp_path) -> None:
+    from transformers import GPT2TokenizerFast
+
+    GPT2TokenizerFast(*map(str, GPT2_FILES)).save_pretrained(tmp_path / "hf")
+    for tok in (
+        gpt2,
+        Tokenizer.from_pretrained(gpt2.save_pretrained(tmp_path / "ours")),
+        Tokenizer.from_pretrained(tmp_path / "hf"),
+    ):
+        assert tok._tiktoken is not None
+    others = (Tokenizer.from_pretrained("openai-gpt"), Tokenizer.char_level("abc"), trained)
+    assert all(tok._tiktoken is None for tok in others)
+
+
+def test_foreign_byte_level_vocabulary_encodes_as_transformers(tmp_path: Path) -> None:
+    """GPT-2's files with the last 500 merges (and their tokens) left out: a GPT-2-kind tokenizer that is not
+    OpenAI's, so it encodes through its tokenizers pipeline, exactly as transformers does."""
+    from transformers import GPT2TokenizerFast
+
+    vocab = json.loads(GPT2_FILES[0].read_text(encoding="utf-8"))
+    merges = GPT2_FILES[1].read_text(encoding="utf-8").rstrip("\n").split("\n")
+    kept = {t: i for t, i in vocab.items() if i < 50256 - 500}
+    kept[EOT] = len(kept)
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(kept), encoding="utf-8")
+    (folder / "merges.txt").write_text("\n".join(merges[:-500]) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}), encoding="utf-8")
+    tok = Tokenizer.from_pretrained(folder)
+    assert tok.kind == "gpt2" and tok._tiktoken is None
+    hf = GPT2TokenizerFast(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    assert [tok.encode(t) for t in SAMPLES] == hf(SAMPLES)["input_ids"]
 
 
 # --- GPT-1 -------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from torch import Tensor
 from gptkit.errors import CheckpointError, ConfigError, ModelNotFoundError
 from gptkit.io import atomic_write, atomic_write_text, read_json
 from gptkit.models.config import CONFIG_FILE, PRESETS, GPTConfig
-from gptkit.models.hf_names import TIED_KEY, config_from_hf, config_to_hf, from_hf_state_dict, to_hf_state_dict
+from gptkit.models.hf_names import TIED_KEY, config_from_hf, config_to_hf, hf_layout, tie_head, to_hf_state_dict
+from gptkit.models.weight_files import StoredWeights
 
 Format = Literal["hf", "openai-tf", "openai-gpt1"]
 WEIGHTS_FILE = "model.safetensors"
@@ -131,52 +132,33 @@ def _read_config(folder: Path) -> tuple[GPTConfig, str]:
         raise CheckpointError(str(exc)) from exc
 
 
-def read_hf_weights(folder: Path) -> tuple[dict[str, Tensor], Path]:
-    """All tensors of a Hugging Face folder (single file or sharded), and the file they came from."""
+def read_hf_weights(folder: Path, *, dtype: torch.dtype | None = None) -> tuple[StoredWeights, Path]:
+    """The tensors of a Hugging Face folder (single file or sharded), to be read (floating-point ones in
+    `dtype` when given), and the file that lists them."""
     for name in _HF_WEIGHT_FILES:
         path = folder / name
         if not path.is_file():
             continue
-        if name.endswith(".index.json"):
-            weight_map = _read_json(path).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{path}: no 'weight_map' object")
-            state: dict[str, Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                state.update(_read_weight_file(folder / shard))
-            return state, path
-        return _read_weight_file(path), path
+        if not name.endswith(".index.json"):
+            return StoredWeights.open([path], dtype), path
+        weight_map = _read_json(path).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{path}: no 'weight_map' object")
+        return StoredWeights.open([folder / shard for shard in sorted(set(weight_map.values()))], dtype), path
     raise CheckpointError(f"{folder}: no weights found; expected one of {', '.join(_HF_WEIGHT_FILES)}")
-
-
-def _read_weight_file(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weight file is missing")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    # Own every tensor: a view into the memory-mapped file would keep each page it touched resident
-    # beside the model (the model would cost ~1.8x its size in RAM).
-    return {k: v.clone() if isinstance(v, Tensor) else v for k, v in state.items()}
 
 
 Shapes = Callable[[GPTConfig], dict[str, tuple[int, ...]]]
 
 
 def read_checkpoint(
-    source: Source, shapes: Shapes, *, n_head: int | None = None
+    source: Source, shapes: Shapes, *, n_head: int | None = None, dtype: torch.dtype | None = None
 ) -> tuple[GPTConfig, dict[str, Tensor]]:
     """Config and gptkit-named state dict of any supported source; `shapes(config)` is what the model expects.
 
     n_head: GPT-1's original shards do not record the head count; give it when it is not 12.
+    dtype: for Hugging Face / gptkit folders, each floating-point tensor is read straight into this dtype
+    (None: as stored); OpenAI's original releases are read as stored.
     """
     if n_head is not None and source.format != "openai-gpt1":
         raise ConfigError(f"{source.path}: n_head is read from the checkpoint's config; pass it only for GPT-1 shards")
@@ -189,31 +171,36 @@ def read_checkpoint(
 
         return read_gpt1_shards(source.path, n_head=n_head or 12)
     config, naming = _read_config(source.path)
-    hf_state, weights_path = read_hf_weights(source.path)
+    hf_state, weights_path = read_hf_weights(source.path, dtype=dtype)
     expected = shapes(config)
     # A task model (GPT2ForSequenceClassification, ...) loads as its GPT: the weights of modules the GPT does
     # not have (the task head) are left out. A bare GPT2Model checkpoint has no prefixes and no head.
     if any(k.startswith("transformer.") for k in hf_state):
         modules = {k.split(".", 1)[0] for k in expected}  # transformer, lm_head
-        hf_state = {k: v for k, v in hf_state.items() if k.split(".", 1)[0] in modules}
+        hf_state = hf_state.select(k for k in hf_state if k.split(".", 1)[0] in modules)
     if naming == "gptkit":  # a shape transformers cannot express was saved under gptkit's own names
-        return config, _checked_native(hf_state, expected, config, weights_path)
-    return config, from_hf_state_dict(hf_state, config, expected, source=str(weights_path))
+        layout = native_layout(hf_state, expected, config, weights_path)
+    else:
+        layout = hf_layout(hf_state.shapes, config, expected, source=str(weights_path))
+    return config, tie_head(hf_state.read(layout), config)
 
 
-def _checked_native(
-    state: dict[str, Tensor], expected: dict[str, tuple[int, ...]], config: GPTConfig, path: Path
-) -> dict[str, Tensor]:
-    if config.tie_word_embeddings and "transformer.wte.weight" in state:
-        state = {**state, TIED_KEY: state["transformer.wte.weight"]}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def native_layout(
+    state: StoredWeights, expected: dict[str, tuple[int, ...]], config: GPTConfig, path: Path | str
+) -> dict[str, tuple[str, bool]]:
+    """The layout of weights saved under gptkit's own names, checked against `expected` (a tied head is
+    the embedding: not stored, and ignored if it is)."""
+    found = set(state) - ({TIED_KEY} if config.tie_word_embeddings else set())  # a tied head is the embedding
+    wanted = set(expected) - ({TIED_KEY} if config.tie_word_embeddings else set())
+    missing, unexpected = sorted(wanted - found), sorted(found - wanted)
     if missing or unexpected:
         raise CheckpointError(f"{path}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
-    for key, shape in expected.items():
-        if tuple(state[key].shape) != shape:
-            raise CheckpointError(f"{path}: {key!r} has shape {tuple(state[key].shape)}, expected {shape}")
-    return state
+    shapes = state.shapes
+    layout = {key: (key, False) for key in state if key in found}  # in the files' order
+    for key in layout:
+        if shapes[key] != expected[key]:
+            raise CheckpointError(f"{path}: {key!r} has shape {shapes[key]}, expected {expected[key]}")
+    return layout
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -271,7 +258,8 @@ def describe_source(source: Source, shapes: Shapes) -> dict[str, Any]:
     """Config, parameter count (from the model's `shapes(config)`), dtype and files of a checkpoint."""
     if source.format == "hf":
         config = read_config(source.path)
-        dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in read_hf_weights(source.path)[0].values()})
+        weights = read_hf_weights(source.path)[0]
+        dtypes = sorted({str(weights.stored_dtype(k)).removeprefix("torch.") for k in weights})
     else:
         config, state = read_checkpoint(source, shapes)
         dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})

@@ -11,11 +11,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from gptkit.errors import ConfigError, ContextLengthError, TokenIdError
 from gptkit.models import checkpoint
@@ -390,10 +391,28 @@ def resize_token_embeddings(model: GPT, vocab_size: int) -> GPT:
     return model
 
 
+class _SkipNormalInit(TorchFunctionMode):
+    """Makes `normal_` a no-op, for modules built on the meta device: there is nothing to fill, and torch's
+    meta-device normal_ imports torch._dynamo (seconds, the first time). Other ops run as usual."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is nn.init.normal_:
+            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+        if func is Tensor.normal_:
+            return args[0]
+        return func(*args, **kwargs)
+
+
+def empty_model(config: GPTConfig) -> GPT:
+    """A GPT on the meta device, its initialisers skipped: shapes without memory, weights to be assigned."""
+    with torch.device("meta"), _SkipNormalInit():
+        return GPT(config)
+
+
 def parameter_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """The state dict's shapes of a GPT with this config (computed on the meta device: no memory)."""
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in empty_model(config).state_dict().items()}
 
 
 def build_model(
@@ -403,9 +422,9 @@ def build_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> GPT:
-    """A GPT in eval mode holding `state`, without first allocating random weights."""
-    with torch.device("meta"):
-        model = GPT(config)
+    """A GPT in eval mode holding `state` (its tensors become the parameters), without first allocating
+    random weights. Tensors already of `dtype` (default float32) on `device` are not copied."""
+    model = empty_model(config)
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
@@ -424,7 +443,9 @@ def load_model(
     n_head is needed only for GPT-1's original `params_*.npy` shards, which do not record it (default 12).
     """
     source = checkpoint.resolve(name_or_path)
-    config, state = checkpoint.read_checkpoint(source, parameter_shapes, n_head=n_head)
+    dtype = dtype or torch.float32
+    # Each tensor is read straight into its final dtype and layout, one at a time: the weights are held once.
+    config, state = checkpoint.read_checkpoint(source, parameter_shapes, n_head=n_head, dtype=dtype)
     return build_model(config, state, device=device, dtype=dtype)
 
 

@@ -8,6 +8,7 @@ nn.Linear ([out, in]), so those weights are transposed both ways.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -55,19 +56,21 @@ def to_hf_state_dict(state: dict[str, Tensor], config: GPTConfig) -> dict[str, T
     return out
 
 
-def from_hf_state_dict(
-    hf_state: dict[str, Tensor], config: GPTConfig, expected: dict[str, tuple[int, ...]], *, source: str
-) -> dict[str, Tensor]:
-    """Hugging Face state dict -> gptkit's, checked against `expected` (name -> shape) of the model.
+def hf_layout(
+    stored: Mapping[str, tuple[int, ...]], config: GPTConfig, expected: dict[str, tuple[int, ...]], *, source: str
+) -> dict[str, tuple[str, bool]]:
+    """Where each of gptkit's tensors lies in a Hugging Face state dict with these shapes (name -> shape):
+    gptkit name -> (Hugging Face name, stored transposed), checked against `expected` (name -> shape).
 
     Accepts checkpoints of the LM-head model (`transformer.` prefix) and of the bare model (no prefix,
     no LM head: the head is then the tied embedding). Every expected key must be found, every found key
-    used, and every shape must match; otherwise CheckpointError names the key.
+    used, and every shape must match; otherwise CheckpointError names the key. A tied LM head is left out:
+    it is the embedding (`tie_head`).
     """
     model_type = _require_family(config)
-    prefixed = any(k.startswith("transformer.") for k in hf_state)
-    available = {(k if prefixed or k == TIED_KEY else f"transformer.{k}"): v for k, v in hf_state.items()}
-    out: dict[str, Tensor] = {}
+    prefixed = any(k.startswith("transformer.") for k in stored)
+    available = {(k if prefixed or k == TIED_KEY else f"transformer.{k}"): k for k in stored}  # -> stored name
+    layout: dict[str, tuple[str, bool]] = {}
     for name, shape in expected.items():
         key = hf_name(name, model_type)
         if name == TIED_KEY and config.tie_word_embeddings:
@@ -75,14 +78,15 @@ def from_hf_state_dict(
             continue
         if key not in available:
             raise CheckpointError(f"{source}: missing weight {key!r} (needed for gptkit's {name!r})")
-        tensor = available.pop(key)
-        tensor = tensor.t().contiguous() if is_transposed(name) else tensor
-        if tuple(tensor.shape) != tuple(shape):
+        stored_name = available.pop(key)
+        transposed = is_transposed(name)
+        found = tuple(reversed(stored[stored_name])) if transposed else tuple(stored[stored_name])
+        if found != tuple(shape):
             raise CheckpointError(
-                f"{source}: weight {key!r} has shape {tuple(tensor.shape)}, but the config "
+                f"{source}: weight {key!r} has shape {found}, but the config "
                 f"expects {tuple(shape)} for {name!r}; is config.json the one these weights were saved with?"
             )
-        out[name] = tensor
+        layout[name] = (stored_name, transposed)
     unexpected = sorted(k for k in available if not _IGNORED.search(k))
     if unexpected:
         more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
@@ -90,9 +94,14 @@ def from_hf_state_dict(
             f"{source}: unexpected weight(s) {unexpected[:5]}{more}; the checkpoint does not match a "
             f"{model_type} model with this config"
         )
+    return layout
+
+
+def tie_head(state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
+    """`state` with the LM head set to the token embedding, when the config ties them."""
     if config.tie_word_embeddings:
-        out[TIED_KEY] = out["transformer.wte.weight"]
-    return out
+        state[TIED_KEY] = state["transformer.wte.weight"]
+    return state
 
 
 def config_from_hf(hf: dict[str, Any], *, source: str) -> GPTConfig:

@@ -25,12 +25,13 @@ from torch import Tensor, nn
 
 from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import read_json
-from gptkit.models.checkpoint import read_config, read_hf_weights, save_checkpoint
+from gptkit.models.checkpoint import native_layout, read_config, read_hf_weights, save_checkpoint
 from gptkit.models.config import CONFIG_FILE, GPTConfig
-from gptkit.models.gpt import GPT, build_model, lm_loss
+from gptkit.models.gpt import GPT, build_model, lm_loss, parameter_shapes
 from gptkit.models.heads import TaskOutput, lm_targets
-from gptkit.models.hf_names import TIED_KEY, from_hf_state_dict, hf_name
+from gptkit.models.hf_names import TIED_KEY, hf_layout, hf_name, tie_head
 from gptkit.models.kernels import linear
+from gptkit.models.weight_files import StoredWeights
 from gptkit.tasks.registry import TaskSpec, TaskType, spec_from_hf
 
 
@@ -151,10 +152,10 @@ def load_task_model(
             raise CheckpointError(str(exc)) from exc
     else:
         spec = spec_from_hf(data, str(config_path))
-    state, weights_path = read_hf_weights(folder)
+    state, weights_path = read_hf_weights(folder, dtype=dtype or torch.float32)  # the model's dtype, head included
     prefix = spec.kind.head_name + "."
-    head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    body = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    head_state = state.read({k.removeprefix(prefix): (k, False) for k in state if k.startswith(prefix)})
+    body = state.select(k for k in state if not k.startswith(prefix))
     gpt_state = _backbone_state(body, config, spec.kind, block.get("weights", "hf"), str(weights_path))
     model = TaskModel(build_model(config, gpt_state, device=device, dtype=dtype), spec)
     expected = {k: tuple(v.shape) for k, v in model.head.state_dict().items()}
@@ -169,34 +170,23 @@ def load_task_model(
 
 
 def _backbone_state(
-    state: dict[str, Tensor], config: GPTConfig, kind: TaskType, naming: str, source: str
+    state: StoredWeights, config: GPTConfig, kind: TaskType, naming: str, source: str
 ) -> dict[str, Tensor]:
-    """The GPT's state dict from a task checkpoint's non-head tensors (HF or gptkit names)."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
-    state = dict(state)
+    """The GPT's state dict from a task checkpoint's non-head tensors (HF or gptkit names), each read once."""
+    expected = parameter_shapes(config)
+    names = {k: k for k in state}  # name in the GPT's state dict -> name in the file
     embedding = "transformer.wte.weight" if naming == "gptkit" else hf_name("transformer.wte.weight", config.family)
-    if config.tie_word_embeddings and embedding not in state and TIED_KEY in state:
-        state[embedding] = state.pop(TIED_KEY)  # OpenAIGPTDoubleHeadsModel saves the tied pair as lm_head
+    if config.tie_word_embeddings and embedding not in names and TIED_KEY in names:
+        names[embedding] = names.pop(TIED_KEY)  # OpenAIGPTDoubleHeadsModel saves the tied pair as lm_head
+    state = state.select(names)
     untied_unused = not kind.lm_head and not config.tie_word_embeddings
     if untied_unused:  # transformers' classes other than double-heads have no LM head: the GPT's stays unused
         expected.pop(TIED_KEY)
     if naming == "gptkit":
-        if config.tie_word_embeddings:
-            state.pop(TIED_KEY, None)
-            expected.pop(TIED_KEY)
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = [k for k in expected.keys() & state.keys() if tuple(state[k].shape) != expected[k]]
-        if missing or unexpected or wrong:
-            raise CheckpointError(
-                f"{source}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"wrongly shaped {wrong[:5]} weights for this config.json"
-            )
-        out = dict(state)
-        if config.tie_word_embeddings:
-            out[TIED_KEY] = out["transformer.wte.weight"]
+        layout = native_layout(state, expected, config, source)
     else:
-        out = from_hf_state_dict(state, config, expected, source=source)
+        layout = hf_layout(state.shapes, config, expected, source=source)
+    out = tie_head(state.read(layout), config)
     if untied_unused:
         out[TIED_KEY] = torch.zeros(config.vocab_size, config.n_embd, dtype=out["transformer.wte.weight"].dtype)
     return out

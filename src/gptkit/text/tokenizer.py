@@ -1,22 +1,27 @@
-"""Tokenizers for GPT-1 and GPT-2: one `Tokenizer` class over the Hugging Face `tokenizers` engine.
+"""Tokenizers for GPT-1 and GPT-2: one `Tokenizer` class over a Hugging Face `tokenizers` pipeline.
 
 Kinds: "gpt2" (OpenAI's byte-level BPE, equal to tiktoken's gpt2), "openai-gpt" (GPT-1's lower-cased
 BPE, equal to transformers' OpenAIGPTTokenizer), "char" (one id per character) and "bpe" (a byte-level
 BPE trained on your text). Special tokens follow tiktoken: a special-token string in the text is an
 error unless allowed (then it is one id) or disallowed_special=() (then it is ordinary text).
+
+Which engine encodes: OpenAI's GPT-2 vocabulary (whatever the kind or files it came from) encodes through
+tiktoken, built offline from that vocabulary, whose ranks are its ids: the same ids, about three times as
+fast. Every other vocabulary (GPT-1's, char-level, trained BPEs, foreign byte-level ones, whose merges need
+not follow tiktoken's rank order) encodes through its `tokenizers` pipeline. For every vocabulary that
+pipeline is also what trains, saves and looks up tokens.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.resources
-import json
 import os
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tokenizers as tk
 
@@ -33,10 +38,6 @@ PRETRAINED_NAMES: dict[str, str] = {
     **{f"openai-community/{n}": "gpt2" for n in _GPT2_NAMES},
     "openai-gpt": "openai-gpt",
     "openai-community/openai-gpt": "openai-gpt",
-}
-_ASSETS = {
-    "gpt2": ("gpt2", "encoder.json", "vocab.bpe"),
-    "openai-gpt": ("openai-gpt", "encoder_bpe_40000.json", "vocab_40000.bpe"),
 }
 # Texts longer than twice this are cut into chunks of about this many characters at safe boundaries
 # and encoded in parallel; the ids are identical (see _chunk_starts).
@@ -86,7 +87,7 @@ class Tokenizer:
                 f"no tokenizer named {str(name_or_dir)!r} and no such directory; "
                 f"known names: {', '.join(PRETRAINED_NAMES)}"
             )
-        vocab, merges = _read_assets(pretrained)
+        vocab, merges = tkfiles.read_shipped(pretrained)
         if pretrained == "gpt2":
             return cls(tkfiles.gpt2_backend(vocab, merges, [tkfiles.GPT2_EOS]), pretrained, eos_token=tkfiles.GPT2_EOS)
         return cls(tkfiles.openai_gpt_backend(vocab, merges), pretrained)
@@ -147,7 +148,8 @@ class Tokenizer:
 
     @property
     def backend(self) -> tk.Tokenizer:
-        """The wrapped `tokenizers.Tokenizer` (its encode_special_tokens is True; see encode)."""
+        """The wrapped `tokenizers.Tokenizer` (its encode_special_tokens is True; see encode). OpenAI's GPT-2
+        vocabulary encodes through tiktoken instead, to the same ids (see the module docstring)."""
         return self._backend
 
     @property
@@ -216,10 +218,7 @@ class Tokenizer:
         allowed_set, disallowed_set = self._resolve_specials(allowed, disallowed)
         plans = [self._plan(text, allowed_set, disallowed_set) for text in texts]
         pieces = [piece for plan in plans for _, piece in plan if isinstance(piece, str)]
-        if offsets:
-            encoded = iter(self._backend.encode_batch(pieces, add_special_tokens=False))
-        else:
-            encoded = iter(self._backend.encode_batch_fast(pieces, add_special_tokens=False))
+        encoded = iter(self._encode_pieces(pieces, offsets))
         results = []
         for plan in plans:
             ids: list[int] = []
@@ -229,12 +228,45 @@ class Tokenizer:
                     ids.append(piece)
                     spans.append((start, start + len(self._special_text[piece])))
                     continue
-                enc = next(encoded)
-                ids.extend(enc.ids)
+                piece_ids, piece_spans = next(encoded)
+                ids.extend(piece_ids)
                 if offsets:
-                    spans.extend((start + a, start + b) for a, b in enc.offsets)
+                    spans.extend((start + a, start + b) for a, b in piece_spans)
             results.append(Encoding(ids, spans))
         return results
+
+    def _encode_pieces(self, pieces: list[str], offsets: bool) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Ids of ordinary text pieces, in parallel, and (when asked) each token's character span in its piece."""
+        engine = self._tiktoken
+        if engine is None:
+            if offsets:
+                return [(e.ids, e.offsets) for e in self._backend.encode_batch(pieces, add_special_tokens=False)]
+            return [(e.ids, []) for e in self._backend.encode_batch_fast(pieces, add_special_tokens=False)]
+        ids = _encode_in_threads(engine.encode_ordinary, pieces)
+        if not offsets:
+            return [(piece_ids, []) for piece_ids in ids]
+        return [(piece_ids, self._byte_spans(piece, piece_ids)) for piece, piece_ids in zip(pieces, ids, strict=True)]
+
+    def _byte_spans(self, piece: str, ids: list[int]) -> list[tuple[int, int]]:
+        """Each byte-level token's span of characters in `piece`: the characters its bytes belong to (a token
+        holding part of a character spans that character), as the tokenizers backend gives them."""
+        table = self._byte_table
+        char_at = (
+            range(len(piece))
+            if piece.isascii()
+            else [i for i, c in enumerate(piece) for _ in range(len(c.encode("utf-8", "surrogatepass")))]
+        )  # byte offset -> character index
+        spans, pos = [], 0
+        for token in ids:
+            end = pos + len(table[token])
+            spans.append((char_at[pos], char_at[end - 1] + 1))
+            pos = end
+        return spans
+
+    @functools.cached_property
+    def _tiktoken(self) -> Any:
+        """tiktoken's engine when this tokenizer is OpenAI's GPT-2 (see the module docstring), else None."""
+        return tkfiles.gpt2_engine(self._backend) if self._kind in tkfiles.BYTE_LEVEL_KINDS else None
 
     def _resolve_specials(
         self, allowed: AllowedSpecial, disallowed: AllowedSpecial
@@ -321,19 +353,16 @@ def _default_eos(special_tokens: Iterable[str]) -> str | None:
     return tkfiles.GPT2_EOS if tkfiles.GPT2_EOS in special_tokens else None
 
 
-def _read_assets(kind: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary and merges shipped in gptkit/assets for a pretrained kind."""
-    folder, vocab_name, merges_name = _ASSETS[kind]
-    root = importlib.resources.files("gptkit") / "assets" / folder
-    source = f"gptkit/assets/{folder}/"
-    try:
-        vocab_text = (root / vocab_name).read_text(encoding="utf-8")
-        merges_text = (root / merges_name).read_text(encoding="utf-8")
-        vocab = json.loads(vocab_text)
-    except (OSError, ValueError) as e:
-        raise TokenizerError(f"cannot read the shipped tokenizer files in {source} (reinstall gptkit): {e}") from e
-    vocab = tkfiles.parse_vocab(vocab, source + vocab_name)
-    return vocab, tkfiles.parse_merges(merges_text, source + merges_name)
+def _encode_in_threads(encode: Callable[[str], list[int]], pieces: list[str]) -> list[list[int]]:
+    """`encode` over pieces, in contiguous groups, one thread per CPU when there is enough text to share (the
+    engine releases the GIL while it encodes); alone on the calling thread otherwise."""
+    workers = min(os.cpu_count() or 1, len(pieces))
+    if workers < 2 or sum(map(len, pieces)) < 2 * CHUNK_CHARS:
+        return [encode(piece) for piece in pieces]
+    size = -(-len(pieces) // workers)
+    groups = [pieces[i : i + size] for i in range(0, len(pieces), size)]
+    with ThreadPoolExecutor(len(groups)) as pool:
+        return [ids for group in pool.map(lambda g: [encode(piece) for piece in g], groups) for ids in group]
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,14 +1,18 @@
-"""The `tokenizers` pipelines behind `gptkit.Tokenizer`, and the files they live in.
+"""The `tokenizers` pipelines behind `gptkit.Tokenizer`, the files they live in, and tiktoken's engine for GPT-2.
 
-One builder per kind of tokenizer, BPE training, and reading/writing the directory layout that
-Hugging Face `transformers` also loads (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json).
-No torch here.
+One builder per kind of tokenizer, BPE training, the vocabularies gptkit ships, reading/writing the directory
+layout that Hugging Face `transformers` also loads (vocab.json, merges.txt, tokenizer.json,
+tokenizer_config.json), and the tiktoken Encoding that encodes OpenAI's GPT-2 vocabulary (with the check that a
+pipeline holds exactly that vocabulary). No torch here.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.resources
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ KINDS = ("gpt2", "openai-gpt", "char", "bpe")
 BYTE_LEVEL_KINDS = frozenset({"gpt2", "bpe"})
 GPT2_EOS = "<|endoftext|>"
 GPT1_UNK = "<unk>"
+GPT2_VOCAB_SIZE = 50257  # OpenAI's GPT-2 vocabulary, <|endoftext|> included
 
 # kind -> tokenizer_class written to tokenizer_config.json, so transformers.AutoTokenizer loads it
 _HF_CLASS = {
@@ -37,6 +42,11 @@ _KIND_OF_HF_CLASS = {
     "OpenAIGPTTokenizerFast": "openai-gpt",
 }
 _KIND_OF_MODEL_TYPE = {"gpt2": "gpt2", "openai-gpt": "openai-gpt"}
+# the vocabularies shipped in gptkit/assets: kind -> (folder, vocabulary file, merges file)
+_SHIPPED = {
+    "gpt2": ("gpt2", "encoder.json", "vocab.bpe"),
+    "openai-gpt": ("openai-gpt", "encoder_bpe_40000.json", "vocab_40000.bpe"),
+}
 # vocabulary + merges file names of OpenAI's original releases (GPT-2's models/124M/, GPT-1's model/)
 _OPENAI_RELEASE_FILES = {
     "gpt2": ("encoder.json", "vocab.bpe"),
@@ -121,6 +131,87 @@ def train_byte_level_bpe(
     )
     backend.train([str(f) for f in files], trainer)
     return backend
+
+
+# --- tiktoken's engine for OpenAI's GPT-2 -------------------------------------------------------------
+
+# GPT-2's split regex as tiktoken runs it (tiktoken_ext.openai_public.r50k_pat_str): equal in effect to the
+# one OpenAI published with GPT-2 (`'s|'t|...|\s+(?!\S)|\s+`), written to run faster.
+GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+def tiktoken_encoding(vocab: Mapping[str, int], *, exclude: Collection[str] = ()) -> Any:
+    """A tiktoken Encoding over a byte-level vocabulary whose ids are its merge ranks (OpenAI's GPT-2), with
+    GPT-2's split and no special tokens (`exclude` them: gptkit splits them out before encoding)."""
+    import tiktoken
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes(byte_of[c] for c in token): i for token, i in vocab.items() if token not in exclude}
+    return tiktoken.Encoding("gptkit-byte-level", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
+
+
+def read_shipped(kind: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges shipped in gptkit/assets for a pretrained kind."""
+    folder, vocab_name, merges_name = _SHIPPED[kind]
+    root = importlib.resources.files("gptkit") / "assets" / folder
+    source = f"gptkit/assets/{folder}/"
+    try:
+        vocab_text = (root / vocab_name).read_text(encoding="utf-8")
+        merges_text = (root / merges_name).read_text(encoding="utf-8")
+        vocab = json.loads(vocab_text)
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"cannot read the shipped tokenizer files in {source} (reinstall gptkit): {e}") from e
+    vocab = parse_vocab(vocab, source + vocab_name)
+    return vocab, parse_merges(merges_text, source + merges_name)
+
+
+def gpt2_engine(backend: tk.Tokenizer) -> Any:
+    """tiktoken's encoding of GPT-2 if `backend` encodes as OpenAI's GPT-2 (`_is_openai_gpt2`), else None: other
+    vocabularies' merges need not follow tiktoken's rank order, so they encode through their pipeline."""
+    return _gpt2_tiktoken() if _is_openai_gpt2(backend) else None
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_tiktoken() -> Any:
+    """tiktoken's encoding of GPT-2, built from the shipped vocabulary (once per process: ~30 ms)."""
+    vocab, _ = read_shipped("gpt2")
+    return tiktoken_encoding(vocab, exclude=(GPT2_EOS,))
+
+
+def _is_openai_gpt2(backend: tk.Tokenizer) -> bool:
+    """Whether a `tokenizers` pipeline encodes as OpenAI's GPT-2: its vocabulary and merges in a plain BPE, the
+    byte-level split with nothing before it, and no added tokens but special ones (encode() splits those)."""
+    split = backend.pre_tokenizer
+    if not (
+        backend.get_vocab_size(with_added_tokens=False) == GPT2_VOCAB_SIZE
+        and backend.normalizer is None
+        and isinstance(split, tk.pre_tokenizers.ByteLevel)
+        and split.use_regex
+        and not split.add_prefix_space
+        and all(token.special for token in backend.get_added_tokens_decoder().values())
+    ):
+        return False
+    options, tables = _bpe_state(backend)
+    plain = not any(
+        options.get(k) for k in ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
+    )
+    return options.get("type") == "BPE" and plain and tables == _gpt2_tables()
+
+
+def _bpe_state(backend: tk.Tokenizer) -> tuple[dict[str, Any], str]:
+    """A BPE model's options, and a digest of its vocabulary and merges. The model serialises as
+    {options..., "vocab": {by id}, "merges": [in order]}: the tables' text is the same however they were read."""
+    state = backend.model.__getstate__()  # the model's JSON, as pickling stores it
+    options, found, tables = state.partition(b',"vocab":')
+    if not found:
+        return {}, ""
+    return json.loads(options + b"}"), hashlib.sha256(tables).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_tables() -> str:
+    """The digest of OpenAI's GPT-2 vocabulary and merges as this process's `tokenizers` serialises them."""
+    return _bpe_state(gpt2_backend(*read_shipped("gpt2"), [GPT2_EOS]))[1]
 
 
 def bytes_to_unicode() -> dict[int, str]:
