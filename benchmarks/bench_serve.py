@@ -44,7 +44,6 @@ import asyncio
 import json
 import math
 import os
-import resource
 import shlex
 import signal
 import socket
@@ -59,6 +58,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_seconds, load_average, machine_info, source_state, wait_for_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -236,11 +237,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 class RssSampler:
     """The peak RSS of a process tree, sampled on a thread while the client runs."""
 
@@ -262,26 +258,6 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def wait_for_idle(limit: float) -> float:
-    """Wait up to `limit` s for 3 consecutive seconds with the CPUs < 10% busy; return the seconds waited."""
-
-    def ticks() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-        return sum(fields[:3]), fields[3] + fields[4]  # (user+nice+system, idle+iowait)
-
-    if limit <= 0 or not os.path.exists("/proc/stat"):
-        return 0.0
-    start, quiet = time.perf_counter(), 0
-    while quiet < 3 and time.perf_counter() - start < limit:
-        busy0, idle0 = ticks()
-        time.sleep(1.0)
-        busy1, idle1 = ticks()
-        busy, idle = busy1 - busy0, idle1 - idle0
-        quiet = quiet + 1 if busy * 10 < busy + idle else 0
-    return time.perf_counter() - start
 
 
 # -- the client -------------------------------------------------------------------------------------
@@ -464,12 +440,12 @@ def run_server(spec: Server, args: argparse.Namespace, ctx: dict[str, Any]) -> d
             )
             failed = sum(r.error is not None for r in records)
             log(f"{spec.name}: warm-up {warmup} requests in {wall:.1f} s ({failed} failed)")
-        cpu0, own0 = tree_cpu_seconds(pid), own_cpu_seconds()
+        cpu0, own0 = tree_cpu_seconds(pid), cpu_seconds()
         with RssSampler(pid) as sampler:
             records, wall = asyncio.run(
                 drive(spec, server.base_url, prompts, args.requests, args.clients, args.tokens, options)
             )
-        cpu1, own1 = tree_cpu_seconds(pid), own_cpu_seconds()
+        cpu1, own1 = tree_cpu_seconds(pid), cpu_seconds()
         result = summarize(records, wall, args.tokens)
         result.update(
             sequential=spec.sequential,
@@ -583,17 +559,6 @@ def make_prompts(count: int = 64) -> list[str]:
     return lines[::step][:count]
 
 
-def source_state() -> str:
-    """The commit measured, marked dirty when src/ has uncommitted changes (others may be editing it)."""
-    try:
-        git = ["git", "-C", str(ROOT)]
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def agreement(results: dict[str, dict[str, Any]], reference: str) -> dict[str, float]:
     """Per server, the fraction of prompts whose greedy completion text equals the reference server's."""
     ref = results.get(reference, {}).get("_texts")
@@ -688,7 +653,7 @@ def main() -> None:
             parser.error(f"unknown server(s) {unknown}; known: {', '.join(specs)}")
         if args.skip_peer:
             names = [n for n in names if not n.startswith("transformers")]
-        t_start, load_start, source_start = time.perf_counter(), os.getloadavg(), source_state()
+        t_start, load_start, source_start = time.perf_counter(), load_average(), source_state()
         make_model(model_dir, args.model_size)
         hf_cache = Path(tmp) / "hf-cache"
         hf_cache.mkdir()
@@ -742,11 +707,7 @@ def main() -> None:
             "gptkit_source_end": source_state(),
             "python": sys.version.split()[0],
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_start": [round(x, 2) for x in load_start],
-            "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": load_average()},
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(report, indent=2))

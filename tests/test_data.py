@@ -166,9 +166,11 @@ def test_large_jsonl_prepares_in_constant_memory(tmp_path, gpt2, monkeypatch) ->
     batches = data._batches
 
     def traced_batches(items):  # trace the streaming phase only, not loading and hashing the tokenizer
+        stream = batches(items)
+        yield next(stream)  # encoding the first batch builds the tokenizer's engine (tiktoken's): loading
         tracemalloc.start()
         try:
-            yield from batches(items)
+            yield from stream
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
