@@ -63,6 +63,7 @@ _OUTPUTS = {
     "predict": ("--out", "out"),
     "embed": ("--out", "out"),
     "merge-lora": ("OUT", "out"),
+    "serve": ("--data-dir", "data_dir"),
 }
 
 

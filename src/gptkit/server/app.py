@@ -151,7 +151,7 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI, *, pool: ModelPool, service: FineTuning | None) -> AsyncIterator[None]:
-    """The job workers run while the app does; fine-tuned models are unloaded when it stops."""
+    """The job workers run while the app does; fine-tuned models are unloaded, and the store closed, when it stops."""
     supervisor = service.config.supervisor if service is not None else None
     if supervisor is not None:
         await run_in_threadpool(supervisor.start)
@@ -161,6 +161,8 @@ async def _lifespan(app: FastAPI, *, pool: ModelPool, service: FineTuning | None
         if supervisor is not None:
             await run_in_threadpool(supervisor.stop)
         await run_in_threadpool(pool.close)
+        if service is not None:
+            service.store.close()
 
 
 # -- answering --------------------------------------------------------------------------------------
