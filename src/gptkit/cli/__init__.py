@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from gptkit.cli import models, serve, tasks, training
+from gptkit.cli import jobs, models, serve, tasks, training
 from gptkit.errors import GptkitError
 
 
@@ -29,7 +29,13 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (models, training, tasks, serve):  # this order is the order of the subcommands in `gptkit --help`
+    for module in (
+        models,
+        training,
+        tasks,
+        serve,
+        jobs,
+    ):  # this order is the order of the subcommands in `gptkit --help`
         module.register(sub)
     return parser
 
