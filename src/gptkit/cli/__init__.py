@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from gptkit.cli import jobs, models, serve, tasks, training
+from gptkit.cli import data, jobs, models, serve, tasks, training
 from gptkit.errors import GptkitError
 
 
@@ -29,13 +29,8 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (
-        models,
-        training,
-        tasks,
-        serve,
-        jobs,
-    ):  # this order is the order of the subcommands in `gptkit --help`
+    # this order is the order of the subcommands in `gptkit --help`
+    for module in (models, training, tasks, serve, jobs, data):
         module.register(sub)
     return parser
 
@@ -70,6 +65,7 @@ _OUTPUTS = {
     "embed": ("--out", "out"),
     "merge-lora": ("OUT", "out"),
     "serve": ("--data-dir", "data_dir"),
+    "data": ("--fix", "fix"),
 }
 
 
