@@ -129,3 +129,12 @@ def test_errors_are_one_line(tmp_path, monkeypatch, capsys, args, says) -> None:
     assert main(["data", "check", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gptkit data: error: ") and says in err and err.count("\n") == 0, err
+
+
+def test_every_data_check_flag_has_a_help_line() -> None:
+    from gptkit.cli import _build_parser
+
+    data = next(a for a in _build_parser()._actions if a.dest == "command").choices["data"]
+    check = next(a for a in data._actions if a.dest == "data_command").choices["check"]
+    flags = [a for a in check._actions if a.dest != "help"]
+    assert {a.dest for a in flags} == {"file", "model", "fix"} and all(len(a.help) > 20 for a in flags)
