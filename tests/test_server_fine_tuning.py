@@ -291,3 +291,21 @@ def test_fine_tuned_models_are_listed_loaded_on_use_unloaded_lru_and_deleted(api
 
     run(api, go)
     assert (api.state.fine_tuning.store.data_dir / "jobs").is_dir()
+
+
+def test_requests_that_arrive_together_load_a_model_once(tiny, tiny_dir, tmp_path) -> None:
+    from gptkit.server.served import load_served
+
+    loads: list[Path] = []
+    config = FineTuningConfig(tmp_path / "data", load=lambda path: loads.append(path) or load_served(path))
+    app = create_app({"tiny": tiny}, fine_tuning=config)
+    name = succeeded_job(app, tiny_dir, "once")
+
+    async def go(client: Any) -> list[str]:
+        asks = [client.completions.create(model=name, prompt=p, max_tokens=3, temperature=0) for p in "abcd"]
+        return [a.model for a in await asyncio.gather(*asks)]
+
+    assert run(app, go, key=None) == [name] * 4
+    assert len(loads) == 1 and app.state.pool.loaded == [name]
+    app.state.pool.close(timeout=30)
+    app.state.fine_tuning.store.close()
