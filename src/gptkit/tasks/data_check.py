@@ -153,20 +153,21 @@ def check_instruct_data(
 
 def _fix_prompt_completion(records: list[dict[str, Any]], lines: list[int]) -> list[Finding]:
     """The separator, leading space and stop sequence of prompt/completion records, each fixed in place."""
-    findings = []
-    prompts, completions = [r["prompt"] for r in records], [r["completion"] for r in records]
-    if not _common_suffix(prompts):
-        texts = prompts + completions
-        separator = next((s for s in SEPARATORS if not any(s in t for t in texts)), SEPARATORS[0])
-        message = (
+    texts = [r["prompt"] for r in records] + [r["completion"] for r in records]
+    findings = _ending(
+        records,
+        "prompt",
+        SEPARATORS,
+        texts,
+        Finding(
+            "no_separator",
+            tuple(lines),
             "the prompts do not end with a common separator, so the model cannot tell where a prompt stops and "
-            "its completion starts"
-        )
-        fix = f"end every prompt with {separator!r} (and end prompts with it when using the model)"
-        findings.append(Finding("no_separator", tuple(lines), message, fix))
-        for record in records:
-            record["prompt"] += separator
-    spaceless = [line for line, c in zip(lines, completions, strict=True) if not c[:1].isspace()]
+            "its completion starts",
+            "end every prompt with {ending} (and end prompts with it when using the model)",
+        ),
+    )
+    spaceless = [line for line, r in zip(lines, records, strict=True) if not r["completion"][:1].isspace()]
     if spaceless:
         message = (
             f"{_examples(spaceless)} with a completion that does not start with a space (GPT-2's words are "
@@ -174,20 +175,33 @@ def _fix_prompt_completion(records: list[dict[str, Any]], lines: list[int]) -> l
         )
         findings.append(Finding("no_leading_space", tuple(spaceless), message, "start each with a space"))
         for record in records:
-            record["completion"] = (
-                record["completion"] if record["completion"][:1].isspace() else " " + record["completion"]
-            )
-    if not _common_suffix(completions):
-        stop = next((s for s in STOPS if not any(s in c for c in completions)), STOPS[-1])
-        message = (
+            record["completion"] = (" " * (not record["completion"][:1].isspace())) + record["completion"]
+    return findings + _ending(
+        records,
+        "completion",
+        STOPS,
+        [r["completion"] for r in records],
+        Finding(
+            "no_stop",
+            tuple(lines),
             "the completions do not end with a common stop sequence to cut generations at (a model served by "
-            "gptkit stops at the <|endoftext|> that training adds; other servers may not)"
-        )
-        fix = f"end every completion with {stop!r} and pass it as stop when generating"
-        findings.append(Finding("no_stop", tuple(lines), message, fix))
-        for record in records:
-            record["completion"] += stop
-    return findings
+            "gptkit stops at the <|endoftext|> that training adds; other servers may not)",
+            "end every completion with {ending} and pass it as stop when generating",
+        ),
+    )
+
+
+def _ending(
+    records: list[dict[str, Any]], key: str, options: tuple[str, ...], texts: list[str], finding: Finding
+) -> list[Finding]:
+    """Where the records' `key` values end differently: the first of `options` that no text holds is appended to
+    each, and `finding` (its fix naming that ending) is returned."""
+    if _common_suffix([r[key] for r in records]):
+        return []
+    ending = next((o for o in options if not any(o in t for t in texts)), options[-1])
+    for record in records:
+        record[key] += ending
+    return [Finding(finding.kind, finding.lines, finding.message, finding.fix.format(ending=repr(ending)))]
 
 
 def _record(ex: PromptCompletion | ChatExample) -> dict[str, Any]:
