@@ -307,5 +307,7 @@ def test_requests_that_arrive_together_load_a_model_once(tiny, tiny_dir, tmp_pat
 
     assert run(app, go, key=None) == [name] * 4
     assert len(loads) == 1 and app.state.pool.loaded == [name]
+    app.state.pool.cached(name).engine.close(drain=False, timeout=30)  # its engine stops: loaded again when asked
+    assert run(app, go, key=None) == [name] * 4 and len(loads) == 2
     app.state.pool.close(timeout=30)
     app.state.fine_tuning.store.close()

@@ -62,11 +62,15 @@ class ModelPool:
             return {**self.base, **self._loaded}
 
     def cached(self, name: str) -> ServedModel | None:
-        """The model if it is in memory (marked as just used), without blocking; None otherwise."""
+        """The model if it is in memory (marked as just used), without blocking; None otherwise. A fine-tuned
+        model whose engine has stopped is forgotten, to be loaded again."""
         if name in self.base:
             return self.base[name]
         with self._index:
             model = self._loaded.get(name)
+            if model is not None and not model.engine.healthy:
+                del self._loaded[name]
+                return None
             if model is not None:
                 self._loaded.move_to_end(name)
             return model
