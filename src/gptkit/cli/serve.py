@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add serve to the `gptkit` subcommands."""
     p = sub.add_parser(
         "serve",
-        help="serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings)",
+        help="serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, fine-tuning jobs)",
         description=(
             "Serve MODELs at http://HOST:PORT/v1 with OpenAI's /v1/completions, /v1/chat/completions, "
             "/v1/embeddings and /v1/models (streaming included), plus /health and /metrics (Prometheus). "
