@@ -4,9 +4,12 @@ official `openai` SDK pointed at the ASGI app (no socket, no network)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +32,34 @@ def tiny_model_dir(path: Path) -> Path:
     model = GPT(GPTConfig.from_name("gpt2-tiny", initializer_range=0.2)).eval()
     model.save_pretrained(path, tokenizer=Tokenizer.from_pretrained("gpt2"))
     return path
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` under a real uvicorn (lifespan included) in a thread, on a free loopback port: its API root URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # a free port, held from here on: uvicorn listens on this very socket
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def sync_client(base_url: str, key: str = KEY) -> openai.OpenAI:
+    """The synchronous SDK on loopback, whatever proxy the environment names."""
+    http = httpx2.Client(trust_env=False)
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, http_client=http)
 
 
 def run(app: Any, fn: Callable[[Any], Awaitable[T]], *, key: str | None = KEY) -> T:

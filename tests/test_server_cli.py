@@ -1,5 +1,6 @@
-"""`gptkit serve`: flags, the quickstart's model as the default, one-line errors, startup lines, and a clean stop
-(uvicorn's run is replaced by a stand-in that calls the app in-process: no port is opened)."""
+"""`gptkit serve`: flags, the quickstart's model as the default, the data directory of files and fine-tuning jobs,
+one-line errors, startup lines, and a clean stop (uvicorn's run is replaced by a stand-in that calls the app
+in-process: no port is opened, and no job worker starts)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,19 @@ from gptkit.training.config import QUICKSTART_DIR
 from server_helpers import raw, tiny_model_dir
 
 
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch) -> Path:
+    """The per-user data directory of these tests: never the real one."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))
+    return tmp_path / "data-home"
+
+
 def test_every_serve_flag_has_a_help_line() -> None:
     sub = next(a for a in _build_parser()._actions if a.dest == "command")
     serve = sub.choices["serve"]
     flags = [a for a in serve._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in flags} >= {"model", "served_model_name", "host", "port", "api_key", "chat_template"}
+    assert {a.dest for a in flags} >= {"data_dir", "max_jobs", "job_threads", "max_loaded_models"}
     assert all(a.help and len(a.help) > 20 for a in flags)
 
 
@@ -49,7 +58,10 @@ class FakeServer:
 
     def run(self, sockets: Any = None) -> None:
         app = self.config.app
+        auth = {"authorization": "Bearer from-env"}
         FakeServer.seen = {
+            "fine_tuning": app.state.fine_tuning,
+            "files": asyncio.run(raw(app, "GET", "/v1/files", headers=auth)).status_code,
             "host": self.config.host,
             "port": self.config.port,
             "engines": [m.engine for m in app.state.models.values()],
@@ -71,7 +83,7 @@ def test_serves_the_quickstart_model_and_stops_cleanly_on_ctrl_c(quickstart_run,
     assert main(["serve", "--device", "cpu", "--port", "8123", "--max-batch-size", "4"]) == 130
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"serving {QUICKSTART_DIR}: 3,324,736 parameters, float32, context 128 tokens")
-    assert out[1].startswith("OpenAI-compatible API on http://127.0.0.1:8123/v1")
+    assert out[-1].startswith("OpenAI-compatible API on http://127.0.0.1:8123/v1")
     seen = FakeServer.seen
     assert (seen["host"], seen["port"], seen["keyless"]) == ("127.0.0.1", 8123, 401)
     assert [m["id"] for m in seen["models"]["data"]] == [QUICKSTART_DIR]
@@ -97,5 +109,36 @@ def test_names_templates_and_bad_flags(quickstart_run, tmp_path, monkeypatch, ca
         (["--served-model-name", "a", "--served-model-name", "b", "--chat-template", "nope.jinja"], "--chat-template"),
     ]:
         assert main([*args, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and err.count("\n") == 0, err
+
+
+def test_files_and_jobs_live_in_the_data_directory(quickstart_run, tmp_path, data_home, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(uvicorn, "Server", FakeServer)
+    monkeypatch.setattr(FakeServer, "interrupt", False)
+    assert main(["serve", "--device", "cpu"]) == 0
+    service = FakeServer.seen["fine_tuning"]
+    assert service.store.data_dir == data_home / "gptkit" and (data_home / "gptkit" / "gptkit.db").is_file()
+    assert FakeServer.seen["files"] == 200
+    supervisor = service.config.supervisor
+    assert (supervisor.max_jobs, supervisor.pids, service.config.max_loaded_models) == (1, [], 2)  # not started
+    assert f"fine-tuning jobs and files in {data_home / 'gptkit'} (job workers: 1)" in capsys.readouterr().out
+
+    args = ["serve", "--device", "cpu", "--data-dir", str(tmp_path / "d"), "--max-jobs", "2", "--job-threads", "1"]
+    assert main([*args, "--max-loaded-models", "3"]) == 0
+    config = FakeServer.seen["fine_tuning"].config
+    assert (config.data_dir, config.max_loaded_models, config.supervisor.max_jobs) == (tmp_path / "d", 3, 2)
+    assert config.supervisor.argv[-2:] == ["--threads", "1"]
+    assert main(["serve", "--device", "cpu", "--max-jobs", "0"]) == 0
+    assert FakeServer.seen["fine_tuning"].config.supervisor is None  # jobs wait for workers elsewhere
+    capsys.readouterr()
+
+    (tmp_path / "file").write_text("not a folder")
+    for bad, says in [
+        (["--max-loaded-models", "0"], "--max-loaded-models and --job-threads >= 1"),
+        (["--max-jobs", "-1"], "--max-jobs must be >= 0"),
+        (["--data-dir", str(tmp_path / "file")], "--data-dir"),
+    ]:
+        assert main(["serve", "--device", "cpu", *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert says in err and err.count("\n") == 0, err

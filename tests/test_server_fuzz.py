@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 from gptkit.server.app import create_app
 from gptkit.server.engine import Engine
+from gptkit.server.fine_tuning import FineTuningConfig
 from gptkit.server.served import ServedModel
 from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE
 
@@ -18,11 +19,17 @@ pytest_plugins = ["server_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def app(oracle) -> Any:
-    """A small engine (4 rows, 8 waiting at most) so that no generated request keeps it busy for long."""
+def app(oracle, tiny_dir, tmp_path_factory) -> Any:
+    """A small engine (4 rows, 8 waiting at most) so that no generated request keeps it busy for long; the Files
+    and fine-tuning jobs endpoints over a data directory of their own (no job worker)."""
     engine = Engine(oracle.model, oracle.tokenizer, max_batch_size=4, max_queue=8).start()
-    yield create_app({"tiny": ServedModel(engine, DEFAULT_CHAT_TEMPLATE)})
+    fine_tuning = FineTuningConfig(tmp_path_factory.mktemp("fuzz-data"))
+    app = create_app(
+        {"tiny": ServedModel(engine, DEFAULT_CHAT_TEMPLATE, source=str(tiny_dir))}, fine_tuning=fine_tuning
+    )
+    yield app
     engine.close(drain=False, timeout=30)
+    app.state.fine_tuning.store.close()
 
 
 def served_model(case: Any) -> Any:
@@ -38,7 +45,7 @@ def served_model(case: Any) -> Any:
 def test_no_request_gets_a_500(app) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /v1/completions", "POST /v1/chat/completions"}
+    assert {op.label for op in operations} >= {"POST /v1/completions", "POST /v1/files", "POST /v1/fine_tuning/jobs"}
     for operation in operations:
 
         @given(case=operation.as_strategy().map(served_model))

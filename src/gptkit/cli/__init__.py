@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from gptkit.cli import models, serve, tasks, training
+from gptkit.cli import data, jobs, models, serve, tasks, training
 from gptkit.errors import GptkitError
 
 
@@ -30,7 +30,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gptkit {version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (models, training, tasks, serve):  # this order is the order of the subcommands in `gptkit --help`
+    # this order is the order of the subcommands in `gptkit --help`
+    for module in (models, training, tasks, serve, jobs, data):
         module.register(sub)
     return parser
 
@@ -78,6 +79,8 @@ _OUTPUTS = {
     "predict": ("--out", "out"),
     "embed": ("--out", "out"),
     "merge-lora": ("OUT", "out"),
+    "serve": ("--data-dir", "data_dir"),
+    "data": ("--fix", "fix"),
 }
 
 

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
+from pathlib import Path
 
 from gptkit.cli.common import DTYPES, read_input, resolve_device
 from gptkit.errors import GptkitError
 
 API_KEY_ENV = "GPTKIT_API_KEY"
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """Where a server keeps files and fine-tuning jobs unless told: $XDG_DATA_HOME/gptkit, else
+    ~/.local/share/gptkit (created on first use)."""
+    base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "gptkit"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,6 +41,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         chat_template=read_input(args.chat_template, "--chat-template") if args.chat_template else None,
         cors_origins=tuple(args.cors_origin or ()),
+        data_dir=args.data_dir or str(default_data_dir(os.environ)),
+        max_jobs=args.max_jobs,
+        job_threads=args.job_threads,
+        max_loaded_models=args.max_loaded_models,
     )
     serve(config)
     return 0
@@ -41,12 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add serve to the `gptkit` subcommands."""
     p = sub.add_parser(
         "serve",
-        help="serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings)",
+        help="serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, fine-tuning jobs)",
         description=(
             "Serve MODELs at http://HOST:PORT/v1 with OpenAI's /v1/completions, /v1/chat/completions, "
             "/v1/embeddings and /v1/models (streaming included), plus /health and /metrics (Prometheus). "
             "Requests to one model are decoded together as they come (continuous batching). Without --model, "
-            "serves the model `gptkit quickstart` trained here. Needs the serve extra: pip install 'gptkit[serve]'."
+            "serves the model `gptkit quickstart` trained here. With /v1/files and /v1/fine_tuning/jobs, clients "
+            "fine-tune the served models (job workers run beside the server) and use the results as ft:... models. "
+            "Needs the serve extra: pip install 'gptkit[serve]'."
         ),
     )
     p.add_argument(
@@ -95,5 +110,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="ORIGIN",
         help="let browser pages from ORIGIN call the API, e.g. http://localhost:3000 (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where uploaded files, fine-tuning jobs and fine-tuned models are kept "
+        "(default: $XDG_DATA_HOME/gptkit or ~/.local/share/gptkit, created on first use)",
+    )
+    p.add_argument(
+        "--max-jobs",
+        type=int,
+        default=1,
+        help="fine-tuning jobs run at once, each in a worker process beside the server (0: none here; default: 1)",
+    )
+    p.add_argument(
+        "--job-threads",
+        type=int,
+        metavar="N",
+        help="CPU threads of each job worker; fewer than the cores leave the server some to answer with "
+        "(default: torch's, one per core)",
+    )
+    p.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=2,
+        help="fine-tuned models kept loaded beside the base models; the least recently used is unloaded (default: 2)",
     )
     p.set_defaults(func=_serve)

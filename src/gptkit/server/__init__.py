@@ -12,7 +12,9 @@ Fine-tuning jobs, beneath their HTTP endpoints: `store` is the SQLite database o
 checkpoints (the truth a restart reconciles from); `files` stores and checks uploads; `jobs` creates and
 controls jobs (rows and requests only); `runner` runs one attempt at a job with `tasks.finetune`; `worker` is
 the job worker process (`python -m gptkit.server.worker`) and the `Supervisor` the server owns; `registry`
-maps fine-tuned model ids to the folders to serve.
+maps fine-tuned model ids to the folders to serve. Above them, `fine_tuning` is the HTTP of /v1/files and
+/v1/fine_tuning/jobs, and `pool` the models a server answers with: its base models and the fine-tuned ones,
+loaded on first use and unloaded least recently used first.
 
 May import `gptkit.tasks`, `gptkit.training`, `gptkit.generation`, `gptkit.models`, `gptkit.text` and the
 ground floor.

@@ -5,11 +5,17 @@ JSON object, raced against the client going away (which cancels the generation),
 `data: {chunk}` ... `data: [DONE]` (a client that leaves closes the stream, which cancels the generation).
 Every error is OpenAI's `{"error": {"message", "type", "param", "code"}}`; a 500 is a bug, logged with the
 request id every response carries in `x-request-id`.
+
+Models are a `ModelPool`: the base models given, and, with a `FineTuningConfig`, the fine-tuned models of its data
+directory, loaded on first use. With one the app also has the Files and fine-tuning jobs endpoints
+(gptkit.server.fine_tuning) and owns the job workers' Supervisor: started at startup, stopped at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -23,22 +29,29 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gptkit.server import handlers
+from gptkit.errors import DataError
+from gptkit.server import fine_tuning, handlers
 from gptkit.server.engine import Engine, EngineClosedError, QueueFullError
+from gptkit.server.fine_tuning import FineTuning, FineTuningConfig, ModelDeleted, about_model
+from gptkit.server.fine_tuning import routes as fine_tuning_routes
 from gptkit.server.metrics import Metrics
+from gptkit.server.pool import ModelPool
 from gptkit.server.protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gptkit.server.responses import ChatCompletion, Completion, CreateEmbeddingResponse, ErrorResponse, Model, ModelList
-from gptkit.server.served import ServedModel
+from gptkit.server.served import ServedModel, load_served
+from gptkit.server.store import NotFoundError, RequestError
 
 log = logging.getLogger("gptkit.server")
 MAX_BODY_BYTES = 8 << 20
 RETRY_AFTER_SECONDS = 1
 _ERROR = {"model": ErrorResponse, "description": "OpenAI's error object"}
 _ERRORS: dict[int | str, dict[str, Any]] = {status: _ERROR for status in (400, 401, 404, 413, 429, 503)}
+UPLOAD_OVERHEAD = 1 << 20  # multipart framing and form fields an upload may add to a file at the size limit
 
 
 def create_app(
@@ -47,52 +60,75 @@ def create_app(
     api_keys: Sequence[str] = (),
     cors_origins: Sequence[str] = (),
     max_body_bytes: int = MAX_BODY_BYTES,
+    fine_tuning: FineTuningConfig | None = None,
 ) -> FastAPI:
     """The API over `models` (served name -> model; a bare Engine is served without a chat template).
 
-    Engines are started and closed by the caller; each engine's observer is set to the app's metrics.
-    api_keys: accepted Bearer keys for /v1 (none: no key needed). cors_origins: allowed browser origins.
+    Engines are started and closed by the caller (those of fine-tuned models by the app); each engine's observer
+    is set to the app's metrics. api_keys: accepted Bearer keys for /v1 (none: no key needed). cors_origins:
+    allowed browser origins. fine_tuning: the Files and fine-tuning jobs API and serving of fine-tuned models.
     """
     served = {name: m if isinstance(m, ServedModel) else ServedModel(m) for name, m in models.items()}
     metrics = Metrics()
     for name, model in served.items():
         model.engine.observer = metrics.observer(name)
-    app = FastAPI(title="gptkit", summary="OpenAI-compatible API over GPT-1/GPT-2 models", version="1")
-    app.state.models, app.state.metrics = served, metrics
+    service = FineTuning(fine_tuning) if fine_tuning is not None else None
+    pool = ModelPool(
+        served,
+        registry=service.registry if service is not None else None,
+        load=fine_tuning.load if fine_tuning is not None else load_served,
+        max_loaded=fine_tuning.max_loaded_models if fine_tuning is not None else 1,
+        on_load=lambda name, model: setattr(model.engine, "observer", metrics.observer(name)),
+    )
+    app = FastAPI(
+        title="gptkit",
+        summary="OpenAI-compatible API over GPT-1/GPT-2 models",
+        version="1",
+        lifespan=functools.partial(_lifespan, pool=pool, service=service),
+    )
+    app.state.models, app.state.metrics, app.state.pool, app.state.fine_tuning = served, metrics, pool, service
 
-    def lookup(name: str) -> ServedModel:
-        if name not in served:
-            message = f"model {name!r} does not exist; this server has {', '.join(sorted(served))}"
-            raise APIError(404, message, param="model", code="model_not_found")
-        return served[name]
-
-    def card(name: str) -> Model:
-        return Model(id=name, created=served[name].created, owned_by=served[name].owned_by)
+    async def lookup(name: str) -> ServedModel:
+        if (model := pool.cached(name)) is not None:
+            return model
+        with about_model():
+            return await run_in_threadpool(pool.get, name)
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models() -> ModelList:
-        return ModelList(data=[card(name) for name in served])
+        return ModelList(data=await run_in_threadpool(pool.cards))
 
     @app.get("/v1/models/{model:path}", response_model=Model, responses=_ERRORS)
     async def retrieve_model(model: str) -> Model:
-        lookup(model)
-        return card(model)
+        with about_model():
+            return await run_in_threadpool(pool.card, model)
+
+    @app.delete("/v1/models/{model:path}", response_model=ModelDeleted, responses=_ERRORS | {403: _ERROR})
+    async def delete_model(model: str) -> Any:
+        if model in served:
+            message = f"{model!r} is a base model of this server; only fine-tuned models (ft:...) can be deleted"
+            raise APIError(403, message, param="model", code="model_not_deletable")
+        with about_model():
+            return await run_in_threadpool(pool.delete, model)
 
     @app.post("/v1/completions", response_model=Completion, responses=_ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await answer(request, body.stream, handlers.completion(lookup(body.model), body.model, body))
+        return await answer(request, body.stream, handlers.completion(await lookup(body.model), body.model, body))
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await answer(request, body.stream, handlers.chat(lookup(body.model), body.model, body))
+        return await answer(request, body.stream, handlers.chat(await lookup(body.model), body.model, body))
 
     @app.post("/v1/embeddings", response_model=CreateEmbeddingResponse, responses=_ERRORS)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        return await until_disconnected(request, handlers.embeddings(lookup(body.model), body.model, body))
+        return await until_disconnected(request, handlers.embeddings(await lookup(body.model), body.model, body))
+
+    if service is not None:
+        app.include_router(fine_tuning_routes(service, pool))
 
     @app.get("/health")
     async def health() -> Response:
-        dead = [name for name, m in served.items() if not m.engine.healthy]
+        dead = [name for name, m in pool.engines().items() if not m.engine.healthy]
         if dead:
             return JSONResponse({"status": "unhealthy", "engines_stopped": dead}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -104,12 +140,29 @@ def create_app(
     app.add_exception_handler(APIError, _on_api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
-    for kind in (QueueFullError, EngineClosedError):
+    for kind in (QueueFullError, EngineClosedError, NotFoundError, RequestError, DataError):
         app.add_exception_handler(kind, _on_api_error)  # type: ignore[arg-type]
-    app.add_middleware(Gate, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes)
+    uploads = {} if fine_tuning is None else {"/v1/files": fine_tuning.max_file_bytes + UPLOAD_OVERHEAD}
+    app.add_middleware(Gate, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes, uploads=uploads)
     if cors_origins:  # outermost: a browser's preflight is answered before the key is asked for
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"])
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI, *, pool: ModelPool, service: FineTuning | None) -> AsyncIterator[None]:
+    """The job workers run while the app does; fine-tuned models are unloaded, and the store closed, when it stops."""
+    supervisor = service.config.supervisor if service is not None else None
+    if supervisor is not None:
+        await run_in_threadpool(supervisor.start)
+    try:
+        yield
+    finally:
+        if supervisor is not None:
+            await run_in_threadpool(supervisor.stop)
+        await run_in_threadpool(pool.close)
+        if service is not None:
+            service.store.close()
 
 
 # -- answering --------------------------------------------------------------------------------------
@@ -170,6 +223,8 @@ def api_error(exc: BaseException, request_id: str) -> APIError:
     """Any exception as OpenAI's error: what a client caused as its 4xx, anything else a logged 500."""
     if isinstance(exc, APIError):
         return exc
+    if (refusal := fine_tuning.api_error(exc)) is not None:
+        return refusal
     if isinstance(exc, QueueFullError):
         headers = {"retry-after": str(RETRY_AFTER_SECONDS), "x-should-retry": "true"}
         message = f"the server is busy: {exc}"
@@ -192,7 +247,7 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     """FastAPI's 422 as OpenAI's 400, naming the first field that is wrong."""
     errors = list(exc.errors())
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [part for part in first.get("loc", ()) if part != "body"]
+    loc = [part for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = loc[0] if loc and isinstance(loc[0], str) else None  # the top-level field, as OpenAI names it
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     where = ".".join(str(part) for part in loc)
@@ -216,11 +271,15 @@ def _request_id(scope: Mapping[str, Any]) -> str:
 
 class Gate:
     """Pure ASGI middleware (so that streams and disconnects pass untouched): gives each request an id, asks /v1
-    for a Bearer key, refuses bodies over max_body_bytes (by content-length, and while reading), and answers an
-    exception nobody handled with a 500 carrying the request id."""
+    for a Bearer key, refuses bodies over max_body_bytes (by content-length, and while reading; `uploads` sets a
+    larger limit for the paths it names), and answers an exception nobody handled with a 500 carrying the request
+    id."""
 
-    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...], max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_keys: tuple[str, ...], max_body_bytes: int, uploads: Mapping[str, int] | None = None
+    ) -> None:
         self.app, self.keys, self.limit = app, [k.encode() for k in api_keys], max_body_bytes
+        self.uploads = dict(uploads or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -237,10 +296,11 @@ class Gate:
             await send(message)
 
         headers = dict(scope.get("headers", []))
-        if refusal := self._refusal(scope["path"], headers):
+        limit = self.uploads.get(scope["path"], self.limit)
+        if refusal := self._refusal(scope["path"], headers, limit):
             return await _error_response(refusal)(scope, receive, send_with_id)
         try:
-            await self.app(scope, self._counted(receive), send_with_id)
+            await self.app(scope, self._counted(receive, limit), send_with_id)
         except ClientDisconnect:  # nobody to answer
             return
         except Exception as exc:
@@ -249,10 +309,10 @@ class Gate:
                 return
             await _error_response(api_error(exc, request_id))(scope, receive, send_with_id)
 
-    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> APIError | None:
+    def _refusal(self, path: str, headers: dict[bytes, bytes], limit: int) -> APIError | None:
         length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            return _too_large(self.limit)
+        if length.isdigit() and int(length) > limit:
+            return _too_large(limit)
         if self.keys and path.startswith("/v1"):
             scheme, _, key = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not key:
@@ -261,15 +321,15 @@ class Gate:
                 return _unauthorized("incorrect API key")
         return None
 
-    def _counted(self, receive: Receive) -> Receive:
+    def _counted(self, receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, _too_large(self.limit).message)
+            if seen > limit:
+                raise HTTPException(413, _too_large(limit).message)
             return message
 
         return counted

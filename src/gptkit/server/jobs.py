@@ -23,6 +23,7 @@ from gptkit.errors import ConfigError
 from gptkit.models.config import LoRAConfig
 from gptkit.server.store import (
     FINISHED,
+    ConflictError,
     FileRow,
     JobCheckpoint,
     JobEvent,
@@ -169,7 +170,7 @@ class Jobs:
             if job.status == "paused" or job.requested_action == "pause":
                 return job
             if job.requested_action == "cancel":
-                raise RequestError(f"job {job_id} is being cancelled; it cannot be paused")
+                raise ConflictError(f"job {job_id} is being cancelled; it cannot be paused")
             if job.status == "running":
                 self.store.add_event(job_id, "Pause requested; the job stops with a checkpoint after its current step")
                 return self.store.update(JobRow, job_id, requested_action="pause")
@@ -184,14 +185,14 @@ class Jobs:
                 self.store.add_event(job_id, "Pause request withdrawn")
                 return self.store.update(JobRow, job_id, requested_action=None)
             if job.status != "paused":
-                raise RequestError(f"job {job_id} is {job.status}; only a paused job can be resumed")
+                raise ConflictError(f"job {job_id} is {job.status}; only a paused job can be resumed")
             self.store.add_event(job_id, "Fine-tuning job resumed; queued to continue from its last checkpoint")
             return self.store.update(JobRow, job_id, status="queued", requested_action=None)
 
     def _unfinished(self, job_id: str, wanted: str) -> JobRow:
         job = self.retrieve(job_id)
         if job.status in FINISHED:
-            raise RequestError(f"job {job_id} has already {job.status}; it cannot be {wanted}")
+            raise ConflictError(f"job {job_id} has already {job.status}; it cannot be {wanted}")
         return job
 
 

@@ -5,6 +5,7 @@ This is `gptkit serve` as a library call: the CLI parses its flags into a `Serve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ DRAIN_SECONDS = 60.0  # at shutdown, how long running requests may take to finis
 @dataclass(frozen=True)
 class ServeConfig:
     """What `gptkit serve` runs. models: hub names or folders (none: the quickstart's model); names: the name each
-    is served under (default: as given); chat_template: Jinja text used by models that store none."""
+    is served under (default: as given); chat_template: Jinja text used by models that store none. data_dir: where
+    files, fine-tuning jobs and their models live (None: no Files or fine-tuning API); max_jobs: job workers
+    (0: none here); job_threads: each worker's CPU threads; max_loaded_models: fine-tuned models kept loaded."""
 
     models: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
@@ -34,6 +37,10 @@ class ServeConfig:
     chat_template: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = MAX_BODY_BYTES
+    data_dir: str | None = None
+    max_jobs: int = 1
+    job_threads: int | None = None
+    max_loaded_models: int = 2
 
     def served_names(self) -> dict[str, str]:
         """served name -> model path or hub name; the quickstart's model when no model is given."""
@@ -61,29 +68,52 @@ def serve(config: ServeConfig, *, say: Callable[[str], None] = print) -> None:
     import uvicorn
 
     from gptkit.server.app import create_app
+    from gptkit.server.fine_tuning import FineTuningConfig
     from gptkit.server.served import load_served
+    from gptkit.server.worker import Supervisor
 
     if not 1 <= config.port <= 65535:
         raise ConfigError(f"--port must be in 1..65535, got {config.port}")
     if config.max_batch_size < 1 or config.max_queue < 1:  # every request waits in the queue until it has rows
         sizes = f"{config.max_batch_size}, {config.max_queue}"
         raise ConfigError(f"--max-batch-size and --max-queue must be >= 1, got {sizes}")
+    if config.max_jobs < 0 or config.max_loaded_models < 1 or (config.job_threads or 1) < 1:
+        numbers = f"{config.max_jobs}, {config.max_loaded_models}, {config.job_threads}"
+        raise ConfigError(f"--max-jobs must be >= 0, --max-loaded-models and --job-threads >= 1; got {numbers}")
+    load = functools.partial(
+        load_served,
+        device=config.device,
+        dtype=getattr(torch, config.dtype),
+        max_batch_size=config.max_batch_size,
+        max_queue=config.max_queue,
+        chat_template=config.chat_template,
+    )
+    fine_tuning = None
+    if config.data_dir is not None:
+        data_dir = Path(config.data_dir).expanduser()
+        workers = (
+            Supervisor(data_dir, max_jobs=config.max_jobs, device=config.device, threads=config.job_threads)
+            if config.max_jobs
+            else None
+        )
+        fine_tuning = FineTuningConfig(
+            data_dir, load=load, max_loaded_models=config.max_loaded_models, supervisor=workers
+        )
     served = {}
     try:
         for name, source in config.served_names().items():
-            served[name] = load_served(
-                source,
-                device=config.device,
-                dtype=getattr(torch, config.dtype),
-                max_batch_size=config.max_batch_size,
-                max_queue=config.max_queue,
-                chat_template=config.chat_template,
-            )
+            served[name] = load(source)
             served[name].engine.start()
             say(f"serving {served[name].describe(name)} from {source}")
         app = create_app(
-            served, api_keys=config.api_keys, cors_origins=config.cors_origins, max_body_bytes=config.max_body_bytes
+            served,
+            api_keys=config.api_keys,
+            cors_origins=config.cors_origins,
+            max_body_bytes=config.max_body_bytes,
+            fine_tuning=fine_tuning,
         )
+        if fine_tuning is not None:
+            say(f"fine-tuning jobs and files in {fine_tuning.data_dir} (job workers: {config.max_jobs})")
         say(f"OpenAI-compatible API on http://{config.host}:{config.port}/v1 (Ctrl-C stops)")
         uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info")).run()
     finally:

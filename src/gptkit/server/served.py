@@ -32,6 +32,7 @@ class ServedModel:
     chat_template: str | None = None  # None: chat requests are refused
     created: int = field(default_factory=lambda: int(time.time()))
     owned_by: str = "gptkit"
+    source: str | None = None  # the folder it was loaded from (what a fine-tuning job of it trains); None: unknown
 
     @property
     def tokenizer(self) -> Any:
@@ -87,4 +88,4 @@ def load_served(
     assert isinstance(bundle.model, GPT)  # lm=True: the language model, never a task model
     engine = Engine(bundle.model, bundle.tokenizer, max_batch_size=max_batch_size, max_queue=max_queue)
     created = int(bundle.path.stat().st_mtime) if bundle.path.exists() else int(time.time())
-    return ServedModel(engine, bundle.chat_template or chat_template, created)
+    return ServedModel(engine, bundle.chat_template or chat_template, created, source=str(bundle.path))

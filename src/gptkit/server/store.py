@@ -34,6 +34,7 @@ __all__ = [
     "JobEvent",
     "JobRow",
     "NotFoundError",
+    "ConflictError",
     "Page",
     "RequestError",
     "Store",
@@ -65,6 +66,11 @@ class RequestError(GptkitError, ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class ConflictError(RequestError):
+    """A request the object's state forbids (cancelling a finished job, resuming one that is not paused): a 409,
+    which retrying cannot fix."""
 
 
 _ALPHABET = string.ascii_letters + string.digits
