@@ -28,7 +28,9 @@ def _check(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add data to the `gptkit` subcommands."""
     p = sub.add_parser("data", help="check fine-tuning data before training on it")
-    actions = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    actions = p.add_subparsers(
+        dest="data_command", metavar="ACTION", required=True, help="what to do with the data file (see below)"
+    )
     c = actions.add_parser(
         "check",
         help="count and measure fine-tuning data, find what would hurt training, and optionally fix it",

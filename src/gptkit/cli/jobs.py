@@ -164,7 +164,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune the models a `gptkit serve` serves, through its OpenAI-compatible fine-tuning API "
         "(the official openai package is the client; pip install 'gptkit[serve]').",
     )
-    jobs = p.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    jobs = p.add_subparsers(
+        dest="jobs_command", metavar="ACTION", required=True, help="what to do with fine-tuning jobs (see below)"
+    )
 
     c = jobs.add_parser("create", parents=[server], help="upload the data, then create a fine-tuning job")
     c.add_argument("--model", required=True, help="a model the server serves, or a fine-tuned one (ft:...)")

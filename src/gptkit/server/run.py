@@ -5,8 +5,10 @@ This is `gptkit serve` as a library call: the CLI parses its flags into a `Serve
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +117,27 @@ def serve(config: ServeConfig, *, say: Callable[[str], None] = print) -> None:
         if fine_tuning is not None:
             say(f"fine-tuning jobs and files in {fine_tuning.data_dir} (job workers: {config.max_jobs})")
         say(f"OpenAI-compatible API on http://{config.host}:{config.port}/v1 (Ctrl-C stops)")
-        uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info")).run()
+        with _logging_to_stderr():
+            # log_config=None: uvicorn's own dictConfig would shut down every logging handler in the process
+            uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_config=None)).run()
     finally:
         for model in served.values():
             model.engine.close(drain=True, timeout=DRAIN_SECONDS)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr() -> Iterator[None]:
+    """uvicorn's and gptkit's log records at INFO and above on stderr while serving; the handler leaves after."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "gptkit")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
