@@ -198,7 +198,7 @@ def step_metrics_csv(events: Sequence[JobEvent]) -> bytes:
 
 
 def trained_tokens(events: Sequence[JobEvent]) -> int:
-    """Targets trained on (completion tokens), each step counted once."""
+    """Tokens trained on (prompts and completions, no padding), each step counted once."""
     return sum({e.data["step"]: e.data.get("tokens", 0) for e in events if e.type == "metrics" and e.data}.values())
 
 
@@ -222,7 +222,7 @@ class JobRun:
         self.losses: dict[int, float] = {}
         self.valid: dict[int, float] = {}
         self.start = (0, 0.0)  # (step, time) this attempt started from
-        self.tokens = 0  # StepEvent.tokens so far (it counts from this attempt's start)
+        self.tokens = 0  # StepEvent.tokens so far (they count from the run's start, resumes included)
 
     def run(self) -> JobRow:
         try:
@@ -293,6 +293,7 @@ class JobRun:
     def on_event(self, event: Event) -> None:
         if isinstance(event, StartEvent):
             self.start = (event.step, time.monotonic())
+            self.tokens = event.tokens  # a resumed attempt's StepEvent.tokens continue from the checkpoint's
         elif isinstance(event, StepEvent):
             self._flush()
             self.losses[event.step] = event.loss

@@ -32,6 +32,7 @@ class StartEvent:
     run_dir: Path
     step: int  # the step training starts from: 0, or the resumed checkpoint's
     max_steps: int
+    tokens: int = 0  # tokens trained on before this call (a resumed checkpoint's), where StepEvent.tokens starts
 
 
 @dataclass(frozen=True)

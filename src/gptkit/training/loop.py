@@ -201,7 +201,7 @@ def _fit(
     saver = _Checkpoints(config, objective, optimizer, info, run_dir, emit, best_val)
     saver.saved_step = step if resume_from is not None else -1
 
-    emit(StartEvent(run_dir, step, config.max_steps))
+    emit(StartEvent(run_dir, step, config.max_steps, tokens_before))
     start, loss_value, val_loss, metrics = time.perf_counter(), math.nan, None, {}
     tokens_done, stopped = 0, False  # in this call; a resumed run's records add what came before
     while step < config.max_steps:
