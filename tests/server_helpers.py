@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ from gptkit.models.gpt import GPT
 from gptkit.text.tokenizer import Tokenizer
 
 KEY = "sk-test-key"
+SRC = Path(__file__).resolve().parents[1] / "src"
 T = TypeVar("T")
 
 
@@ -32,6 +34,24 @@ def tiny_model_dir(path: Path) -> Path:
     model = GPT(GPTConfig.from_name("gpt2-tiny", initializer_range=0.2)).eval()
     model.save_pretrained(path, tokenizer=Tokenizer.from_pretrained("gpt2"))
     return path
+
+
+def small_model_dir(path: Path) -> Path:
+    """A seeded random GPT-2 of one narrow layer with GPT-2's tokenizer: quick to fine-tune through a real job."""
+    torch.manual_seed(0)
+    config = GPTConfig.from_name("gpt2-tiny", n_embd=32, n_layer=1, n_head=2, initializer_range=0.2)
+    GPT(config).save_pretrained(path, tokenizer=Tokenizer.from_pretrained("gpt2"))
+    return path
+
+
+def job_supervisor(data_dir: Path) -> Any:
+    """Job workers for `data_dir` as real processes running this checkout's gptkit, on one thread each, quick to
+    notice new jobs."""
+    from gptkit.server.worker import Supervisor
+
+    pythonpath = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    return Supervisor(data_dir, device="cpu", threads=1, poll=0.05, restart_delay=0.05, env=env)
 
 
 @contextlib.contextmanager

@@ -107,6 +107,19 @@ def test_temperature_zero_is_greedy_and_params_are_validated() -> None:
             SamplingParams(**bad)
 
 
+def test_a_vanishing_temperature_or_penalty_gives_the_argmax_instead_of_nan() -> None:
+    logits = torch.tensor([[40.0, 41.0, -3.0, 39.5], [2.0, -7.0, 1.0, 0.0]])  # fp32 overflows at 41 / 1e-40
+    for temperature in (1e-40, 1e-300, 5e-324):
+        params = RowParams.of([SamplingParams(temperature=temperature)] * 2, 4, torch.device("cpu"))
+        probs = warp(logits, params).softmax(dim=-1)
+        assert torch.equal(probs, torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+        assert choose(logits, SamplingParams(temperature=temperature, seed=0), [None, None]).tolist() == [1, 0]
+    seen = torch.tensor([[False, True, False, False], [True, True, True, True]])
+    for penalty in (1e-40, 2.2e-311):  # positive logits of seen tokens grow by 1/penalty, finitely
+        penalised = apply_repetition_penalty(logits, seen, torch.tensor([[penalty], [penalty]], dtype=torch.float64))
+        assert torch.isfinite(penalised).all() and penalised.argmax(-1).tolist() == [1, 0]
+
+
 def test_per_row_params_give_each_row_exactly_what_its_params_give_alone() -> None:
     torch.manual_seed(0)
     logits = torch.randn(5, 300) * 3

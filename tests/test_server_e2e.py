@@ -6,7 +6,6 @@ equal those of `finetune` run directly on the same data, settings and seed)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +16,6 @@ import torch
 
 from gptkit.generation.generate import generate
 from gptkit.generation.params import SamplingParams
-from gptkit.models.config import GPTConfig
-from gptkit.models.gpt import GPT
 from gptkit.server.app import create_app
 from gptkit.server.files import Files
 from gptkit.server.fine_tuning import FineTuningConfig
@@ -26,12 +23,10 @@ from gptkit.server.jobs import JobRequest, Jobs
 from gptkit.server.runner import auto_settings, training_configs
 from gptkit.server.served import load_served
 from gptkit.server.store import Store
-from gptkit.server.worker import Supervisor
 from gptkit.tasks.bundle import load
 from gptkit.tasks.finetune import finetune
 from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE, render_chat
-from gptkit.text.tokenizer import Tokenizer
-from server_helpers import KEY, openai, rows_free, serving, sync_client
+from server_helpers import KEY, job_supervisor, openai, rows_free, serving, small_model_dir, sync_client
 
 pytest_plugins = ["server_fixtures"]
 
@@ -114,20 +109,10 @@ def one_thread():
 def test_the_fine_tuning_loop_through_the_sdk_with_a_real_worker(tmp_path: Path, one_thread, capsys) -> None:
     from gptkit.cli import main
 
-    torch.manual_seed(0)
-    config = GPTConfig.from_name("gpt2-tiny", n_embd=32, n_layer=1, n_head=2, initializer_range=0.2)
-    base = tmp_path / "tiny"
-    GPT(config).save_pretrained(base, tokenizer=Tokenizer.from_pretrained("gpt2"))
+    base = small_model_dir(tmp_path / "tiny")
     served = load_served(base, chat_template=DEFAULT_CHAT_TEMPLATE)
     served.engine.start()
-    supervisor = Supervisor(
-        tmp_path / "data",
-        device="cpu",
-        threads=1,
-        poll=0.05,
-        restart_delay=0.05,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])},
-    )
+    supervisor = job_supervisor(tmp_path / "data")
     app = create_app(
         {"tiny": served}, api_keys=[KEY], fine_tuning=FineTuningConfig(tmp_path / "data", supervisor=supervisor)
     )

@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         job_threads=args.job_threads,
         max_loaded_models=args.max_loaded_models,
+        playground=args.playground,
     )
     serve(config)
     return 0
@@ -61,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Requests to one model are decoded together as they come (continuous batching). Without --model, "
             "serves the model `gptkit quickstart` trained here. With /v1/files and /v1/fine_tuning/jobs, clients "
             "fine-tune the served models (job workers run beside the server) and use the results as ft:... models. "
-            "Needs the serve extra: pip install 'gptkit[serve]'."
+            "A browser pointed at http://HOST:PORT/ gets the playground: complete, chat, tokenize and fine-tune "
+            "there. Needs the serve extra: pip install 'gptkit[serve]'."
         ),
     )
     p.add_argument(
@@ -135,5 +137,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=2,
         help="fine-tuned models kept loaded beside the base models; the least recently used is unloaded (default: 2)",
+    )
+    p.add_argument(
+        "--no-playground",
+        dest="playground",
+        action="store_false",
+        help="do not serve the playground web page at / (the API is unchanged)",
     )
     p.set_defaults(func=_serve)

@@ -27,6 +27,7 @@ from torch import Tensor
 from gptkit.generation.params import SamplingParams
 
 NEG_INF = float("-inf")
+MIN_DIVISOR = 1e-30  # the smallest a temperature or repetition penalty divides by: logits stay finite in fp32
 
 
 # -- per-row parameters -----------------------------------------------------------------------------
@@ -91,6 +92,15 @@ def _rounded(value: Param, like: Tensor) -> Param:
     return value.to(like.dtype) if isinstance(value, Tensor) else value
 
 
+def _divisor(value: Param, like: Tensor) -> Param:
+    """A positive temperature or penalty to divide `like` by, at least MIN_DIVISOR: a logit over a smaller one (or
+    over one that rounds to 0 in fp32) overflows to inf, whose softmax is nan; the distribution there is already
+    its argmax."""
+    if isinstance(value, Tensor):
+        return value.clamp(min=MIN_DIVISOR).to(like.dtype)
+    return max(value, MIN_DIVISOR)
+
+
 # -- processors that depend on the sequence so far -------------------------------------------------
 
 
@@ -109,7 +119,7 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Param) -> Te
     """seen: (B, V) bool, tokens present in each row's prompt or output."""
     if not isinstance(penalty, Tensor) and penalty == 1.0:
         return logits
-    penalty = _rounded(penalty, logits)
+    penalty = _divisor(penalty, logits)
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, penalised, logits)
 
@@ -164,10 +174,10 @@ def process(
 
 
 def apply_temperature(logits: Tensor, temperature: Param) -> Tensor:
-    """Divide by the temperature; 0 (greedy) and 1 leave the logits alone."""
+    """Divide by the temperature (at least MIN_DIVISOR); 0 (greedy) and 1 leave the logits alone."""
     if not isinstance(temperature, Tensor):
-        return logits if temperature in (0.0, 1.0) else logits / temperature
-    return logits / torch.where(temperature == 0, 1.0, temperature).to(logits.dtype)
+        return logits if temperature in (0.0, 1.0) else logits / _divisor(temperature, logits)
+    return logits / _divisor(torch.where(temperature == 0, 1.0, temperature), logits)
 
 
 def apply_top_k(logits: Tensor, k: int | Tensor) -> Tensor:

@@ -16,6 +16,9 @@ maps fine-tuned model ids to the folders to serve. Above them, `fine_tuning` is 
 /v1/fine_tuning/jobs, and `pool` the models a server answers with: its base models and the fine-tuned ones,
 loaded on first use and unloaded least recently used first.
 
+`playground/` is the web page `app` serves at `/` (plain HTML, CSS and JavaScript, no build step, no network
+beyond this server): it does everything through the same /v1 API a client uses.
+
 May import `gptkit.tasks`, `gptkit.training`, `gptkit.generation`, `gptkit.models`, `gptkit.text` and the
 ground floor.
 """

@@ -21,12 +21,14 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -41,8 +43,23 @@ from gptkit.server.fine_tuning import FineTuning, FineTuningConfig, ModelDeleted
 from gptkit.server.fine_tuning import routes as fine_tuning_routes
 from gptkit.server.metrics import Metrics
 from gptkit.server.pool import ModelPool
-from gptkit.server.protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from gptkit.server.responses import ChatCompletion, Completion, CreateEmbeddingResponse, ErrorResponse, Model, ModelList
+from gptkit.server.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    about,
+)
+from gptkit.server.responses import (
+    ChatCompletion,
+    Completion,
+    CreateEmbeddingResponse,
+    ErrorResponse,
+    Model,
+    ModelList,
+    Tokenized,
+)
 from gptkit.server.served import ServedModel, load_served
 from gptkit.server.store import NotFoundError, RequestError
 
@@ -52,6 +69,12 @@ RETRY_AFTER_SECONDS = 1
 _ERROR = {"model": ErrorResponse, "description": "OpenAI's error object"}
 _ERRORS: dict[int | str, dict[str, Any]] = {status: _ERROR for status in (400, 401, 404, 413, 429, 503)}
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and form fields an upload may add to a file at the size limit
+PLAYGROUND = Path(__file__).with_name("playground")  # the web page at /: static files, no build step
+# the page may load only its own files and talk only to this server: no CDN, no inline code
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def create_app(
@@ -61,12 +84,14 @@ def create_app(
     cors_origins: Sequence[str] = (),
     max_body_bytes: int = MAX_BODY_BYTES,
     fine_tuning: FineTuningConfig | None = None,
+    playground: bool = True,
 ) -> FastAPI:
     """The API over `models` (served name -> model; a bare Engine is served without a chat template).
 
     Engines are started and closed by the caller (those of fine-tuned models by the app); each engine's observer
     is set to the app's metrics. api_keys: accepted Bearer keys for /v1 (none: no key needed). cors_origins:
     allowed browser origins. fine_tuning: the Files and fine-tuning jobs API and serving of fine-tuned models.
+    playground: the web page at / (gptkit.server.playground), which uses only this API.
     """
     served = {name: m if isinstance(m, ServedModel) else ServedModel(m) for name, m in models.items()}
     metrics = Metrics()
@@ -123,6 +148,13 @@ def create_app(
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         return await until_disconnected(request, handlers.embeddings(await lookup(body.model), body.model, body))
 
+    @app.post("/v1/tokenize", response_model=Tokenized, responses=_ERRORS)
+    async def tokenize(body: TokenizeRequest) -> Tokenized:
+        """gptkit's own: how the model's tokenizer splits a prompt (the playground's Tokenize page)."""
+        served_model = await lookup(body.model)
+        with about("prompt"):
+            return await run_in_threadpool(handlers.tokenize, served_model, body.model, body)
+
     if service is not None:
         app.include_router(fine_tuning_routes(service, pool))
 
@@ -136,6 +168,15 @@ def create_app(
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.text(), media_type=metrics.content_type)
+
+    if playground:
+        policy = {"content-security-policy": PAGE_POLICY, "cache-control": "no-cache"}
+
+        @app.get("/", include_in_schema=False)
+        async def page() -> Response:
+            return FileResponse(PLAYGROUND / "index.html", headers=policy)
+
+        app.mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")
 
     app.add_exception_handler(APIError, _on_api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from gptkit.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    TokenizeRequest,
     about,
     input_list,
     invalid,
@@ -40,6 +41,8 @@ from gptkit.server.responses import (
     Folded,
     Piece,
     Token,
+    Tokenized,
+    TokenizedPiece,
     Usage,
     chat_logprobs,
     completion_logprobs,
@@ -335,3 +338,14 @@ async def embeddings(served: ServedModel, name: str, request: EmbeddingRequest) 
         model=name,
         usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
     )
+
+
+# -- tokenize ---------------------------------------------------------------------------------------
+
+
+def tokenize(served: ServedModel, name: str, request: TokenizeRequest) -> Tokenized:
+    """The prompt's ids as a completions request counts them, each with its bytes and text."""
+    vocabulary = Vocabulary(served.tokenizer)
+    ids = encode(served, request.prompt)
+    pieces = [TokenizedPiece(id=i, text=vocabulary.text(raw := vocabulary.raw(i)), bytes=list(raw)) for i in ids]
+    return Tokenized(model=name, count=len(ids), max_model_len=served.engine.n_positions, tokens=pieces)

@@ -250,6 +250,12 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
+class TokenizeRequest(_Request):
+    """gptkit's own: how the model's tokenizer splits `prompt` (vLLM's /tokenize takes the same two fields)."""
+
+    prompt: str = Field(max_length=1 << 20)
+
+
 def input_list(value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str | list[int]]:
     """One prompt or input, or many, as a list; empty ones are refused naming the field."""
     one = isinstance(value, str) or (bool(value) and isinstance(value[0], int))

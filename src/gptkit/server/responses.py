@@ -151,6 +151,22 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
+class TokenizedPiece(BaseModel):
+    id: int
+    text: str  # as logprobs write a token: "bytes:\\xe2\\x80" where it holds part of a character
+    bytes: list[int]
+
+
+class Tokenized(BaseModel):
+    """gptkit's /v1/tokenize answer: the ids a completions request with this prompt would count."""
+
+    object: Literal["tokenize"] = "tokenize"
+    model: str
+    count: int
+    max_model_len: int
+    tokens: list[TokenizedPiece]
+
+
 class ErrorObject(BaseModel):
     message: str
     type: str

@@ -25,7 +25,8 @@ class ServeConfig:
     """What `gptkit serve` runs. models: hub names or folders (none: the quickstart's model); names: the name each
     is served under (default: as given); chat_template: Jinja text used by models that store none. data_dir: where
     files, fine-tuning jobs and their models live (None: no Files or fine-tuning API); max_jobs: job workers
-    (0: none here); job_threads: each worker's CPU threads; max_loaded_models: fine-tuned models kept loaded."""
+    (0: none here); job_threads: each worker's CPU threads; max_loaded_models: fine-tuned models kept loaded;
+    playground: the web page at /."""
 
     models: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
@@ -43,6 +44,7 @@ class ServeConfig:
     max_jobs: int = 1
     job_threads: int | None = None
     max_loaded_models: int = 2
+    playground: bool = True
 
     def served_names(self) -> dict[str, str]:
         """served name -> model path or hub name; the quickstart's model when no model is given."""
@@ -113,10 +115,13 @@ def serve(config: ServeConfig, *, say: Callable[[str], None] = print) -> None:
             cors_origins=config.cors_origins,
             max_body_bytes=config.max_body_bytes,
             fine_tuning=fine_tuning,
+            playground=config.playground,
         )
         if fine_tuning is not None:
             say(f"fine-tuning jobs and files in {fine_tuning.data_dir} (job workers: {config.max_jobs})")
-        say(f"OpenAI-compatible API on http://{config.host}:{config.port}/v1 (Ctrl-C stops)")
+        root = f"http://{config.host}:{config.port}"
+        page = f", the playground on {root}/" if config.playground else ""
+        say(f"OpenAI-compatible API on {root}/v1{page} (Ctrl-C stops)")
         with _logging_to_stderr():
             # log_config=None: uvicorn's own dictConfig would shut down every logging handler in the process
             uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_config=None)).run()
