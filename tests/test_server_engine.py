@@ -136,13 +136,37 @@ def test_close_lets_running_requests_finish_and_refuses_new_ones(model, tok) -> 
         engine.submit(ids, params, sink)
 
 
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model, tok, monkeypatch) -> None:
+    engine = Engine(model, tok, max_batch_size=2)
+    step = engine.state.step
+    calls = []
+
+    def fails_once() -> list[TokenEvent]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("probability tensor contains nan")
+        return step()
+
+    monkeypatch.setattr(engine.state, "step", fails_once)
+    engine.start()
+    try:
+        with pytest.raises(RuntimeError, match="contains nan"):
+            list(engine.stream([1, 2], BASE))
+        assert engine.healthy
+        assert engine.call(lambda: len(engine.state.free_rows)).result() == 2  # its rows were released
+        after = list(engine.stream([1, 2], BASE.replace(temperature=0)))
+    finally:
+        engine.close(timeout=30)
+    _assert_alone(model, tok, [1, 2], BASE.replace(temperature=0), 1, after)
+
+
 def test_a_dead_loop_fails_every_request_and_reports_unhealthy(model, tok, monkeypatch) -> None:
     engine = Engine(model, tok, max_batch_size=2)
 
-    def broken_step() -> list[TokenEvent]:
+    def broken_admit() -> None:
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(engine.state, "step", broken_step)
+    monkeypatch.setattr(engine, "_admit", broken_admit)
     failed = threading.Event()
     items: list[object] = []
 

@@ -326,7 +326,7 @@ class Engine:
                     self._fail_running(EngineClosedError("the server is shutting down"))
                 self._admit()
                 if self.state.running:
-                    self._deliver(self.state.step())
+                    self._step()
                 else:  # idle: the batch gauges read empty, not the last step's
                     self.observer.on_step(0, self.max_batch_size)
         except BaseException as exc:  # the loop is dead: every request gets the error, /health says so
@@ -335,6 +335,17 @@ class Engine:
             log.exception("the engine loop stopped")
             self._fail_waiting(exc)
             self._fail_running(exc)
+
+    def _step(self) -> None:
+        """One decode step for every running row. A step that raises fails the requests in it (their rows are
+        released and the state is clean again), and the engine goes on serving the next ones."""
+        try:
+            events = self.state.step()
+        except Exception as exc:
+            log.exception("a decode step failed; its %d requests get the error", len(self._running))
+            self._fail_running(exc)
+            return
+        self._deliver(events)
 
     def _take_inbox(self, *, block: bool) -> tuple[list[_Call], bool | None]:
         """Move new work out of the inbox (waiting for some when idle): the calls to run, and the drain flag
