@@ -961,6 +961,7 @@ function start() {
   openTab(location.hash.slice(1) || saved("tab", "complete"));
   checkHealth();
   loadModels().then(() => {
+    performance.mark("usable"); // the prompt box and its model list are ready (benchmarks/bench_playground.py)
     if (!$("page-tokenize").hidden) tokenizeSoon();
   });
   document.body.dataset.ready = "true";
