@@ -436,3 +436,33 @@ def test_fine_tune_upload_train_watch_and_chat_with_the_result(visit: Visit, sit
     tiny = site.client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
     assert want.choices[0].message.content != tiny.choices[0].message.content  # the job changed the model
     visit.shoot("chat-finetuned")
+
+
+def test_fine_tune_cancel_and_delete_from_the_lists(visit: Visit, site: Site, tmp_path: Path) -> None:
+    page = visit.page
+    page.on("dialog", lambda dialog: dialog.accept())  # "Delete ...?"
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i} ", "completion": f" {i + 1}"}) + "\n" for i in range(40)))
+    file = site.client.files.create(file=("long.jsonl", data.read_bytes()), purpose="fine-tune")
+    visit.tab("finetune")
+    page.wait_for_selector(f"#files-table code:has-text('{file.id}')")
+    page.select_option("#job-training", file.id)
+    page.fill("#job-epochs", "50")  # 2,000 steps: far longer than the test
+    page.fill("#job-batch", "1")
+    page.click("#job-start")
+    page.wait_for_selector("#job-status.running", timeout=JOB_MS)
+    job_id = page.inner_text("#job-id")
+    page.click("#job-cancel")
+    page.wait_for_selector("#job-status.cancelled", timeout=JOB_MS)
+    assert site.client.fine_tuning.jobs.retrieve(job_id).status == "cancelled"
+    expect(page.locator("#job-cancel")).to_be_disabled()
+
+    row = page.locator("#files-table tbody tr", has_text=file.id)
+    row.get_by_role("button", name="Delete").click()
+    expect(row).to_have_count(0)
+    assert file.id not in [f.id for f in site.client.files.list().data]
+    tuned = [m.id for m in site.client.models.list().data if m.id.startswith("ft:")]
+    for model in tuned:  # the fine-tuned models of earlier tests, deleted from the Models list
+        page.locator("#models-table tbody tr", has_text=model).get_by_role("button", name="Delete").click()
+        expect(page.locator("#models-table tbody tr", has_text=model)).to_have_count(0)
+    assert [m.id for m in site.client.models.list().data] == ["tiny"]
