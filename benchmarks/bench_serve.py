@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_seconds, load_average, machine_info, source_state, wait_for_idle
+from machine import RunStart, cpu_seconds, wait_for_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -317,16 +317,16 @@ async def drive(
     on_done: Callable[[int], None] | None = None,
 ) -> tuple[list[Record], float]:
     """`clients` concurrent clients send `requests` requests in all, each its next as soon as one ends."""
-    import httpx
+    import httpx2  # the openai package's HTTP client since openai 3
     from openai import AsyncOpenAI
 
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    limits = httpx2.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     client = AsyncOpenAI(
         base_url=base_url,
         api_key="bench",
         max_retries=0,
-        timeout=httpx.Timeout(1800.0),
-        http_client=httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(1800.0)),
+        timeout=httpx2.Timeout(1800.0),
+        http_client=httpx2.AsyncClient(limits=limits, timeout=httpx2.Timeout(1800.0)),
     )
     pending = iter(range(requests))
     records: list[Record] = []
@@ -653,7 +653,7 @@ def main() -> None:
             parser.error(f"unknown server(s) {unknown}; known: {', '.join(specs)}")
         if args.skip_peer:
             names = [n for n in names if not n.startswith("transformers")]
-        t_start, load_start, source_start = time.perf_counter(), load_average(), source_state()
+        start = RunStart()
         make_model(model_dir, args.model_size)
         hf_cache = Path(tmp) / "hf-cache"
         hf_cache.mkdir()
@@ -675,12 +675,6 @@ def main() -> None:
     same_text = agreement(results, "transformers")
     for r in results.values():
         r.pop("_texts", None)
-    import openai
-    import torch
-    import transformers
-
-    import gptkit
-
     report = {
         "benchmark": "serve",
         "model": f"gpt2 {args.model_size}, random weights (seed {SEED}), float32, CPU",
@@ -698,17 +692,7 @@ def main() -> None:
         "ratios": ratios,
         "greedy_text_same_as_transformers": same_text,
         "targets": targets,
-        "env": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "openai": openai.__version__,
-            "gptkit": gptkit.__version__,
-            "gptkit_source_start": source_start,
-            "gptkit_source_end": source_state(),
-            "python": sys.version.split()[0],
-        },
-        "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": load_average()},
-        "total_seconds": round(time.perf_counter() - t_start, 1),
+        **start.closing("torch", "transformers", "openai", "gptkit"),
     }
     print(json.dumps(report, indent=2))
 

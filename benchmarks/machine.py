@@ -1,16 +1,20 @@
 """What every benchmark records about the machine and its own processes; imported by each bench_*.py.
 
 `machine_info()` goes into each JSON report: CPUs, the load averages, and the memory bandwidth measured right
-then (a large tensor copy), so a figure taken on a busy or slow machine says so. The rest is what the
-benchmarks' worker processes share: peak-RSS readings, CPU time, waiting for idle CPUs, the source measured.
+then (a large tensor copy), so a figure taken on a busy or slow machine says so; `RunStart` adds to it the load
+averages and the source measured at both ends of a run. The rest is what the benchmarks' worker processes share:
+peak-RSS readings, CPU time, waiting for idle CPUs.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import resource
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,30 @@ def source_state() -> dict[str, Any]:
 
     dirty = git("diff", "--name-only", "HEAD", "--", "src") + git("ls-files", "--others", "--exclude-standard", "src")
     return {"git_head": next(iter(git("rev-parse", "--short", "HEAD")), None), "uncommitted_src": dirty}
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run's start, made when it starts: the clock, the load averages and the source measured."""
+
+    clock: float = field(default_factory=time.perf_counter)
+    load: list[float] = field(default_factory=load_average)
+    source: dict[str, Any] = field(default_factory=source_state)
+
+    def closing(self, *packages: str) -> dict[str, Any]:
+        """The last blocks of a report, at the run's end: `env` (the `__version__` of each package, the source at
+        start and end, Python), `machine` (with the load averages at start and end) and `total_seconds`."""
+        versions = {name: importlib.import_module(name).__version__ for name in packages}
+        return {
+            "env": {
+                **versions,
+                "gptkit_source_start": self.source,
+                "gptkit_source_end": source_state(),
+                "python": sys.version.split()[0],
+            },
+            "machine": {**machine_info(), "load_average_start": self.load, "load_average_end": load_average()},
+            "total_seconds": round(time.perf_counter() - self.clock, 1),
+        }
 
 
 # -- inside a worker process -----------------------------------------------------------------------

@@ -228,7 +228,7 @@ def test_cancel_pause_resume_transitions_and_409s_that_say_not_to_retry(api) -> 
 def test_every_route_asks_for_the_key(api) -> None:
     paths = api.openapi()["paths"]
     routes = [(method.upper(), path) for path in paths if path.startswith("/v1") for method in paths[path]]
-    assert len(routes) == 19  # models 3, completions, chat, embeddings, files 5, jobs 8
+    assert len(routes) == 20  # models 3, completions, chat, embeddings, tokenize, files 5, jobs 8
     for method, path in routes:
         url = path.replace("{model}", "ft:x").replace("{file_id}", "file-x").replace("{job_id}", "ftjob-x")
         for headers in ({}, {"authorization": "Bearer wrong"}):
@@ -311,3 +311,33 @@ def test_requests_that_arrive_together_load_a_model_once(tiny, tiny_dir, tmp_pat
     assert run(app, go, key=None) == [name] * 4 and len(loads) == 2
     app.state.pool.close(timeout=30)
     app.state.fine_tuning.store.close()
+
+
+def test_a_fine_tuned_model_whose_folder_is_gone_or_damaged_is_a_503_naming_it(api, tiny_dir) -> None:
+    """A folder deleted or truncated by hand is OpenAI's error object naming the model, the folder and the fault,
+    not a bare 500; the pool stays usable: other models answer, and the model loads once its folder is back."""
+    gone, damaged, good = (succeeded_job(api, tiny_dir, suffix) for suffix in ("gone", "damaged", "good"))
+    registry, pool = api.state.fine_tuning.registry, api.state.pool
+    shutil.rmtree(registry.get(gone).path)
+    weights = registry.get(damaged).path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    async def ask(client: Any, model: str, stream: bool = False) -> Any:
+        return await client.completions.create(model=model, prompt="Hi", max_tokens=3, temperature=0, stream=stream)
+
+    async def go(client: Any) -> None:
+        for model, fault, stream in ((gone, "does not exist", False), (damaged, "model.safetensors", True)):
+            with pytest.raises(openai.InternalServerError) as info:
+                await ask(client, model, stream)
+            error, folder = info.value.body, registry.get(model).path
+            assert (info.value.status_code, error["code"], error["param"]) == (503, "model_unavailable", "model")
+            assert model in error["message"] and str(folder) in error["message"] and fault in error["message"]
+            assert info.value.response.headers["x-should-retry"] == "false"  # a retry cannot mend a folder
+        assert pool.loaded == []
+        assert (await ask(client, "tiny")).choices[0].text == (await ask(client, good)).choices[0].text
+        assert {m.id for m in (await client.models.list()).data} == {"tiny", gone, damaged, good}
+        shutil.copy(tiny_dir / "model.safetensors", weights)  # mended: it loads
+        assert (await ask(client, damaged)).model == damaged and pool.loaded == [damaged]
+        assert (await client.models.delete(gone)).deleted
+
+    run(api, go)

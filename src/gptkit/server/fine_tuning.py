@@ -4,8 +4,9 @@
 cancel, pause, resume, events, checkpoints), as OpenAI's API has them, field for field; gptkit's `lora` and
 `max_length` are accepted as extra fields of a job. Every call into the store blocks (SQLite, the disk), so each
 runs in a worker thread, never on the event loop. The library's refusals become OpenAI's error objects
-(`api_error`): no such object 404, a bad parameter 400 naming it, a state that forbids the request 409 (with
-`x-should-retry: false`, so that the SDK does not retry it).
+(`api_error`): no such object 404, a bad parameter 400 naming it, a state that forbids the request 409, a
+fine-tuned model whose folder is gone or damaged 503 (the last two with `x-should-retry: false`, so that the SDK
+does not retry what retrying cannot fix).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gptkit.server.files import MAX_BYTES, Files
 from gptkit.server.jobs import DEFAULT_ORGANIZATION, JobRequest, Jobs
 from gptkit.server.pool import ModelPool
 from gptkit.server.protocol import APIError, invalid
-from gptkit.server.registry import ModelRegistry
+from gptkit.server.registry import ModelRegistry, ModelUnavailableError
 from gptkit.server.responses import ErrorResponse
 from gptkit.server.served import ServedModel, load_served
 from gptkit.server.store import ConflictError, NotFoundError, RequestError, Store
@@ -74,6 +75,9 @@ def api_error(exc: BaseException) -> APIError | None:
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, DataError):  # an upload that is not what its purpose needs
         return APIError(400, str(exc), param="file")
+    if isinstance(exc, ModelUnavailableError):  # not the client's fault, and not fixed by asking again
+        headers = {"x-should-retry": "false"}
+        return APIError(503, str(exc), param="model", code="model_unavailable", type="server_error", headers=headers)
     return None
 
 

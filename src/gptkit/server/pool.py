@@ -3,7 +3,9 @@
 A fine-tuned model (a job's `ft:...`, a checkpoint's `...:ckpt-step-N` or `ftckpt_...`) is found in the registry
 and loaded (`served.load_served`, i.e. gptkit.tasks.bundle.load, with the chat template stored in its folder) into an
 engine of its own the first time a request names it. Beyond `max_loaded` fine-tuned models the least recently used
-is unloaded: its engine finishes the requests it has, then stops. A deleted model is unloaded at once.
+is unloaded: its engine finishes the requests it has, then stops. A deleted model is unloaded at once. One whose
+folder is gone or does not load raises ModelUnavailableError and leaves the pool as it was, so that other models
+keep answering and the model loads once its folder is restored.
 
 Finding and loading block (the store, the disk): `get`, `delete` and `close` are for a worker thread; `cached`,
 which answers only from memory, is for the event loop.
@@ -11,18 +13,21 @@ which answers only from memory, is for the event loop.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from gptkit.server.registry import ModelRegistry
+from gptkit.errors import GptkitError
+from gptkit.server.registry import FineTunedModel, ModelRegistry, ModelUnavailableError
 from gptkit.server.responses import Model
 from gptkit.server.served import ServedModel, load_served
 from gptkit.server.store import NotFoundError, RequestError
 
 __all__ = ["DRAIN_SECONDS", "ModelPool"]
 
+log = logging.getLogger("gptkit.server")
 DRAIN_SECONDS = 60.0  # how long an unloaded model's engine may take to finish the requests it has
 
 
@@ -76,7 +81,8 @@ class ModelPool:
             return model
 
     def get(self, name: str) -> ServedModel:
-        """The model named `name`, loading a fine-tuned one first if needed. NotFoundError: no such model."""
+        """The model named `name`, loading a fine-tuned one first if needed. NotFoundError: no such model;
+        ModelUnavailableError: a fine-tuned model whose folder is gone or does not load."""
         if (model := self.cached(name)) is not None:
             return model
         registry = self._registry_of(name)
@@ -84,7 +90,7 @@ class ModelPool:
             if (model := self.cached(name)) is not None:  # loaded by a request that came just before
                 return model
             found = registry.get(name)
-            model = self._load(found.path)
+            model = self._load_fine_tuned(found)
             model.created, model.owned_by, model.source = found.created, found.owned_by, str(found.path)
             if self._on_load is not None:
                 self._on_load(name, model)
@@ -96,9 +102,23 @@ class ModelPool:
             _close_later(old)
         return model
 
+    def _load_fine_tuned(self, found: FineTunedModel) -> ServedModel:
+        """`load` on a fine-tuned model's folder, logged and raised as ModelUnavailableError when the folder is gone
+        or damaged (gptkit's errors naming the file, or the OS's); anything else is a bug and stays as it is."""
+        try:
+            return self._load(found.folder())
+        except ModelUnavailableError as exc:  # the folder is gone
+            log.warning("%s", exc)
+            raise
+        except (GptkitError, OSError) as exc:
+            error = ModelUnavailableError(found.id, found.path, str(exc))
+            log.warning("%s", error)
+            raise error from exc
+
     def folder(self, name: str) -> str | None:
         """The folder a model was loaded from (None: not known), or a fine-tuned model's, loaded or not: what a job
-        fine-tuning it trains. NotFoundError: no such model."""
+        fine-tuning it trains. NotFoundError: no such model; ModelUnavailableError: a fine-tuned one whose folder is
+        gone."""
         if name in self.base:
             return self.base[name].source
         return str(self._registry_of(name).path(name))

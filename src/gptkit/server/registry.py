@@ -4,6 +4,10 @@ A succeeded job's model (`ft:BASE:ORG:SUFFIX:ID`) is its run directory, whose ro
 its LoRA adapter, merged on loading, and task.json); a checkpoint's (`...:ckpt-step-N`, or its `ftckpt_` id)
 is its checkpoint directory, while the run keeps it. Base models are the server's own configuration, not
 this registry's, and cannot be deleted.
+
+A model whose row exists but whose folder was removed or damaged outside the API is still listed (and can be
+deleted), but cannot be served: loading it raises ModelUnavailableError, naming the model, the folder and what is
+wrong, which the HTTP layer reports as a 503 that retrying will not fix.
 """
 
 from __future__ import annotations
@@ -13,9 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gptkit.errors import GptkitError
 from gptkit.server.store import JobCheckpoint, JobRow, NotFoundError, RequestError, Store
 
-__all__ = ["FineTunedModel", "ModelRegistry"]
+__all__ = ["FineTunedModel", "ModelRegistry", "ModelUnavailableError"]
+
+
+class ModelUnavailableError(GptkitError):
+    """A fine-tuned model that exists, but whose folder is gone or does not load (deleted or damaged by hand)."""
+
+    def __init__(self, model_id: str, folder: Path, reason: str) -> None:
+        super().__init__(
+            f"the fine-tuned model {model_id!r} cannot be loaded from its folder {folder}: {reason}; restore the "
+            f"folder, or delete the model (DELETE /v1/models/{model_id})"
+        )
+        self.model_id, self.folder = model_id, folder
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,12 @@ class FineTunedModel:
     def to_openai(self) -> dict[str, Any]:
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
 
+    def folder(self) -> Path:
+        """The folder to load; ModelUnavailableError when it is not there."""
+        if not self.path.is_dir():
+            raise ModelUnavailableError(self.id, self.path, "the folder does not exist (deleted outside the API?)")
+        return self.path
+
 
 class ModelRegistry:
     """Fine-tuned models by id: `get` (NotFoundError for an unknown or deleted one), `list`, `delete`."""
@@ -42,17 +64,15 @@ class ModelRegistry:
         return model_id.startswith(("ft:", "ftckpt_"))
 
     def get(self, model_id: str) -> FineTunedModel:
-        """The model with this id; NotFoundError when there is none, it was deleted or its files are gone."""
+        """The model with this id (its folder need not exist); NotFoundError when there is none or it was deleted."""
         model = self._find(model_id)
         if model is None:
             raise NotFoundError(f"the model {model_id!r} does not exist")
-        if not model.path.is_dir():
-            raise NotFoundError(f"the model {model_id!r} has no files on this server any more")
         return model
 
     def path(self, model_id: str) -> Path:
-        """The folder to give `gptkit.tasks.bundle.load` for this model id."""
-        return self.get(model_id).path
+        """The folder to give `gptkit.tasks.bundle.load` for this model id; ModelUnavailableError when it is gone."""
+        return self.get(model_id).folder()
 
     def _find(self, model_id: str) -> FineTunedModel | None:
         job = self.store.find(JobRow, fine_tuned_model=model_id, model_deleted=False)
