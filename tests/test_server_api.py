@@ -17,9 +17,13 @@ from gptkit.generation.decode import score_tokens
 from gptkit.generation.embeddings import embed, embed_ids
 from gptkit.generation.generate import generate
 from gptkit.generation.params import SamplingParams
+from gptkit.models.config import GPTConfig
+from gptkit.models.gpt import GPT
 from gptkit.server.app import create_app
 from gptkit.server.engine import Engine
+from gptkit.server.served import ServedModel
 from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE, render_chat
+from gptkit.text.tokenizer import Tokenizer
 from server_helpers import KEY, openai, raw, run
 
 pytest_plugins = ["server_fixtures"]
@@ -447,3 +451,29 @@ def test_ids_a_padded_vocabulary_has_but_the_tokenizer_lacks_are_refused(oracle)
         assert engine.healthy
     finally:
         engine.close(drain=False)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "openai-gpt", "char"])
+def test_tokenize_splits_as_the_models_tokenizer_and_counts_as_completions(kind) -> None:
+    text = "Héllo, wörld! 😀 naïve <|endoftext|> end" if kind != "char" else "to be, or not to be"
+    tokenizer = (
+        Tokenizer.char_level("abcdefghijklmnopqrstuvwxyz ,.!", special_tokens=["<|endoftext|>"])
+        if kind == "char"
+        else Tokenizer.from_pretrained(kind)
+    )
+    torch.manual_seed(0)
+    config = GPTConfig.from_name("gpt2-tiny", vocab_size=len(tokenizer), n_positions=64)
+    served = ServedModel(Engine(GPT(config).eval(), tokenizer, max_batch_size=1))  # never started: no decoding
+    body = run(
+        create_app({"m": served}), lambda c: c.post("/tokenize", body={"model": "m", "prompt": text}, cast_to=object)
+    )
+    ids = tokenizer.encode(text, allowed_special="all")
+    assert [t["id"] for t in body["tokens"]] == ids and body["count"] == len(ids) and body["max_model_len"] == 64
+    if kind != "openai-gpt":  # GPT-1's decoder puts the spaces between words, which no single token holds
+        assert b"".join(bytes(t["bytes"]) for t in body["tokens"]) == tokenizer.decode_bytes(ids)
+    texts = [t["text"] for t in body["tokens"]]
+    assert all(t == tokenizer.decode([i]) or t.startswith("bytes:") for t, i in zip(texts, ids, strict=True))
+    with pytest.raises(openai.NotFoundError):
+        run(
+            create_app({"m": served}), lambda c: c.post("/tokenize", body={"model": "x", "prompt": "a"}, cast_to=object)
+        )
