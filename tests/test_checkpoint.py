@@ -190,3 +190,17 @@ def test_import_is_light_and_help_explains_itself() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     out = subprocess.run([sys.executable, "-m", "gptkit", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "convert" in out.stdout and "info" in out.stdout
+
+
+def test_an_unreachable_hub_is_one_line_naming_the_model(monkeypatch) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def unreachable(repo_id: str, **kwargs: object) -> str:
+        raise OSError("Got: ConnectError: [Errno -2] Name or service not known\nAn error happened while trying...")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(ModelNotFoundError) as caught:
+        GPT.from_pretrained("someone/some-model")
+    message = str(caught.value)
+    assert "'someone/some-model' is neither a local directory" in message and "Name or service not known" in message
+    assert "\n" not in message and "An error happened" not in message

@@ -101,9 +101,10 @@ def _download(repo_id: str) -> Path:
         try:
             return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
         except Exception:
+            why = (str(online_error).strip().splitlines() or [""])[0][:160]  # the hub's messages run to lines
             raise ModelNotFoundError(
                 f"{repo_id!r} is neither a local directory nor available from the Hugging Face hub "
-                f"({type(online_error).__name__}: {online_error}). Check the name, go online once to cache "
+                f"({type(online_error).__name__}: {why}). Check the name, go online once to cache "
                 f"it, or pass a checkpoint directory. Presets with hub weights: {', '.join(sorted(HUB_NAMES))}"
             ) from online_error
 
