@@ -60,6 +60,8 @@ TRAIN_HELP = {
     "sample_tokens": "tokens generated at each evaluation (0 = none)",
     "save_interval": "checkpoint every N steps (default: at each evaluation)",
     "keep_last": "checkpoints kept besides best/",
+    "report_to": "also send metrics.jsonl's records to tensorboard (RUN/tensorboard), wandb, both "
+    "(tensorboard,wandb) or none",
     "progress": "show a progress bar and a line per evaluation",
     "onednn": "CPU: fp32 Linear layers through oneDNN instead of MKL (environment default: GPTKIT_ONEDNN=0 = off)",
     "keep_freed_memory": "CPU: glibc keeps freed large blocks for the next step (environment default: "
@@ -125,7 +127,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
 def _quickstart(args: argparse.Namespace) -> int:
     from gptkit.training.quickstart import quickstart
 
-    result = quickstart(args.out_dir, max_steps=args.max_steps, overwrite=args.overwrite)
+    result = quickstart(args.out_dir, max_steps=args.max_steps, overwrite=args.overwrite, report_to=args.report_to)
     for i, sample in enumerate(result.samples):
         print(f"--- sample {i + 1} ---{sample}")
     print(
@@ -240,6 +242,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=QUICKSTART_DIR, help="run directory (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="shorter run for a quick look (default: 2000)")
     p.add_argument("--overwrite", action="store_true", help="out-dir holds an earlier run: remove it, start afresh")
+    p.add_argument("--report-to", default="none", help=TRAIN_HELP["report_to"] + " (default: %(default)s)")
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser(

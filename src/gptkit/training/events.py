@@ -2,8 +2,10 @@
 
 `fit` (and so `train` and `finetune`) calls `on_event` on the main process with, in order: one `StartEvent`,
 then per optimizer step a `StepEvent`, an `EvalEvent` after each evaluation and a `CheckpointEvent` after each
-checkpoint written, and finally one `DoneEvent` holding the `TrainResult` it returns. The CLI's progress bar,
-the server's job stream and benchmarks all listen to the same events.
+checkpoint written, and finally one `DoneEvent` holding the `TrainResult` it returns. Each record appended to
+metrics.jsonl is also a `MetricsEvent`, just before the step's or evaluation's own event. The CLI's progress
+bar, the server's job stream, the TensorBoard and W&B reporters (reporting.py) and benchmarks all listen to the
+same events.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class EvalEvent:
 
 
 @dataclass(frozen=True)
+class MetricsEvent:
+    record: dict[str, Any]  # exactly the record appended to metrics.jsonl; its "step" is the run's global step
+
+
+@dataclass(frozen=True)
 class CheckpointEvent:
     step: int
     path: Path  # checkpoints/step-N: a directory `init_from="resume"` continues from
@@ -65,6 +73,6 @@ class DoneEvent:
     result: TrainResult
 
 
-Event = StartEvent | StepEvent | EvalEvent | CheckpointEvent | DoneEvent
+Event = StartEvent | StepEvent | MetricsEvent | EvalEvent | CheckpointEvent | DoneEvent
 OnEvent = Callable[[Event], None]
 ShouldStop = Callable[[], bool]

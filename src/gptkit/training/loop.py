@@ -5,7 +5,8 @@ become a batch, the loss, the evaluation and how the model is saved. Language mo
 tasks (finetune.py) only build objectives; the loop does the rest: AdamW over the trainable parameters, the
 learning-rate schedule, gradient accumulation, clipping, mixed precision, DDP/FSDP, evaluation, atomic
 checkpoints with keep-last-k and best, resume, metrics and curves. It prints nothing: it reports typed events
-(events.py) to `on_event`, and stops cleanly at a step boundary when `should_stop()` says so.
+(events.py) to `on_event` and to the reporters TrainConfig.report_to names (reporting.py), and stops cleanly at
+a step boundary when `should_stop()` says so.
 
 Losses are weighted by their number of targets (tokens, examples), so accumulated micro-batches and ranks
 give the gradient of one big batch even when micro-batches hold different numbers of targets (instruction
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from gptkit.errors import ConfigError, GptkitError
 from gptkit.io import atomic_write_text
 from gptkit.models import kernels
-from gptkit.training import distributed
+from gptkit.training import distributed, reporting
 from gptkit.training.checkpoints import (
     TRAIN_CONFIG_FILE,
     latest_training_checkpoint,
@@ -45,6 +46,7 @@ from gptkit.training.events import (
     DoneEvent,
     EvalEvent,
     Event,
+    MetricsEvent,
     OnEvent,
     ShouldStop,
     StartEvent,
@@ -116,7 +118,8 @@ def fit(
     """Train the objective `build(config, device, resume_dir)` returns, as `config` says.
 
     resume_dir is the latest training checkpoint when config.init_from == "resume", else None. `on_event`
-    receives the run's events (events.py) on the main process. `should_stop()` is asked before each step; when
+    receives the run's events (events.py) on the main process, as do the reporters of config.report_to (they
+    are closed when the run ends). `should_stop()` is asked before each step; when
     it says True the run writes a checkpoint of its last completed step (unless it has one) and returns with
     `stopped` set, and `init_from="resume"` continues it exactly. `dist` is this process's place in a
     distributed run (default: what torchrun describes). Global state is the caller's: the run seeds and uses
@@ -131,8 +134,9 @@ def fit(
             flushing_denormals(cpu),
             kernels.keep_freed_memory(cpu and config.keep_freed_memory),  # no page faults on each step's tensors
             kernels.use_onednn(config.onednn),
+            reporting.reporters(config) as reporters,
         ):
-            return _fit(config, build, info, device, on_event, should_stop)
+            return _fit(config, build, info, device, reporting.fan_out(on_event, *reporters), should_stop)
     finally:
         distributed.teardown(info)
 
@@ -190,13 +194,14 @@ def _fit(
     scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
     autocast = torch.autocast(device.type, dtype=getattr(torch, config.dtype), enabled=config.dtype != "float32")
 
-    def log(record: dict[str, Any]) -> None:
-        if info.is_main:
-            append_metrics(run_dir, record)
-
     def emit(event: Event) -> None:
         if info.is_main and on_event is not None:
             on_event(event)
+
+    def log(record: dict[str, Any]) -> None:
+        if info.is_main:
+            append_metrics(run_dir, record)
+            emit(MetricsEvent(record))
 
     saver = _Checkpoints(config, objective, optimizer, info, run_dir, emit, best_val)
     saver.saved_step = step if resume_from is not None else -1
