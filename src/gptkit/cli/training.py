@@ -24,6 +24,7 @@ from gptkit.training.config import (  # no torch: fast `gptkit --help`
     fold_lora_keys,
     read_config_file,
 )
+from gptkit.training.events import TrainResult
 from gptkit.training.runlog import format_metrics
 
 TRAIN_HELP = {
@@ -60,6 +61,9 @@ TRAIN_HELP = {
     "sample_tokens": "tokens generated at each evaluation (0 = none)",
     "save_interval": "checkpoint every N steps (default: at each evaluation)",
     "keep_last": "checkpoints kept besides best/",
+    "best_metric": "evaluation metric whose best checkpoint becomes best/: val_loss (lower is better) or one the "
+    "run reports, e.g. accuracy, f1, exact_match (higher is better)",
+    "early_stopping_patience": "stop when this many evaluations in a row did not improve --best-metric (0 = never)",
     "report_to": "also send metrics.jsonl's records to tensorboard (RUN/tensorboard), wandb, both "
     "(tensorboard,wandb) or none",
     "progress": "show a progress bar and a line per evaluation",
@@ -171,9 +175,17 @@ def _train(args: argparse.Namespace) -> int:
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     print(
         f"trained to step {result.step}: train loss {result.train_loss:.4f}{val}, "
-        f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}"
+        f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}{best_note(result, config.best_metric)}"
     )
     return 0
+
+
+def best_note(result: TrainResult, metric: str) -> str:
+    """`; best/ is step 40 (f1 0.8125), stopped early`: the checkpoint --best-metric chose, and an early stop."""
+    if result.best is None:
+        return ""
+    early = ", stopped early" if result.early_stopped else ""
+    return f"; best/ is step {result.best_step} ({metric} {result.best:.4f}){early}"
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ RESUMABLE = frozenset(
         "progress",
         "onednn",
         "keep_freed_memory",
+        "early_stopping_patience",  # the count of evaluations without improvement is kept; more patience continues
         "report_to",
     }
 )
@@ -89,6 +90,8 @@ class TrainConfig:
     sample_prompt: str = "\n"
     save_interval: int | None = None  # None: at each evaluation
     keep_last: int = 2
+    best_metric: str = "val_loss"  # the evaluation metric whose best checkpoint is best/ (loss: lower; F1: higher)
+    early_stopping_patience: int = 0  # stop after this many evaluations in a row that did not improve it (0: never)
     report_to: str = "none"  # also send metrics.jsonl's records to tensorboard, wandb, or both (comma-separated)
     seed: int = 1337
     progress: bool = True  # the CLI draws a progress bar from the run's events (library calls print nothing)
@@ -125,6 +128,13 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"TrainConfig.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"TrainConfig.early_stopping_patience must be >= 0, got {self.early_stopping_patience!r}")
+        if self.early_stopping_patience > 0 and self.eval_interval <= 0:
+            raise ConfigError(
+                "--early-stopping-patience counts evaluations, and --eval-interval 0 evaluates only at the end; "
+                "give --eval-interval N"
+            )
         reporter_names(self.report_to)
 
     @property
