@@ -82,3 +82,27 @@ def randomized(gpt: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if name.endswith("bias") or ".ln_" in name:
                 param.add_(0.1 * torch.randn_like(param))
     return gpt.eval()
+
+
+# A small corpus prepared as character-level token shards, for training runs.
+CHAR_TEXT = (
+    "".join(
+        f"{w} the {c} sat on the {m}.\n"
+        for w in ("and", "then", "so", "but")
+        for c in ("cat", "dog", "bird")
+        for m in ("mat", "rug", "log", "hat")
+    )
+    * 12
+)
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gptkit.training.data import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("chardata")
+    (root / "corpus.txt").write_text(CHAR_TEXT)
+    prepare(
+        PrepareConfig(inputs=(str(root / "corpus.txt"),), out_dir=str(root / "data"), tokenizer="char"), progress=False
+    )
+    return root / "data"

@@ -168,9 +168,152 @@ def test_unknown_hub_name_while_offline_is_a_clear_error(tmp_path) -> None:
         "except gptkit.ModelNotFoundError as e:\n    print('ERR', e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert "ERR 'openai-community/gpt2' is neither a local directory nor available" in out.stdout, out.stderr
+    expected = "ERR 'openai-community/gpt2' is not in the local Hugging Face cache and the hub cannot be reached"
+    assert expected in out.stdout, out.stderr
+    assert "run `gptkit download gpt2` once online" in out.stdout
     with pytest.raises(ModelNotFoundError, match="not a hub repo id"):
         GPT.from_pretrained(str(tmp_path / "no" / "such" / "dir"))
+
+
+# -- gptkit download: the hub, faked by a snapshot_download that serves repos from folders -------------------
+
+
+class FakeHub:
+    """huggingface_hub.snapshot_download over repos held as {repo id: {path in the repo: bytes}}: files are chosen
+    by huggingface_hub's own pattern matching and written where the real one writes them."""
+
+    def __init__(self, root: Path, repos: dict[str, dict[str, bytes]]) -> None:
+        self.root, self.repos, self.calls = root, repos, []
+
+    def __call__(self, repo_id: str, **kwargs) -> str:
+        from huggingface_hub.utils import RepositoryNotFoundError, filter_repo_objects
+
+        self.calls.append({"repo_id": repo_id, **kwargs})
+        if repo_id not in self.repos:
+            response = type("Response", (), {"headers": {}, "request": None})()
+            raise RepositoryNotFoundError(f"404 Client Error: Repository Not Found for {repo_id}", response=response)
+        files = self.repos[repo_id]
+        chosen = filter_repo_objects(
+            files, allow_patterns=kwargs["allow_patterns"], ignore_patterns=kwargs["ignore_patterns"]
+        )
+        cache = Path(kwargs["cache_dir"] or self.root / "default-cache")
+        revision = kwargs["revision"] or "main"
+        folder = (
+            Path(kwargs["local_dir"])
+            if kwargs["local_dir"]
+            else cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / revision
+        )
+        for name in chosen:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(files[name])
+        return str(folder)
+
+
+NOT_READ = (
+    "flax_model.msgpack",
+    "tf_model.h5",
+    "rust_model.ot",
+    "64-8bits.tflite",
+    "README.md",
+    "onnx/model.safetensors",
+)
+
+
+def _hub_repo(tmp_path: Path, *, bin_weights: bool = False) -> tuple[dict[str, bytes], torch.nn.Module]:
+    """A tiny GPT-2 as a hub repo: what gptkit saves, a generation config and a chat template, other frameworks'
+    weights and a subfolder gptkit never reads; with bin_weights, PyTorch's pickle instead of safetensors."""
+    from safetensors.torch import load_file
+
+    from gptkit.text.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", initializer_range=0.1)).eval()
+    folder = tmp_path / "repo-source"
+    model.save_pretrained(folder, tokenizer=Tokenizer.from_pretrained("gpt2"))
+    if bin_weights:
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    files["generation_config.json"] = b'{"bos_token_id": 50256, "eos_token_id": 50256}'
+    files["chat_template.jinja"] = b"{% for m in messages %}{{ m.content }}{% endfor %}"
+    return files | {name: b"not for gptkit" for name in NOT_READ}, model
+
+
+def test_download_fetches_only_what_gptkit_reads_and_the_name_then_loads(tmp_path, monkeypatch, capsys) -> None:
+    import huggingface_hub
+
+    import gptkit
+
+    repo, model = _hub_repo(tmp_path)
+    hub = FakeHub(tmp_path, {"someone/tiny-gpt2": repo})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    cache = tmp_path / "cache"
+    assert cli(["download", "someone/tiny-gpt2", "--cache-dir", str(cache), "--revision", "v1"]) == 0
+    [call] = hub.calls
+    assert call["repo_id"] == "someone/tiny-gpt2" and call["revision"] == "v1" and call["cache_dir"] == str(cache)
+    assert call["local_dir"] is None and call["ignore_patterns"] == ["*/*"]  # subfolders: other frameworks' exports
+    folder = cache / "models--someone--tiny-gpt2" / "snapshots" / "v1"
+    wanted = sorted(name for name in repo if name not in NOT_READ)
+    assert sorted(p.name for p in folder.iterdir()) == wanted and "model.safetensors" in wanted
+    out = capsys.readouterr().out
+    assert f"someone/tiny-gpt2 at v1: a gpt2 model, {len(wanted)} files" in out and str(folder) in out
+    assert f"Works offline now: gptkit generate --model {folder}" in out  # a revision: its own folder
+    ids = torch.tensor([[15496, 11, 314, 1101]])
+    with torch.no_grad():
+        assert torch.equal(gptkit.load(folder).model(ids).logits, model(ids).logits)
+        # a name is resolved through the same download: the default cache, the main revision
+        assert torch.equal(gptkit.load("someone/tiny-gpt2").model(ids).logits, model(ids).logits)
+    assert hub.calls[-1]["revision"] is None and hub.calls[-1]["allow_patterns"] == call["allow_patterns"]
+    assert cli(["download", "someone/tiny-gpt2", "--cache-dir", str(cache)]) == 0
+    expected = f"HF_HUB_OFFLINE=1 HF_HUB_CACHE={cache} gptkit generate --model someone/tiny-gpt2"
+    assert expected in capsys.readouterr().out
+
+
+def test_download_takes_pytorch_bin_weights_only_where_a_repo_has_no_safetensors(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    import gptkit
+
+    repo, model = _hub_repo(tmp_path, bin_weights=True)
+    hub = FakeHub(tmp_path, {"someone/old-gpt2": repo})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    local = tmp_path / "here"
+    assert cli(["download", "someone/old-gpt2", "--local-dir", str(local)]) == 0
+    first, second = hub.calls
+    assert "*.safetensors" in first["allow_patterns"] and not any(".bin" in p for p in first["allow_patterns"])
+    assert "pytorch_model*.bin" in second["allow_patterns"] and second["local_dir"] == str(local)
+    assert sorted(p.name for p in local.iterdir()) == sorted(name for name in repo if name not in NOT_READ)
+    assert f"gptkit generate --model {local}" in capsys.readouterr().out
+    ids = torch.tensor([[15496, 11, 314, 1101]])
+    with torch.no_grad():
+        assert torch.equal(gptkit.load(local).model(ids).logits, model(ids).logits)
+
+
+def test_download_errors_are_one_line_and_say_what_to_do(tmp_path, monkeypatch, capsys) -> None:
+    import huggingface_hub
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    repo, _ = _hub_repo(tmp_path)
+    bert = {**repo, "config.json": b'{"model_type": "bert"}'}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeHub(tmp_path, {"someone/bert": bert}))
+
+    def errors(*argv: str) -> str:
+        assert cli(["download", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err
+
+    assert "'nobody/nothing': no such model on the Hugging Face hub" in errors("nobody/nothing")
+    assert "model_type 'bert' is not supported; gptkit loads 'gpt2' and 'openai-gpt'" in errors("someone/bert")
+
+    def offline(repo_id: str, **kwargs) -> str:
+        raise LocalEntryNotFoundError("Cannot find an appropriate cached snapshot folder ...\nPlease check ...")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    err = errors("gpt2")
+    assert "'openai-community/gpt2' is not in the local Hugging Face cache and the hub cannot be reached" in err
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    assert "needs huggingface_hub: pip install 'gptkit[hf]'" in errors("gpt2")
 
 
 def test_cli_convert_and_info(tmp_path, capsys) -> None:

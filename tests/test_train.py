@@ -18,26 +18,6 @@ from gptkit.training.events import CheckpointEvent, DoneEvent, EvalEvent, StartE
 from gptkit.training.loop import DivergedError
 from gptkit.training.train import TrainingError, train
 
-TEXT = (
-    "".join(
-        f"{w} the {c} sat on the {m}.\n"
-        for w in ("and", "then", "so", "but")
-        for c in ("cat", "dog", "bird")
-        for m in ("mat", "rug", "log", "hat")
-    )
-    * 12
-)
-
-
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("chardata")
-    (root / "corpus.txt").write_text(TEXT)
-    prepare(
-        PrepareConfig(inputs=(str(root / "corpus.txt"),), out_dir=str(root / "data"), tokenizer="char"), progress=False
-    )
-    return root / "data"
-
 
 def _config(data: Path, out: Path, **changes) -> TrainConfig:
     base = dict(

@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _OUTPUTS = {
     "new": ("OUT", "out"),
     "convert": ("DST", "dest"),
+    "download": ("--local-dir", "local_dir"),
     "prepare": ("--out", "out"),
     "quickstart": ("--out-dir", "out_dir"),
     "train": ("--out-dir", "out_dir"),

@@ -1,4 +1,4 @@
-"""Subcommands that make, read or run a model: new, convert, info, tokenize, generate, chat."""
+"""Subcommands that make, fetch, read or run a model: new, download, convert, info, tokenize, generate, chat."""
 
 from __future__ import annotations
 
@@ -64,6 +64,28 @@ def _new(args: argparse.Namespace) -> int:
         f"{model.num_parameters():,} parameters) with the {tokenizer.kind} tokenizer{note}"
     )
     print(f'Try: gptkit generate --model {args.out} --max-new-tokens 20 "Hello"')
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    import shlex
+
+    from gptkit.models.checkpoint import HUB_NAMES, Source, download, load_tokenizer, read_config
+
+    folder = download(args.name, revision=args.revision, cache_dir=args.cache_dir, local_dir=args.local_dir)
+    config = read_config(folder)  # one gptkit loads (GPT-2 or GPT-1), or a one-line error naming what it is
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    repo = HUB_NAMES.get(args.name, args.name) + (f" at {args.revision}" if args.revision else "")
+    size = sum(p.stat().st_size for p in files) / 1e6
+    print(f"{repo}: a {config.family} model, {counted(len(files), 'file')} ({size:,.1f} MB) in {folder}")
+    print("  " + ", ".join(p.name for p in files))
+    no_tokenizer = load_tokenizer(Source(folder, "hf")) is None
+    if args.revision is None and args.local_dir is None:  # the name finds this copy again, also offline
+        cache = f"HF_HUB_CACHE={shlex.quote(str(args.cache_dir))} " if args.cache_dir else ""
+        command = f"HF_HUB_OFFLINE=1 {cache}gptkit generate --model {shlex.quote(args.name)}"
+    else:  # a revision or a folder of its own: name the folder
+        command = f"gptkit generate --model {shlex.quote(str(folder))}"
+    print(f'Works offline now: {command}{" --tokenizer gpt2" if no_tokenizer else ""} "Hello"')
     return 0
 
 
@@ -250,7 +272,7 @@ def _answer(conversation: Any, message: str) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add new, convert, info, tokenize, generate and chat to the `gptkit` subcommands."""
+    """Add new, download, convert, info, tokenize, generate and chat to the `gptkit` subcommands."""
     p = sub.add_parser(
         "new",
         help="write a randomly initialised model of a preset's shape (a model to try offline)",
@@ -272,6 +294,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     skip = {"name", "bos_token_id", "eos_token_id"}  # the end-of-text id is the tokenizer's
     add_dataclass_flags(group, GPTConfig, MODEL_HELP, skip=skip, default_note="default: the preset's")
     p.set_defaults(func=_new)
+
+    p = sub.add_parser(
+        "download",
+        help="fetch a hub model's files for offline use (config, weights, tokenizer, generation config)",
+        description=(
+            "Download the files gptkit reads of NAME (a Hugging Face hub repo id such as openai-community/gpt2, "
+            "or a preset with hub weights: gpt2, gpt2-medium, ...) into the Hugging Face cache: config.json, "
+            "the safetensors weights (PyTorch .bin files where a repo has none), tokenizer files, "
+            "generation_config.json and a chat template, nothing else. Afterwards `gptkit generate --model NAME` "
+            "works without a network (HF_HUB_OFFLINE=1). Needs huggingface_hub (pip install 'gptkit[hf]')."
+        ),
+    )
+    p.add_argument("name", metavar="NAME", help="hub repo id (owner/name) or a gptkit preset with hub weights")
+    p.add_argument("--revision", help="branch, tag or commit to fetch (default: the repo's main branch)")
+    p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache folder to use (default: HF_HUB_CACHE's)")
+    p.add_argument(
+        "--local-dir", metavar="DIR", help="put the files in this plain folder instead of the cache (--model DIR)"
+    )
+    p.set_defaults(func=_download)
 
     p = sub.add_parser(
         "convert",

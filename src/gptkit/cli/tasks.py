@@ -16,7 +16,7 @@ from gptkit.cli.common import (
     read_input,
     resolve_device,
 )
-from gptkit.cli.training import TRAIN_HELP, add_train_flags, train_config
+from gptkit.cli.training import TRAIN_HELP, add_train_flags, best_note, train_config
 from gptkit.errors import GptkitError
 from gptkit.tasks.config import TaskConfig  # plain dataclasses, no torch: safe for `gptkit --help`
 from gptkit.training.runlog import counted, format_metrics  # no torch either
@@ -69,7 +69,7 @@ def _finetune(args: argparse.Namespace) -> int:
     shown = format_metrics(result.metrics)
     print(
         f"fine-tuned {args.task} for {counted(result.train.step, 'step')} ({result.train.seconds:.0f} s): {shown}; "
-        f"model in {result.run_dir}"
+        f"model in {result.run_dir}{best_note(result.train, train.best_metric)}"
     )
     return 0
 

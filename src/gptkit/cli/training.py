@@ -24,6 +24,7 @@ from gptkit.training.config import (  # no torch: fast `gptkit --help`
     fold_lora_keys,
     read_config_file,
 )
+from gptkit.training.events import TrainResult
 from gptkit.training.runlog import format_metrics
 
 TRAIN_HELP = {
@@ -60,6 +61,11 @@ TRAIN_HELP = {
     "sample_tokens": "tokens generated at each evaluation (0 = none)",
     "save_interval": "checkpoint every N steps (default: at each evaluation)",
     "keep_last": "checkpoints kept besides best/",
+    "best_metric": "evaluation metric whose best checkpoint becomes best/: val_loss (lower is better) or one the "
+    "run reports, e.g. accuracy, f1, exact_match (higher is better)",
+    "early_stopping_patience": "stop when this many evaluations in a row did not improve --best-metric (0 = never)",
+    "report_to": "also send metrics.jsonl's records to tensorboard (RUN/tensorboard), wandb, both "
+    "(tensorboard,wandb) or none",
     "progress": "show a progress bar and a line per evaluation",
     "onednn": "CPU: fp32 Linear layers through oneDNN instead of MKL (environment default: GPTKIT_ONEDNN=0 = off)",
     "keep_freed_memory": "CPU: glibc keeps freed large blocks for the next step (environment default: "
@@ -125,7 +131,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
 def _quickstart(args: argparse.Namespace) -> int:
     from gptkit.training.quickstart import quickstart
 
-    result = quickstart(args.out_dir, max_steps=args.max_steps, overwrite=args.overwrite)
+    result = quickstart(args.out_dir, max_steps=args.max_steps, overwrite=args.overwrite, report_to=args.report_to)
     for i, sample in enumerate(result.samples):
         print(f"--- sample {i + 1} ---{sample}")
     print(
@@ -169,9 +175,17 @@ def _train(args: argparse.Namespace) -> int:
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     print(
         f"trained to step {result.step}: train loss {result.train_loss:.4f}{val}, "
-        f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}"
+        f"{result.tokens_per_second:,.0f} tokens/s; model in {result.run_dir}{best_note(result, config.best_metric)}"
     )
     return 0
+
+
+def best_note(result: TrainResult, metric: str) -> str:
+    """`; best/ is step 40 (f1 0.8125), stopped early`: the checkpoint --best-metric chose, and an early stop."""
+    if result.best is None:
+        return ""
+    early = ", stopped early" if result.early_stopped else ""
+    return f"; best/ is step {result.best_step} ({metric} {result.best:.4f}){early}"
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -240,6 +254,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=QUICKSTART_DIR, help="run directory (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="shorter run for a quick look (default: 2000)")
     p.add_argument("--overwrite", action="store_true", help="out-dir holds an earlier run: remove it, start afresh")
+    p.add_argument("--report-to", default="none", help=TRAIN_HELP["report_to"] + " (default: %(default)s)")
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser(

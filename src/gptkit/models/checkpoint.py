@@ -38,16 +38,23 @@ _HF_WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-# What to fetch from the hub: weights (safetensors preferred), config and tokenizer files.
-_HUB_PATTERNS = [
+# What gptkit reads of a hub repo, all at its root (subfolders hold other frameworks' exports): the config,
+# tokenizer files, generation config and chat template, and the weights: safetensors, or PyTorch's pickled
+# .bin files (read with weights_only) where a repo has no safetensors.
+_HUB_FILES = [
     "config.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
+    "generation_config.json",
     "tokenizer*",
     "vocab.json",
     "merges.txt",
     "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
 ]
+_HUB_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]
+_HUB_BIN_WEIGHTS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+_HUB_IGNORE = ["*/*"]
 # gptkit preset names that are OpenAI releases on the hub.
 HUB_NAMES = {name: f"openai-community/{name}" for name in PRESETS if not name.endswith(("-tiny", "-mini"))}
 
@@ -67,8 +74,7 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Source:
         return Source(path, detect_format(path))
     if path.exists():
         raise ModelNotFoundError(f"{path}: expected a checkpoint directory, got a file")
-    name = str(name_or_path)
-    return Source(_download(HUB_NAMES.get(name, name)), "hf")
+    return Source(download(str(name_or_path)), "hf")
 
 
 def detect_format(folder: Path) -> Format:
@@ -86,27 +92,88 @@ def detect_format(folder: Path) -> Format:
     )
 
 
-def _download(repo_id: str) -> Path:
+def download(
+    name: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_dir: str | Path | None = None,
+) -> Path:
+    """The folder holding the files gptkit reads of a hub model (`name`: a repo id, or a preset with hub weights),
+    fetched into the Hugging Face cache (`cache_dir`, default the HF cache) or `local_dir` if need be.
+
+    This is how every hub name is loaded: offline (HF_HUB_OFFLINE=1, or no network) the cached copy is used.
+    `revision` is a branch, tag or commit. Only the root's config, tokenizer, generation config, chat template
+    and weights are fetched (PyTorch .bin files only when there are no safetensors). ModelNotFoundError, with a
+    one-line reason, when it cannot be had (no such repo, no network and not cached, no huggingface_hub).
+    """
+    repo_id = HUB_NAMES.get(name, name)
     if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"{repo_id}: no such directory, and not a hub repo id (owner/name)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise ModelNotFoundError(
-            f"{repo_id!r} is not a local directory; loading by hub name needs `pip install 'gptkit[hf]'`"
+            f"{repo_id!r} is not a local directory, and fetching it from the Hugging Face hub needs "
+            "huggingface_hub: pip install 'gptkit[hf]'"
         ) from exc
+
+    def fetch(patterns: list[str]) -> Path:
+        got = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_dir=local_dir,
+            allow_patterns=patterns,
+            ignore_patterns=_HUB_IGNORE,
+        )
+        return Path(str(got))
+
+    def has_weights(folder: Path, files: tuple[str, ...]) -> bool:
+        return any((folder / file).is_file() for file in files)
+
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
-    except Exception as online_error:  # offline, unknown repo, gated: fall back to the local cache
-        try:
-            return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
-        except Exception:
-            why = (str(online_error).strip().splitlines() or [""])[0][:160]  # the hub's messages run to lines
-            raise ModelNotFoundError(
-                f"{repo_id!r} is neither a local directory nor available from the Hugging Face hub "
-                f"({type(online_error).__name__}: {why}). Check the name, go online once to cache "
-                f"it, or pass a checkpoint directory. Presets with hub weights: {', '.join(sorted(HUB_NAMES))}"
-            ) from online_error
+        folder = fetch(_HUB_FILES + _HUB_WEIGHTS)
+        if not has_weights(folder, _HF_WEIGHT_FILES[:2]):  # no safetensors: an older repo, with .bin files
+            folder = fetch(_HUB_FILES + _HUB_BIN_WEIGHTS)
+    except Exception as exc:
+        raise ModelNotFoundError(_hub_error(name, repo_id, revision, exc)) from exc
+    if not has_weights(folder, _HF_WEIGHT_FILES):
+        raise ModelNotFoundError(f"{repo_id!r} holds no weights gptkit reads ({', '.join(_HF_WEIGHT_FILES)})")
+    return folder
+
+
+def _hub_error(name: str, repo_id: str, revision: str | None, exc: Exception) -> str:
+    """One line saying why a hub model could not be had, and what to do."""
+    from huggingface_hub.utils import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return (
+            f"{repo_id!r} is gated on the Hugging Face hub: accept its terms at https://huggingface.co/{repo_id} "
+            "and log in (hf auth login, or HF_TOKEN)"
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return (
+            f"{repo_id!r}: no such model on the Hugging Face hub (a private one needs hf auth login, or HF_TOKEN); "
+            f"presets with hub weights: {', '.join(sorted(HUB_NAMES))}"
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{repo_id!r} has no revision {revision!r} (a branch, tag or commit) on the Hugging Face hub"
+    if isinstance(exc, LocalEntryNotFoundError):
+        return (
+            f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached (no network, or "
+            f"HF_HUB_OFFLINE=1); run `gptkit download {name}` once online, or pass a checkpoint directory"
+        )
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    return (
+        f"{repo_id!r} is neither a local directory nor available from the Hugging Face hub "
+        f"({type(exc).__name__}: {reason}); check the name, or pass a checkpoint directory"
+    )
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.heads import TaskModel, load_task_model, save_task_model
 from gptkit.tasks.recipes import Recipe, Row
 from gptkit.tasks.registry import TASK_TYPES, TaskSpec
+from gptkit.training.best import LOSSES, PERPLEXITY
 from gptkit.training.config import TrainConfig
 from gptkit.training.data import tokenizer_fingerprint
 from gptkit.training.distributed import DistInfo
@@ -384,6 +385,7 @@ def finetune(
             data=task.train_file,
             tokens=lambda items: int(tokens[items].sum()),
             unit=recipe.unit,
+            metrics={**LOSSES, **recipe.metrics(task), **(PERPLEXITY if language_model else {})},
         )
 
     result = fit(train, build, on_event=on_event, should_stop=should_stop, dist=info)

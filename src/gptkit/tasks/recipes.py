@@ -21,6 +21,7 @@ from gptkit.tasks import instruct as chat_data
 from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.data import IGNORE_INDEX
 from gptkit.text.chat_template import DEFAULT_CHAT_TEMPLATE
+from gptkit.training.best import Goal
 
 Row = dict[str, Any]
 
@@ -50,9 +51,13 @@ class Recipe:
     predictions: Callable[[dict[str, list[Tensor]], Encoded, Any, TaskConfig], Iterator[Row]] | None = None
     unit: str = "example"  # what one target of the loss is (the curves' nats per unit)
     tokenizer: Callable[[Any], Any] | None = None  # adds the task's own tokens to the run's tokenizer
+    # the names `score` always reports for a TaskConfig, and which way each gets better (--best-metric)
+    metrics: Callable[[TaskConfig], dict[str, Goal]] = lambda config: {}
 
 
 _PROBLEMS = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
+_LABELLED: dict[str, Goal] = {"accuracy": "max", "precision": "max", "recall": "max", "f1": "max"}
+_REGRESSION: dict[str, Goal] = {"mse": "min", "pearson": "max", "spearman": "max"}
 
 
 def _rows(columns: dict[str, list[Any]]) -> list[Row]:
@@ -340,6 +345,7 @@ CLASSIFY = Recipe(
     _score_classify,
     _inputs_classify,
     _predict_classify,
+    metrics=lambda config: _REGRESSION if config.problem_type == "regression" else _LABELLED,
 )
 TAG = Recipe(
     _read_tag,
@@ -351,6 +357,7 @@ TAG = Recipe(
     _inputs_tag,
     _predict_tag,
     unit="labelled token",
+    metrics=lambda config: _LABELLED,
 )
 QA = Recipe(
     _read_qa,
@@ -362,6 +369,7 @@ QA = Recipe(
     _inputs_qa,
     _predict_qa,
     unit="window",
+    metrics=lambda config: {"exact_match": "max", "f1": "max"},
 )
 CHOICE = Recipe(
     _read_choice,
@@ -373,6 +381,7 @@ CHOICE = Recipe(
     _inputs_choice,
     _predict_choice,
     tokenizer=choice.with_choice_tokens,  # GPT-1 has no eos to score: its paper's start/delimiter/extract tokens
+    metrics=lambda config: {"accuracy": "max"},
 )
 # instruct trains the language model itself (no head); its predictions are generated completions
 INSTRUCT = Recipe(

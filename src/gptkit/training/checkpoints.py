@@ -1,7 +1,8 @@
 """Run directories: rotating training checkpoints, the run root and best/ pointing at the newest and the best.
 
 A run directory holds the latest model at its root (so `gptkit generate --model RUN` works at any time),
-`checkpoints/step-NNNNNNN/` with the full training state, and `best/` (lowest validation loss).
+`checkpoints/step-NNNNNNN/` with the full training state, and `best/` (the best value of
+TrainConfig.best_metric: the lowest validation loss by default; see best.py).
 """
 
 from __future__ import annotations

@@ -43,8 +43,11 @@ RESUMABLE = frozenset(
         "progress",
         "onednn",
         "keep_freed_memory",
+        "early_stopping_patience",  # the count of evaluations without improvement is kept; more patience continues
+        "report_to",
     }
 )
+REPORTERS = ("tensorboard", "wandb")  # where TrainConfig.report_to may send metrics.jsonl's records
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class TrainConfig:
     sample_prompt: str = "\n"
     save_interval: int | None = None  # None: at each evaluation
     keep_last: int = 2
+    best_metric: str = "val_loss"  # the evaluation metric whose best checkpoint is best/ (loss: lower; F1: higher)
+    early_stopping_patience: int = 0  # stop after this many evaluations in a row that did not improve it (0: never)
+    report_to: str = "none"  # also send metrics.jsonl's records to tensorboard, wandb, or both (comma-separated)
     seed: int = 1337
     progress: bool = True  # the CLI draws a progress bar from the run's events (library calls print nothing)
     onednn: bool = True  # CPU: fp32 Linear layers through oneDNN during the run (gptkit.models.kernels.use_onednn)
@@ -122,6 +128,19 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"TrainConfig.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"TrainConfig.early_stopping_patience must be >= 0, got {self.early_stopping_patience!r}")
+        if self.early_stopping_patience > 0 and self.eval_interval <= 0:
+            raise ConfigError(
+                "--early-stopping-patience counts evaluations, and --eval-interval 0 evaluates only at the end; "
+                "give --eval-interval N"
+            )
+        reporter_names(self.report_to)
+
+    @property
+    def reporters(self) -> tuple[str, ...]:
+        """report_to as names: () for none, else some of REPORTERS."""
+        return reporter_names(self.report_to)
 
     @property
     def trainable_mode(self) -> str:
@@ -165,6 +184,17 @@ class TrainConfig:
         LoRA is `lora: {r: 8, alpha: 16, ...}` (LoRAConfig's fields), or the older flat keys (see `fold_lora_keys`).
         """
         return cls(**{**read_config_file(path), **overrides})
+
+
+def reporter_names(report_to: str) -> tuple[str, ...]:
+    """`tensorboard,wandb` -> ("tensorboard", "wandb"); `none` -> (); a ConfigError naming the flag for others."""
+    names = tuple(dict.fromkeys(n.strip() for n in report_to.split(",") if n.strip() not in ("", "none")))
+    if unknown := [n for n in names if n not in REPORTERS]:
+        raise ConfigError(
+            f"--report-to {report_to}: unknown {', '.join(unknown)}; give none, {', '.join(REPORTERS)}, "
+            "or several joined by commas"
+        )
+    return names
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

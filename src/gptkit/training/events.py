@@ -1,9 +1,11 @@
 """What a training run reports while it runs (typed events for an `on_event` callback) and when it ends.
 
 `fit` (and so `train` and `finetune`) calls `on_event` on the main process with, in order: one `StartEvent`,
-then per optimizer step a `StepEvent`, an `EvalEvent` after each evaluation and a `CheckpointEvent` after each
-checkpoint written, and finally one `DoneEvent` holding the `TrainResult` it returns. The CLI's progress bar,
-the server's job stream and benchmarks all listen to the same events.
+then per optimizer step a `StepEvent`, an `EvalEvent` after each evaluation, an `EarlyStopEvent` when the best
+metric stopped improving, a `CheckpointEvent` after each checkpoint written, and finally one `DoneEvent` holding
+the `TrainResult` it returns. Each record appended to metrics.jsonl is also a `MetricsEvent`, just before the
+step's or evaluation's own event. The CLI's progress bar, the server's job stream, the TensorBoard and W&B
+reporters (reporting.py) and benchmarks all listen to the same events.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,12 +22,14 @@ class TrainResult:
     step: int
     train_loss: float
     val_loss: float | None
-    best_val_loss: float | None
+    best: float | None  # the best value of TrainConfig.best_metric (validation loss by default); None: never evaluated
     tokens_per_second: float  # real (not padding) input tokens per second in this call
     seconds: float  # this call's
     is_main: bool = True  # False on the other ranks of a distributed run
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
     stopped: bool = False  # should_stop() ended the run before max_steps (a checkpoint of `step` was left to resume)
+    best_step: int | None = None  # the step whose checkpoint is best/
+    early_stopped: bool = False  # early_stopping_patience evaluations in a row did not improve the best metric
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,24 @@ class EvalEvent:
 
 
 @dataclass(frozen=True)
+class MetricsEvent:
+    record: dict[str, Any]  # exactly the record appended to metrics.jsonl; its "step" is the run's global step
+
+
+@dataclass(frozen=True)
+class EarlyStopEvent:
+    step: int  # the evaluation that used up the patience; the run ends here with a checkpoint
+    metric: str  # TrainConfig.best_metric
+    best: float | None  # its best value, at best_step (the checkpoint in best/); None: never a number
+    best_step: int | None
+    patience: int  # evaluations in a row that did not improve on `best`
+
+
+@dataclass(frozen=True)
 class CheckpointEvent:
     step: int
     path: Path  # checkpoints/step-N: a directory `init_from="resume"` continues from
-    best: bool  # also copied to best/ (the lowest validation loss so far)
+    best: bool  # also copied to best/ (the best value of TrainConfig.best_metric so far)
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,6 @@ class DoneEvent:
     result: TrainResult
 
 
-Event = StartEvent | StepEvent | EvalEvent | CheckpointEvent | DoneEvent
+Event = StartEvent | StepEvent | MetricsEvent | EvalEvent | EarlyStopEvent | CheckpointEvent | DoneEvent
 OnEvent = Callable[[Event], None]
 ShouldStop = Callable[[], bool]

@@ -4,8 +4,9 @@ What is trained is an `Objective`: the model, a sampler of items (token windows,
 become a batch, the loss, the evaluation and how the model is saved. Language modelling (train.py) and the
 tasks (finetune.py) only build objectives; the loop does the rest: AdamW over the trainable parameters, the
 learning-rate schedule, gradient accumulation, clipping, mixed precision, DDP/FSDP, evaluation, atomic
-checkpoints with keep-last-k and best, resume, metrics and curves. It prints nothing: it reports typed events
-(events.py) to `on_event`, and stops cleanly at a step boundary when `should_stop()` says so.
+checkpoints with keep-last-k and best (by any metric the evaluation reports, best.py), early stopping, resume,
+metrics and curves. It prints nothing: it reports typed events (events.py) to `on_event` and to the reporters
+TrainConfig.report_to names (reporting.py), and stops cleanly at a step boundary when `should_stop()` says so.
 
 Losses are weighted by their number of targets (tokens, examples), so accumulated micro-batches and ranks
 give the gradient of one big batch even when micro-batches hold different numbers of targets (instruction
@@ -20,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +31,8 @@ from torch import Tensor, nn
 from gptkit.errors import ConfigError, GptkitError
 from gptkit.io import atomic_write_text
 from gptkit.models import kernels
-from gptkit.training import distributed
+from gptkit.training import distributed, reporting
+from gptkit.training.best import LOSSES, Best, Goal, goal_of
 from gptkit.training.checkpoints import (
     TRAIN_CONFIG_FILE,
     latest_training_checkpoint,
@@ -43,8 +45,10 @@ from gptkit.training.config import TrainConfig, check_resume_changes
 from gptkit.training.events import (
     CheckpointEvent,
     DoneEvent,
+    EarlyStopEvent,
     EvalEvent,
     Event,
+    MetricsEvent,
     OnEvent,
     ShouldStop,
     StartEvent,
@@ -100,6 +104,8 @@ class Objective:
     data: str = "the training data"  # what `fingerprint` identifies, for messages
     tokens: Callable[[Tensor], int] | None = None
     unit: str = "token"  # what one target of the loss is, for the curves' label (nats per unit)
+    # the figures `evaluate` reports, each with the way it gets better (TrainConfig.best_metric picks one)
+    metrics: dict[str, Goal] = field(default_factory=lambda: dict(LOSSES))
 
 
 Build = Callable[[TrainConfig, torch.device, "Path | None"], Objective]
@@ -116,7 +122,8 @@ def fit(
     """Train the objective `build(config, device, resume_dir)` returns, as `config` says.
 
     resume_dir is the latest training checkpoint when config.init_from == "resume", else None. `on_event`
-    receives the run's events (events.py) on the main process. `should_stop()` is asked before each step; when
+    receives the run's events (events.py) on the main process, as do the reporters of config.report_to (they
+    are closed when the run ends). `should_stop()` is asked before each step; when
     it says True the run writes a checkpoint of its last completed step (unless it has one) and returns with
     `stopped` set, and `init_from="resume"` continues it exactly. `dist` is this process's place in a
     distributed run (default: what torchrun describes). Global state is the caller's: the run seeds and uses
@@ -131,8 +138,9 @@ def fit(
             flushing_denormals(cpu),
             kernels.keep_freed_memory(cpu and config.keep_freed_memory),  # no page faults on each step's tensors
             kernels.use_onednn(config.onednn),
+            reporting.reporters(config) as reporters,
         ):
-            return _fit(config, build, info, device, on_event, should_stop)
+            return _fit(config, build, info, device, reporting.fan_out(on_event, *reporters), should_stop)
     finally:
         distributed.teardown(info)
 
@@ -164,6 +172,7 @@ def _fit(
     if config.dtype == "float16" and device.type != "cuda":
         raise ConfigError("float16 training needs a GPU (loss scaling); use --dtype bfloat16 on CPU")
     objective = build(config, device, resume_from)
+    goal = goal_of(config.best_metric, objective.metrics)
     model = objective.model
     try:
         trained = distributed.wrap(model, info, device, fsdp=config.fsdp, compile=config.compile)
@@ -179,7 +188,7 @@ def _fit(
         device_type=device.type,
     )
     resumed = _resume(resume_from, objective, optimizer, run_dir) if resume_from is not None else None
-    step, best_val, tokens_before, seconds_before = resumed or (0, math.inf, 0, 0.0)
+    step, best, tokens_before, seconds_before = resumed or (0, Best(config.best_metric, goal), 0, 0.0)
     if info.is_main:
         remove_paths(stale)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,24 +199,26 @@ def _fit(
     scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
     autocast = torch.autocast(device.type, dtype=getattr(torch, config.dtype), enabled=config.dtype != "float32")
 
-    def log(record: dict[str, Any]) -> None:
-        if info.is_main:
-            append_metrics(run_dir, record)
-
     def emit(event: Event) -> None:
         if info.is_main and on_event is not None:
             on_event(event)
 
-    saver = _Checkpoints(config, objective, optimizer, info, run_dir, emit, best_val)
+    def log(record: dict[str, Any]) -> None:
+        if info.is_main:
+            append_metrics(run_dir, record)
+            emit(MetricsEvent(record))
+
+    saver = _Checkpoints(config, objective, optimizer, info, run_dir, emit, best)
     saver.saved_step = step if resume_from is not None else -1
 
     emit(StartEvent(run_dir, step, config.max_steps, tokens_before))
     start, loss_value, val_loss, metrics = time.perf_counter(), math.nan, None, {}
     tokens_done, stopped = 0, False  # in this call; a resumed run's records add what came before
-    while step < config.max_steps:
+    # a run that stopped early stays stopped when resumed, unless it is given more patience
+    while step < config.max_steps and not best.exhausted(config.early_stopping_patience):
         if should_stop is not None and distributed.any_across_ranks(should_stop(), info, device):
             if saver.saved_step != step:
-                saver.save(step, None, final=True)
+                saver.save(step, best=False, final=True)
             stopped = True
             break
         lr = config.lr_at(step)
@@ -238,9 +249,11 @@ def _fit(
             )
         emit(StepEvent(step, config.max_steps, loss_value, lr, total_tokens, rate, total_seconds))
         evaluate_now = last or (config.eval_interval > 0 and step % config.eval_interval == 0)
+        improved = early_stop = False
         if evaluate_now:
             metrics = objective.evaluate(model, autocast)
             val_loss = metrics["val_loss"]
+            improved = best.update(step, metrics)
             record: dict[str, Any] = {"step": step, **metrics}
             sample = None
             # a sharded model needs every rank in each forward pass, so all ranks sample under FSDP
@@ -248,21 +261,37 @@ def _fit(
                 sample = record["sample"] = objective.sample(model)
             log(record)
             emit(EvalEvent(step, dict(metrics), sample))
+            early_stop = best.exhausted(config.early_stopping_patience) and not last
+            if early_stop:
+                stop = EarlyStopEvent(step, best.metric, best.value, best.step, best.stale)
+                log(
+                    {
+                        "step": step,
+                        "early_stop": stop.metric,
+                        "best": stop.best,
+                        "best_step": stop.best_step,
+                        "patience": stop.patience,
+                    }
+                )
+                emit(stop)
         interval = config.save_interval or config.eval_interval
-        if last or (interval > 0 and step % interval == 0):
-            saver.save(step, val_loss if evaluate_now else None, final=last)
+        # an improving evaluation is always kept: best/ is a checkpoint whatever the save interval
+        if last or early_stop or improved or (interval > 0 and step % interval == 0):
+            saver.save(step, best=improved, final=last or early_stop)
     seconds = time.perf_counter() - start
     result = TrainResult(
         run_dir,
         step,
         loss_value,
         val_loss,
-        saver.best_val if math.isfinite(saver.best_val) else None,
+        best.value,
         tokens_done / max(seconds, 1e-9),
         seconds,
         info.is_main,
         metrics,
         stopped,
+        best.step,
+        step < config.max_steps and best.exhausted(config.early_stopping_patience),
     )
     emit(DoneEvent(result))
     return result
@@ -275,7 +304,7 @@ def _model_sources(config: TrainConfig) -> tuple[Path, ...]:
 
 
 class _Checkpoints:
-    """Writes the run's training checkpoints (every rank takes part), keeps the best validation loss, redraws
+    """Writes the run's training checkpoints (every rank takes part) with the state of `best` (best.py), redraws
     curves.png at most every PLOT_EVERY seconds, and reports each checkpoint as an event."""
 
     def __init__(
@@ -286,17 +315,16 @@ class _Checkpoints:
         info: distributed.DistInfo,
         run_dir: Path,
         emit: Callable[[Event], None],
-        best_val: float,
+        best: Best,
     ) -> None:
         self.config, self.objective, self.optimizer, self.info = config, objective, optimizer, info
-        self.run_dir, self.emit, self.best_val = run_dir, emit, best_val
+        self.run_dir, self.emit, self.best = run_dir, emit, best
         self.saved_step = -1  # the step the newest checkpoint holds
         self.last_plot = -math.inf
         self.totals = (0, 0.0)  # tokens trained on and seconds spent since the run began (resumes included)
 
-    def save(self, step: int, val_loss: float | None, *, final: bool) -> None:
-        is_best = val_loss is not None and val_loss < self.best_val
-        self.best_val = min(self.best_val, val_loss) if val_loss is not None else self.best_val
+    def save(self, step: int, *, best: bool, final: bool) -> None:
+        """A checkpoint of `step`, also best/ when `best` (its evaluation is the best so far)."""
         model = self.objective.model
         model_state, optimizer_state = distributed.full_state(model, self.optimizer)  # every rank takes part
         if self.info.is_main:
@@ -305,7 +333,7 @@ class _Checkpoints:
                 "optimizer": optimizer_state,
                 "sampler": self.objective.sampler.state(),
                 "rng": rng_state(),
-                "best_val_loss": self.best_val,
+                "best": self.best.state(),
                 "tokens": self.totals[0],
                 "elapsed": self.totals[1],
                 "data_fingerprint": self.objective.fingerprint,
@@ -318,7 +346,7 @@ class _Checkpoints:
                     lambda d: self.objective.save(model, model_state, d),
                     state,
                     keep_last=self.config.keep_last,
-                    best=is_best,
+                    best=best,
                 )
             except OSError as exc:
                 raise TrainingError(
@@ -328,16 +356,17 @@ class _Checkpoints:
             if final or time.perf_counter() - self.last_plot >= PLOT_EVERY:
                 plot_curves(self.run_dir, unit=self.objective.unit)
                 self.last_plot = time.perf_counter()
-            self.emit(CheckpointEvent(step, path, is_best))
+            self.emit(CheckpointEvent(step, path, best))
         self.saved_step = step
         distributed.barrier(self.info)
 
 
 def _resume(
     checkpoint_dir: Path, objective: Objective, optimizer: torch.optim.Optimizer, run_dir: Path
-) -> tuple[int, float, int, float]:
-    """Restore the optimizer, sampler and RNG of a training checkpoint; return its step, best val loss, and the
-    tokens and seconds trained until then (0 for checkpoints older than these records)."""
+) -> tuple[int, Best, int, float]:
+    """Restore the optimizer, sampler and RNG of a training checkpoint; return its step, its Best (the best
+    metric and early stopping's count), and the tokens and seconds trained until then (0 for checkpoints older
+    than these records)."""
     state = load_trainer_state(checkpoint_dir)
     if state.get("data_fingerprint") != objective.fingerprint:
         raise TrainingError(
@@ -346,7 +375,7 @@ def _resume(
     distributed.load_optimizer_state(objective.model, optimizer, state["optimizer"])
     objective.sampler.load_state(state["sampler"])
     set_rng_state(state["rng"])
-    return state["step"], state["best_val_loss"], state.get("tokens", 0), state.get("elapsed", 0.0)
+    return state["step"], Best.from_state(state), state.get("tokens", 0), state.get("elapsed", 0.0)
 
 
 def _optimizer_step(

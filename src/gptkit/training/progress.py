@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptkit.training.events import DoneEvent, EvalEvent, Event, StartEvent, StepEvent
+from gptkit.training.events import DoneEvent, EarlyStopEvent, EvalEvent, Event, StartEvent, StepEvent
 from gptkit.training.runlog import format_metrics
 
 
 class ProgressBar:
-    """An `on_event` listener: a tqdm bar on stderr (loss, learning rate, targets/s) and a line per evaluation."""
+    """An `on_event` listener: a tqdm bar on stderr (loss, learning rate, targets/s), a line per evaluation and
+    one for an early stop."""
 
     def __init__(self) -> None:
         self.bar: Any = None
@@ -30,5 +31,17 @@ class ProgressBar:
                 self.bar.write(f"step {event.step}: val loss {event.metrics['val_loss']:.4f}\n{event.sample}\n")
             else:
                 self.bar.write(f"step {event.step}: {format_metrics(event.metrics)}")
+        elif isinstance(event, EarlyStopEvent):
+            self.bar.write(f"step {event.step}: {early_stop_line(event)}")
         elif isinstance(event, DoneEvent):
             self.bar.close()
+
+
+def early_stop_line(event: EarlyStopEvent) -> str:
+    """`stopped early: f1 did not improve on 0.8125 (step 40) in 3 evaluations`."""
+    if event.best is None:
+        return f"stopped early: {event.metric} was not a number in {event.patience} evaluations"
+    return (
+        f"stopped early: {event.metric} did not improve on {event.best:.4f} (step {event.best_step}) "
+        f"in {event.patience} evaluations"
+    )

@@ -62,11 +62,13 @@ def quickstart(
     progress: bool = True,
     n_samples: int = 2,
     overwrite: bool = False,
+    report_to: str = "none",
 ) -> QuickstartResult:
     """Prepare the shipped corpus (character-level, 90/10 split), train the recipe, save, and sample.
 
     An out_dir that holds an earlier run is refused before anything is prepared, unless `overwrite` (start
-    afresh, as `TrainConfig.overwrite`); out_dir/data is the run's input and is rebuilt either way.
+    afresh, as `TrainConfig.overwrite`); out_dir/data is the run's input and is rebuilt either way. `report_to`
+    is `TrainConfig.report_to` (tensorboard, wandb).
     """
     from gptkit.generation.generate import generate
     from gptkit.generation.sampling import SamplingParams
@@ -90,6 +92,7 @@ def quickstart(
         out_dir=str(run_dir),
         overwrite=overwrite,
         progress=progress,
+        report_to=report_to,
         dtype=quick_dtype(),
         **{**RECIPE, **overrides},
     )

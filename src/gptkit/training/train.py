@@ -20,6 +20,7 @@ from gptkit.errors import ConfigError
 from gptkit.models.config import GPTConfig
 from gptkit.models.gpt import GPT, build_model, load_model, save_model, with_dropout
 from gptkit.models.loading import load_pretrained
+from gptkit.training.best import LOSSES, PERPLEXITY
 from gptkit.training.config import TrainConfig
 from gptkit.training.distributed import DistInfo
 from gptkit.training.evaluate import eval_mode
@@ -145,6 +146,7 @@ def language_modelling(config: TrainConfig, device: torch.device, resume_from: P
         save=save,
         fingerprint=data.fingerprint,
         sample=sample,
+        metrics={**LOSSES, **PERPLEXITY, "train_eval_loss": "min"},  # as _evaluate reports them
     )
 
 
