@@ -813,3 +813,25 @@ def _stdin_aware(real_open):
         return sys.stdin if str(file) == "/dev/stdin" else real_open(file, *args, **kwargs)
 
     return opener
+
+
+def test_without_max_length_the_cli_fits_a_model_with_a_short_context(tmp_path: Path, capsys) -> None:
+    """`gptkit new gpt2-tiny` makes a 128-token model; fine-tuning it with the defaults must not ask for 256."""
+    from gptkit.cli import main
+    from gptkit.models.config import GPTConfig
+    from gptkit.models.gpt import GPT
+    from gptkit.text.tokenizer import Tokenizer
+
+    base = tmp_path / "tiny"
+    GPT(GPTConfig.from_name("gpt2-tiny", n_positions=48)).save_pretrained(
+        base, tokenizer=Tokenizer.from_pretrained("gpt2")
+    )
+    train = write_sentiment(tmp_path / "train.tsv", 16, 0)
+    run = tmp_path / "run"
+    argv = ["finetune", "classify", "--model", str(base), "--train", str(train), "--max-steps", "1"]
+    assert main([*argv, "--batch-size", "4", "--out-dir", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((run / "task.json").read_text())["task"]["max_length"] == 48
+    capsys.readouterr()
+    too_long = ["--max-length", "64", "--out-dir", str(tmp_path / "run2")]  # given: taken as given, refused
+    assert main([*argv, *too_long, "--no-progress", "--device", "cpu"]) == 2
+    assert "max_length 64 exceeds" in capsys.readouterr().err

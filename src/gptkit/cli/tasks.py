@@ -30,7 +30,8 @@ _TASK_HELP = {
     "problem_type": "classify: single label, multi-label (JSON list or comma-separated), or regression",
     "token_column": "tag: CoNLL column of the word",
     "tag_column": "tag: CoNLL column of the IOB tag (-1 = last)",
-    "max_length": "tokens per example; longer ones are cut (QA contexts are windowed)",
+    "max_length": "tokens per example; longer ones are cut (QA contexts are windowed); when not given, at most "
+    "the model's context",
     "stride": "qa: tokens shared by consecutive windows of a long context",
     "epochs": "passes over the training examples; or give --max-steps instead (the two are exclusive)",
     "aux_lm_weight": "add this weight x language-modelling loss (GPT-1 used 0.5)",
@@ -57,6 +58,8 @@ def _finetune(args: argparse.Namespace) -> int:
         from gptkit.tasks.finetune import saved_task
 
         given = {**saved_task(Path(train.out_dir)), **given}
+    if "max_length" not in given and train.init_from == "pretrained":
+        given["max_length"] = default_max_length(train.model)
     task = TaskConfig(**given)
     if args.max_steps is not None and args.epochs is None:
         task = dataclasses.replace(task, epochs=None)  # --max-steps alone: steps, not epochs
@@ -72,6 +75,18 @@ def _finetune(args: argparse.Namespace) -> int:
         f"model in {result.run_dir}{best_note(result.train, train.best_metric)}"
     )
     return 0
+
+
+def default_max_length(model: str) -> int:
+    """--max-length when not given: 256 tokens, or the model's context when that is shorter (a model made with
+    `gptkit new gpt2-tiny` has 128). A model whose context cannot be read here keeps 256 (loading it says why)."""
+    from gptkit.tasks.config import DEFAULT_MAX_LENGTH
+    from gptkit.tasks.data_check import model_context
+
+    try:
+        return min(DEFAULT_MAX_LENGTH, model_context(model))
+    except (GptkitError, OSError, ValueError):
+        return DEFAULT_MAX_LENGTH
 
 
 def _predict(args: argparse.Namespace) -> int:

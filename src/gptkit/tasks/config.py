@@ -7,6 +7,8 @@ from typing import Literal
 
 from gptkit.errors import ConfigError
 
+DEFAULT_MAX_LENGTH = 256  # tokens per example when not given (the CLI takes a shorter model context instead)
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -26,7 +28,7 @@ class TaskConfig:
     problem_type: Literal["single", "multi", "regression"] = "single"  # classify
     token_column: int = 0  # tag: CoNLL columns
     tag_column: int = -1
-    max_length: int = 256  # tokens per example (longer ones are truncated; QA contexts are windowed)
+    max_length: int = DEFAULT_MAX_LENGTH  # tokens per example (longer ones are truncated; QA contexts are windowed)
     stride: int = 64  # qa: tokens shared by consecutive windows of a long context
     epochs: float | None = 1.0  # None: train TrainConfig.max_steps steps instead
     aux_lm_weight: float = 0.0  # GPT-1's auxiliary language-modelling loss weight (its paper used 0.5)

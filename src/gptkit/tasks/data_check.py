@@ -77,9 +77,17 @@ def model_limits(name_or_dir: str | os.PathLike[str]) -> tuple[Tokenizer, int, s
     folder = Path(name_or_dir).expanduser()
     if folder.is_dir():
         template = load_chat_template(folder) or DEFAULT_CHAT_TEMPLATE
-        return Tokenizer.from_pretrained(folder), read_config(folder).n_positions, template
+        return Tokenizer.from_pretrained(folder), model_context(folder), template
     name = str(name_or_dir).removeprefix("openai-community/")
-    return Tokenizer.from_pretrained(name), GPTConfig.from_name(name).n_positions, DEFAULT_CHAT_TEMPLATE
+    return Tokenizer.from_pretrained(name), model_context(name), DEFAULT_CHAT_TEMPLATE
+
+
+def model_context(name_or_dir: str | os.PathLike[str]) -> int:
+    """A model's context in tokens, read from its folder's config or its gptkit name, without loading weights."""
+    folder = Path(name_or_dir).expanduser()
+    if folder.is_dir():
+        return read_config(folder).n_positions
+    return GPTConfig.from_name(str(name_or_dir).removeprefix("openai-community/")).n_positions
 
 
 def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
