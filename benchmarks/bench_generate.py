@@ -122,7 +122,7 @@ def _reply(message: dict[str, Any]) -> None:
 def worker(job: dict[str, Any]) -> None:
     """Load one engine, then obey the parent line by line: `run` (time one generation) or `report`
     (peak memory, the last tokens and, for bf16 and int8, agreement with fp32; then exit)."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(job["threads"])
     torch.nn.functional.linear(torch.ones(4, 64), torch.ones(64, 64))  # start the thread pool before the baseline
     make = _gptkit_runner if job["engine"] == "gptkit" else _transformers_runner
     rss_start = proc_status("VmRSS")
@@ -295,6 +295,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine after a warm-up; best reported")
     parser.add_argument("--quick", action="store_true", help="smoke test: 16 new tokens, 1 timed run")
     parser.add_argument("--memory-check", action="store_true", help=f"same as --cases {MEMORY_CHECK}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of every engine and of the bandwidth copy (default: all CPUs; on a machine shared "
+        "with a busy process, fewer keep a descheduled thread from stalling each step)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -307,20 +314,21 @@ def main() -> None:
     unknown = set(names) - {*CASES, MEMORY_CHECK}
     if unknown:
         parser.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join([*CASES, MEMORY_CHECK])}")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be >= 1")
     new_tokens, repeats = (16, 1) if args.quick else (128, args.repeats)
 
     import transformers
 
     import gptkit
 
+    torch.set_num_threads(args.threads)  # the bandwidth copy with the engines' threads
     machine = machine_info()  # before any worker starts: the bandwidth copy wants the CPUs to itself
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as model_dir:
         log("creating GPT-2 124M with random weights")
         torch.manual_seed(SEED)
         transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval().save_pretrained(model_dir)
-        base = {"model_dir": model_dir, "new_tokens": new_tokens, "repeats": repeats}
+        base = {"model_dir": model_dir, "new_tokens": new_tokens, "repeats": repeats, "threads": args.threads}
         cases = {name: run_case(name, base) for name in names if name in CASES}
         memory = memory_check(base, args.quick) if MEMORY_CHECK in names else None
 
@@ -350,7 +358,7 @@ def main() -> None:
             "transformers": transformers.__version__,
             "gptkit": gptkit.__version__,
             "gptkit_source": source_state(),
-            "threads": os.cpu_count(),
+            "threads": args.threads,
         },
         "machine": machine,
         "cases": cases,
