@@ -120,10 +120,11 @@ def test_int8_product_equals_the_reference_of_the_same_weights(lead, n_in, n_out
     assert (ours - exact).abs().max() < 0.02 * exact.abs().max()
 
 
-def test_widths_the_kernel_cannot_take_use_the_dequantized_weight_exactly() -> None:
-    layer = nn.Linear(40, 24)  # the packed kernel needs in_features % 16 == 0
+@pytest.mark.parametrize("rows, n_in", [(3, 40), (128, 64)])
+def test_widths_the_kernel_cannot_take_and_long_prompts_use_the_dequantized_weight_exactly(rows, n_in) -> None:
+    layer = nn.Linear(n_in, 24)  # the packed kernel needs in_features % 16 == 0, and is slower from 128 rows
     int8 = Int8Linear.from_float(layer)
-    x = torch.randn(3, 40)
+    x = torch.randn(1, rows, n_in)
     expected = F.linear(x, dequantize_weight(int8.weight, int8.scale), int8.bias)
     torch.testing.assert_close(int8(x), expected, rtol=1e-5, atol=1e-6)
 

@@ -19,7 +19,9 @@ tensor: not weight-only) 4.3 ms; the same product as a torch.compile'd (inductor
 after 16 s of compiling for GPT-2's five shapes. torchao 0.18 adds no CPU kernel (its eager weight-only
 linear dequantizes the whole weight per call). The kernel reads K in aligned steps of 16 (a K of 40
 crashed it), so other widths, other devices and other activation dtypes take the exact fallback: the
-dequantized weight through `kernels.linear`, which saves memory but not time.
+dequantized weight through `kernels.linear`, which saves memory but not time. So do products of 128 rows
+or more, where that is faster (`_PACKED_MAX_ROWS`): a long prompt is prefilled with the dequantized weights
+in float32, and decoded, a few rows per step, with the roundings above.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 DTYPE_NAMES = (*FLOAT_DTYPES, INT8)  # what --dtype takes where models are loaded for inference
 QMAX = 127  # symmetric: -127..127, so that q and -q are both representable
 _QUANTIZE_ROWS = 2048
+# From this many rows (a long prompt's prefill, scoring a text) the dequantized weight through oneDNN beats the
+# packed kernel, which is compute-bound there: GPT-2 124M's blocks on one thread, 128 rows 157 against 167 ms,
+# 256 rows 283 against 356, 512 rows 582 against 732; 64 rows 88 against 86, 16 rows 40 against 24.
+_PACKED_MAX_ROWS = 128
 _PACKED_K_STEP = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 activations (32 bytes, aligned) at a time
 
 
@@ -78,7 +84,7 @@ def _packed_applies(x: Tensor, weight: Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and x.numel() > 0
+        and 0 < x.numel() < _PACKED_MAX_ROWS * x.shape[-1]
         and weight.shape[1] % _PACKED_K_STEP == 0
         and weight.is_contiguous()
         and weight.data_ptr() % 16 == 0  # its rows are read with aligned 16-byte loads
