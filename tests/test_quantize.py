@@ -144,6 +144,16 @@ def test_model_is_int8_with_one_shared_table_for_the_embedding_and_the_head() ->
     assert next(model.parameters()).dtype == torch.int8  # what `gptkit serve` prints as the model's dtype
 
 
+def test_an_untied_head_gets_its_own_int8_table() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=300, tie_word_embeddings=False)).eval()
+    head = model.lm_head.weight.detach().clone()
+    quantize_model(model)
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    error = (dequantize_weight(model.lm_head.weight, model.lm_head.scale) - head).abs()
+    assert (error <= model.lm_head.scale[:, None] / 2 + 1e-7).all()  # its own per-row scales
+
+
 @pytest.mark.parametrize(
     "family, shape",
     [
