@@ -6,6 +6,7 @@ Prints one JSON object to stdout; progress goes to stderr.
 
     python benchmarks/bench_generate.py                      # all cases, 128 new tokens, best of 3
     python benchmarks/bench_generate.py --cases fp32-b1,bf16-b1 --repeats 5
+    python benchmarks/bench_generate.py --cases fp32-b1,bf16-b1,int8-b1   # int8 weights (also timed: gptkit bf16)
     python benchmarks/bench_generate.py --memory-check       # only the KV-cache memory check
     python benchmarks/bench_generate.py --quick              # smoke test: 16 new tokens, 1 run
 
@@ -36,11 +37,26 @@ PROMPT_TOKENS = 8
 # Eight fixed prompts of 8 token ids each; batch b uses the first b. Agreement uses all eight.
 PROMPTS = torch.randint(0, 50256, (8, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1234)).tolist()
 
-# name -> (batch, gptkit dtype); transformers always runs fp32 (bf16 cases also time transformers bf16).
-CASES = {"fp32-b1": (1, "float32"), "fp32-b8": (8, "float32"), "bf16-b1": (1, "bfloat16"), "bf16-b8": (8, "bfloat16")}
+# name -> (batch, gptkit dtype as gptkit.load takes it); transformers always runs fp32. bf16 cases also time
+# transformers bf16, int8 cases gptkit bf16 (the issue's baseline for int8), each in the same turns.
+CASES = {
+    "fp32-b1": (1, "float32"),
+    "fp32-b8": (8, "float32"),
+    "bf16-b1": (1, "bfloat16"),
+    "bf16-b8": (8, "bfloat16"),
+    "int8-b1": (1, "int8"),
+    "int8-b8": (8, "int8"),
+}
+EXTRA_PEER = {"bfloat16": ("transformers", "bfloat16"), "int8": ("gptkit", "bfloat16")}  # gptkit dtype -> peer
 MEMORY_CHECK = "memory-check"  # gptkit fp32, batch 8, 1,024 total tokens
 MEMORY_TOTAL_TOKENS = 1024
-TARGETS = {"fp32-b1": 1.0, "fp32-b8": 1.5, "bf16-b1": 1.8}  # minimum gptkit/transformers ratio
+# case -> (which ratio, its minimum): "ratio" is gptkit / transformers fp32 in tokens/s
+TARGETS = {
+    "fp32-b1": ("ratio", 1.0),
+    "fp32-b8": ("ratio", 1.5),
+    "bf16-b1": ("ratio", 1.8),
+    "int8-b1": ("ratio_vs_gptkit_bf16", 1.6),
+}
 MEMORY_TARGET = 1.2  # maximum peak / (model bytes + KV cache bytes)
 
 
@@ -52,19 +68,21 @@ def log(message: str) -> None:
 
 
 def _weight_bytes(model: torch.nn.Module, wpe: torch.Tensor) -> int:
-    """Bytes of weights one forward pass reads: every distinct parameter (a tied LM head once), except
-    the position table, of which a decode step reads one row."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    return total - wpe.numel() * wpe.element_size()
+    """Bytes of weights one forward pass reads: every distinct parameter (a tied LM head once) and an int8
+    model's scales, except the position table, of which a decode step reads one row."""
+    total = sum(p.nbytes for p in model.parameters()) + sum(
+        b.nbytes for name, b in model.named_buffers() if name.endswith(".scale")
+    )
+    return total - wpe.nbytes
 
 
-def _gptkit_runner(model_dir: str, dtype: torch.dtype, new_tokens: int) -> tuple[Any, Any, int]:
+def _gptkit_runner(model_dir: str, dtype: str, new_tokens: int) -> tuple[Any, Any, int]:
+    import gptkit
     from gptkit.generation.generate import generate
     from gptkit.generation.sampling import SamplingParams
     from gptkit.models.config import GPTConfig
-    from gptkit.models.gpt import load_model
 
-    model = load_model(model_dir, dtype=dtype)
+    model = gptkit.load(model_dir, dtype=dtype, lm=True).model
     assert model.config == GPTConfig.from_name("gpt2"), model.config
     params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
 
@@ -74,11 +92,11 @@ def _gptkit_runner(model_dir: str, dtype: torch.dtype, new_tokens: int) -> tuple
     return model, run, _weight_bytes(model, model.transformer.wpe.weight)
 
 
-def _transformers_runner(model_dir: str, dtype: torch.dtype, new_tokens: int) -> tuple[Any, Any, int]:
+def _transformers_runner(model_dir: str, dtype: str, new_tokens: int) -> tuple[Any, Any, int]:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir, dtype=dtype).eval()
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
 
     def run(m: Any, prompts: list[list[int]]) -> list[list[int]]:
         # Equal-length prompts: no padding. Mixed lengths would need left padding + this mask.
@@ -103,13 +121,12 @@ def _reply(message: dict[str, Any]) -> None:
 
 def worker(job: dict[str, Any]) -> None:
     """Load one engine, then obey the parent line by line: `run` (time one generation) or `report`
-    (peak memory, the last tokens and, for bf16, agreement with fp32; then exit)."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    (peak memory, the last tokens and, for bf16 and int8, agreement with fp32; then exit)."""
+    torch.set_num_threads(job["threads"])
     torch.nn.functional.linear(torch.ones(4, 64), torch.ones(64, 64))  # start the thread pool before the baseline
-    dtype = getattr(torch, job["dtype"])
     make = _gptkit_runner if job["engine"] == "gptkit" else _transformers_runner
     rss_start = proc_status("VmRSS")
-    model, run, weight_bytes = make(job["model_dir"], dtype, job["new_tokens"])
+    model, run, weight_bytes = make(job["model_dir"], job["dtype"], job["new_tokens"])
     load_peak = proc_status("VmHWM")
     # Weights may be views of the memory-mapped checkpoint, paged in on first use; touch them all so
     # those page faults count as the model's memory, not as memory that generation adds.
@@ -130,7 +147,7 @@ def worker(job: dict[str, Any]) -> None:
                 continue
             report: dict[str, Any] = {"run_peak": proc_status("VmHWM"), "tokens": tokens}
             if job["agreement"]:  # after the memory reading: this loads a second (fp32) model
-                reference, ref_run, _ = make(job["model_dir"], torch.float32, job["new_tokens"])
+                reference, ref_run, _ = make(job["model_dir"], "float32", job["new_tokens"])
                 chunks = [PROMPTS[i : i + job["batch"]] for i in range(0, len(PROMPTS), job["batch"])]
                 ours = [row for chunk in chunks for row in run(model, chunk)]
                 theirs = [row for chunk in chunks for row in ref_run(reference, chunk)]
@@ -225,23 +242,26 @@ def agreement(ours: list[list[int]], reference: list[list[int]]) -> dict[str, fl
 
 def run_case(name: str, base: dict[str, Any]) -> dict[str, Any]:
     batch, dtype = CASES[name]
-    bf16 = dtype == "bfloat16"
     log(f"== {name}")
-    jobs = [
-        {**base, "engine": "gptkit", "dtype": dtype, "batch": batch, "agreement": bf16},
-        {**base, "engine": "transformers", "dtype": "float32", "batch": batch, "agreement": False},
-    ]
-    if bf16:  # not a target, but it tells how much of the gain is bf16 itself
-        jobs.append({**base, "engine": "transformers", "dtype": dtype, "batch": batch, "agreement": False})
-    ours, theirs, *theirs_bf16 = time_interleaved([Worker(job) for job in jobs], base["repeats"], warmup=True)
-    out: dict[str, Any] = {"batch": batch, "gptkit": summarize(ours), "transformers": summarize(theirs)}
-    out["ratio"] = round(min(theirs["times"]) / min(ours["times"]), 3)  # = gptkit tokens/s / transformers tokens/s
-    if bf16:
+    jobs = {
+        "gptkit": {**base, "engine": "gptkit", "dtype": dtype, "batch": batch, "agreement": dtype != "float32"},
+        "transformers": {**base, "engine": "transformers", "dtype": "float32", "batch": batch, "agreement": False},
+    }
+    if dtype in EXTRA_PEER:  # not a target's peer for bf16, but it tells how much of the gain is the dtype itself
+        engine, peer_dtype = EXTRA_PEER[dtype]
+        jobs[f"{engine}_bf16"] = {**base, "engine": engine, "dtype": peer_dtype, "batch": batch, "agreement": False}
+    timed = time_interleaved([Worker(job) for job in jobs.values()], base["repeats"], warmup=True)
+    results = dict(zip(jobs, timed, strict=True))
+    ours = results["gptkit"]
+    out: dict[str, Any] = {"batch": batch, **{engine: summarize(r) for engine, r in results.items()}}
+    for engine, r in results.items():  # = gptkit tokens/s / the peer's tokens/s
+        if engine != "gptkit":
+            key = "ratio" if engine == "transformers" else f"ratio_vs_{engine}"
+            out[key] = round(min(r["times"]) / min(ours["times"]), 3)
+    if dtype == "float32":
+        out["identical"] = ours["tokens"] == results["transformers"]["tokens"]
+    else:  # with gptkit fp32 over the eight prompts; random weights: no statement about quality
         out.update(agreement(*ours["agreement_tokens"]))
-        out["transformers_bf16"] = summarize(theirs_bf16[0])
-        out["ratio_vs_transformers_bf16"] = round(min(theirs_bf16[0]["times"]) / min(ours["times"]), 3)
-    else:
-        out["identical"] = ours["tokens"] == theirs["tokens"]
     return out
 
 
@@ -275,6 +295,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine after a warm-up; best reported")
     parser.add_argument("--quick", action="store_true", help="smoke test: 16 new tokens, 1 timed run")
     parser.add_argument("--memory-check", action="store_true", help=f"same as --cases {MEMORY_CHECK}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of every engine and of the bandwidth copy (default: all CPUs; on a machine shared "
+        "with a busy process, fewer keep a descheduled thread from stalling each step)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -287,34 +314,35 @@ def main() -> None:
     unknown = set(names) - {*CASES, MEMORY_CHECK}
     if unknown:
         parser.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join([*CASES, MEMORY_CHECK])}")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be >= 1")
     new_tokens, repeats = (16, 1) if args.quick else (128, args.repeats)
 
     import transformers
 
     import gptkit
 
+    torch.set_num_threads(args.threads)  # the bandwidth copy with the engines' threads
     machine = machine_info()  # before any worker starts: the bandwidth copy wants the CPUs to itself
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as model_dir:
         log("creating GPT-2 124M with random weights")
         torch.manual_seed(SEED)
         transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval().save_pretrained(model_dir)
-        base = {"model_dir": model_dir, "new_tokens": new_tokens, "repeats": repeats}
+        base = {"model_dir": model_dir, "new_tokens": new_tokens, "repeats": repeats, "threads": args.threads}
         cases = {name: run_case(name, base) for name in names if name in CASES}
         memory = memory_check(base, args.quick) if MEMORY_CHECK in names else None
 
     for case in cases.values():
         if case["batch"] == 1:  # a batch-1 step reads every weight once: memory bandwidth bounds it
-            for engine in ("gptkit", "transformers", "transformers_bf16"):
-                if engine in case:
-                    fraction = case[engine]["weight_gb_per_s"] / machine["memory_bandwidth_gb_per_s"]
-                    case[engine]["weight_bandwidth_fraction"] = round(fraction, 3)
+            for engine in case.values():
+                if isinstance(engine, dict) and "weight_gb_per_s" in engine:
+                    fraction = engine["weight_gb_per_s"] / machine["memory_bandwidth_gb_per_s"]
+                    engine["weight_bandwidth_fraction"] = round(fraction, 3)
     targets: dict[str, Any] = {}
-    for name, minimum in TARGETS.items():
+    for name, (key, minimum) in TARGETS.items():
         if name in cases:
-            ratio = cases[name]["ratio"]
-            targets[name] = {"ratio": ratio, "min": minimum, "met": ratio >= minimum}
+            ratio = cases[name][key]
+            targets[name] = {key: ratio, "min": minimum, "met": ratio >= minimum}
     if memory is not None:
         targets[MEMORY_CHECK] = {
             "ratio": memory["ratio"],
@@ -330,7 +358,7 @@ def main() -> None:
             "transformers": transformers.__version__,
             "gptkit": gptkit.__version__,
             "gptkit_source": source_state(),
-            "threads": os.cpu_count(),
+            "threads": args.threads,
         },
         "machine": machine,
         "cases": cases,

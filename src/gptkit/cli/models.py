@@ -9,6 +9,7 @@ from typing import Any
 
 from gptkit.cli.common import (
     DTYPES,
+    INFERENCE_DTYPES,
     MODEL_HELP,
     add_dataclass_flags,
     add_device_flags,
@@ -373,7 +374,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt before it")
     p.add_argument("--json", action="store_true", help="print one JSON object per line per sequence")
-    add_device_flags(p)
+    add_device_flags(p, INFERENCE_DTYPES)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
@@ -389,5 +390,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_flags(p)
     p.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
     add_dataclass_flags(p, SamplingParams, _SAMPLING_HELP, skip={"logit_bias", "logprobs", "num_return_sequences"})
-    add_device_flags(p)
+    add_device_flags(p, INFERENCE_DTYPES)
     p.set_defaults(func=_chat)

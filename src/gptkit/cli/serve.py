@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from gptkit.cli.common import DTYPES, read_input, resolve_device
+from gptkit.cli.common import INFERENCE_DTYPES, INT8_HELP, read_input, resolve_device
 from gptkit.errors import GptkitError
 
 API_KEY_ENV = "GPTKIT_API_KEY"
@@ -89,7 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"require `Authorization: Bearer KEY` on /v1 (repeatable; default: ${API_KEY_ENV} if set, else none)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: auto)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and compute dtype (default: float32)")
+    p.add_argument(
+        "--dtype",
+        choices=INFERENCE_DTYPES,
+        default="float32",
+        help=f"weights and compute dtype (default: float32); {INT8_HELP}",
+    )
     p.add_argument(
         "--max-batch-size",
         type=int,

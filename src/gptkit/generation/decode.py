@@ -166,7 +166,9 @@ def stop_token_ids(model: GPT, params: SamplingParams) -> frozenset[int]:
 
 
 def model_device_dtype(model: GPT) -> tuple[torch.device, torch.dtype]:
-    weight = model.transformer.wte.weight
+    """Where the model runs and the dtype of its activations (and KV cache): the position table's, which
+    int8 models keep in float32."""
+    weight = model.transformer.wpe.weight
     return weight.device, weight.dtype
 
 

@@ -159,6 +159,13 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
                 libc.malloc_trim(0)
 
 
+def trim_freed_memory() -> bool:
+    """Hand the memory freed inside the heap back to the OS (glibc's malloc_trim), as after replacing a model's
+    float32 weights with smaller ones; returns whether any was (Linux with glibc only)."""
+    libc = _libc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
     """Causal softmax attention (B, nh, T, hs) over keys (B, nh, S, hs); mask (B|1, 1, T, S) bool or None (causal).
 

@@ -115,7 +115,8 @@ def _shared_parameters(model: nn.Module) -> set[int]:
     return shared
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where the submodule at path `name` (e.g. "transformer.h.0.attn.c_attn") is."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -124,7 +125,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Wrap each nn.Linear that `config.targets` selects in a LoRALinear, in place; return their paths."""
     found = _target_modules(model, config.targets)
     for name, module in found.items():
-        _replace(model, name, LoRALinear(module, config))
+        replace_module(model, name, LoRALinear(module, config))
     return list(found)
 
 
@@ -137,7 +138,7 @@ def merge_lora(model: nn.Module) -> list[str]:
     for name in names:
         module = model.get_submodule(name)
         assert isinstance(module, LoRALinear)
-        _replace(model, name, module.merged())
+        replace_module(model, name, module.merged())
     return names
 
 
@@ -149,12 +150,12 @@ def without_adapters(model: nn.Module) -> Iterator[nn.Module]:
     for name, module in swapped.items():
         plain = Linear(module.weight.shape[1], module.weight.shape[0], bias=module.bias is not None, device="meta")
         plain.weight, plain.bias = module.weight, module.bias
-        _replace(model, name, plain)
+        replace_module(model, name, plain)
     try:
         yield model
     finally:
         for name, module in swapped.items():
-            _replace(model, name, module)
+            replace_module(model, name, module)
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -68,7 +68,6 @@ def default_model() -> str:
 
 def serve(config: ServeConfig, *, say: Callable[[str], None] = print) -> None:
     """Serve until interrupted (Ctrl-C: uvicorn stops taking requests, then running ones drain and engines close)."""
-    import torch
     import uvicorn
 
     from gptkit.server.app import create_app
@@ -87,7 +86,7 @@ def serve(config: ServeConfig, *, say: Callable[[str], None] = print) -> None:
     load = functools.partial(
         load_served,
         device=config.device,
-        dtype=getattr(torch, config.dtype),
+        dtype=config.dtype,
         max_batch_size=config.max_batch_size,
         max_queue=config.max_queue,
         chat_template=config.chat_template,

@@ -75,13 +75,13 @@ def load_served(
     name_or_path: str | os.PathLike[str],
     *,
     device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     max_batch_size: int = 16,
     max_queue: int = 256,
     chat_template: str | None = None,
 ) -> ServedModel:
-    """Load a language model (hub name or folder) into a new engine, not yet started. chat_template: the one used
-    when the model stores none."""
+    """Load a language model (hub name or folder) into a new engine, not yet started. dtype: as gptkit.load takes it
+    ("int8" included); chat_template: the one used when the model stores none."""
     bundle = load(name_or_path, device=device, dtype=dtype, lm=True)
     if bundle.tokenizer is None:
         raise CheckpointError(f"{name_or_path} has no tokenizer files; the server needs them to read and write text")

@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptkit.errors import CheckpointError
+from gptkit.errors import CheckpointError, ConfigError
 from gptkit.io import read_json
 from gptkit.models import checkpoint
 from gptkit.models.config import CONFIG_FILE
 from gptkit.models.gpt import load_model
 from gptkit.models.loading import apply_adapter, tokenizer_for
+from gptkit.models.quantize import parse_dtype, quantize_model
 from gptkit.tasks.config import TaskConfig
 from gptkit.tasks.data import LabelMap
 from gptkit.tasks.heads import TaskModel, load_task_model
@@ -74,27 +75,34 @@ def load(
     name_or_path: str | os.PathLike[str],
     *,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     tokenizer: str | os.PathLike[str] | None = None,
     lm: bool = False,
     merge_lora: bool = True,
 ) -> ModelBundle:
     """Load a hub name, checkpoint folder, transformers task-model folder or `gptkit finetune` run directory.
 
+    dtype: a torch dtype or its name (float32, the default; bfloat16; float16), or "int8": a language model
+        loaded in float32, adapters merged, then quantized to int8 weights (gptkit.models.quantize).
     tokenizer: a tokenizer name or folder instead of the one stored with the model.
     lm: the language model alone, even where the folder holds a task model (its head is left out; only a
         language model's LoRA adapter applies).
     merge_lora: fold a stored LoRA adapter into the weights (else it stays applied as adapters).
     """
+    float_dtype, int8 = parse_dtype(dtype)
     source = checkpoint.resolve(name_or_path)
     folder = source.path
     task, labels = (None, None) if lm else read_task_file(folder)
     if not lm and source.format == "hf" and holds_task_model(folder):
-        model: nn.Module = load_task_model(folder, device=device, dtype=dtype)
+        if int8:
+            raise ConfigError(f"{folder} holds a task model; int8 is for language models (load it with lm=True)")
+        model: nn.Module = load_task_model(folder, device=device, dtype=float_dtype)
         apply_adapter(model, folder, task_types=None, merge=merge_lora)
     else:
-        model = load_model(folder, device=device, dtype=dtype)
+        model = load_model(folder, device=device, dtype=float_dtype)
         apply_adapter(model, folder, task_types=(None, "CAUSAL_LM"), merge=merge_lora)
+        if int8:
+            quantize_model(model)
     tok = tokenizer_for(source, tokenizer, model.config.vocab_size)
     chat_template = load_chat_template(folder) if source.format == "hf" else None
     return ModelBundle(model.eval(), tok, folder, chat_template, task, labels)
