@@ -101,11 +101,11 @@ def server_specs(model_dir: Path, clients: int, hf_extra: tuple[str, ...] = ()) 
     hf = (py, "-m", "transformers.cli.transformers", "serve", str(model_dir), "--host", HOST, "--device", "cpu")
     hf = (*hf, "--dtype", "float32", *hf_extra)
 
-    def gptkit(batch: int) -> tuple[str, ...]:
+    def gptkit(batch: int, dtype: str = "float32") -> tuple[str, ...]:
         return (
             *(py, "-m", "gptkit", "serve", "--model", str(model_dir), "--host", HOST),
             *("--max-batch-size", str(batch), "--max-queue", str(2 * clients)),
-            *("--dtype", "float32", "--served-model-name", SERVED_NAME),
+            *("--dtype", dtype, "--served-model-name", SERVED_NAME),
         )
 
     specs = [
@@ -113,6 +113,8 @@ def server_specs(model_dir: Path, clients: int, hf_extra: tuple[str, ...] = ()) 
         Server("transformers", hf, str(model_dir), (TRANSFORMERS_NO_EOS,), True),
         Server("gptkit-b32", gptkit(32), SERVED_NAME, GPTKIT_OPTIONS, False),
         Server("gptkit-b1", gptkit(1), SERVED_NAME, GPTKIT_OPTIONS, True),
+        Server("gptkit-b32-bf16", gptkit(32, "bfloat16"), SERVED_NAME, GPTKIT_OPTIONS, False),
+        Server("gptkit-b32-int8", gptkit(32, "int8"), SERVED_NAME, GPTKIT_OPTIONS, False),
     ]
     return {s.name: s for s in specs}
 
@@ -591,6 +593,11 @@ def compare(results: dict[str, dict[str, Any]], clients: int) -> tuple[dict[str,
             round(peers["transformers-cb"] / peers["transformers"], 3) if len(peers) == 2 else None
         ),
         f"ttft_p99_ms_at_{clients}_clients": {n: r["ttft_ms"]["p99"] for n, r in results.items() if "skipped" not in r},
+        **{
+            f"{name}_vs_transformers_best": round(tps(name) / peers[best], 3)  # type: ignore[operator]
+            for name in ("gptkit-b32-bf16", "gptkit-b32-int8")
+            if tps(name) and best
+        },
     }
     ttft = results.get("gptkit-b32", {}).get("ttft_ms", {}).get("p99")
 
@@ -620,7 +627,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="timed requests per server (default: 2 x clients)")
     parser.add_argument("--warmup", type=int, help="warm-up requests per server, 16 tokens each (default: clients)")
     parser.add_argument(
-        "--servers", default="all", help="comma-separated: transformers-cb, transformers, gptkit-b32, gptkit-b1"
+        "--servers",
+        default="all",
+        help="comma-separated: transformers-cb, transformers, gptkit-b32, gptkit-b1, gptkit-b32-bf16, gptkit-b32-int8",
     )
     parser.add_argument("--skip-peer", action="store_true", help="leave out the transformers servers")
     parser.add_argument("--model-size", choices=sorted(SIZES), default="gpt2", help="gpt2 (124M) or tiny (quick check)")
