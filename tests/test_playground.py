@@ -175,9 +175,10 @@ def visit(browser: Any, site: Site, screenshots: Path) -> Iterator[Visit]:
 
 def allowed(url: str, root: str) -> bool:
     parts, home = urlsplit(url), urlsplit(root)
-    local = (parts.scheme, parts.netloc) == (home.scheme, home.netloc) or parts.scheme == "data"
-    path = parts.path
-    return local and (path in ("/", "/health") or path.startswith(("/v1/", "/playground/")) or parts.scheme == "data")
+    if parts.scheme == "data":  # the page's inline favicon
+        return True
+    local = (parts.scheme, parts.netloc) == (home.scheme, home.netloc)
+    return local and (parts.path in ("/", "/health") or parts.path.startswith(("/v1/", "/playground/")))
 
 
 def greedy(site: Site, text: str, tokens: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import math
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -93,7 +94,7 @@ class Offsets:
         return at
 
 
-class Reply:
+class Reply(ABC):
     """A request its engine accepted. Subclasses say how pieces become chunks and the response."""
 
     prefix = ""
@@ -149,14 +150,17 @@ class Reply:
     def opening(self) -> list[BaseModel]:
         return []
 
+    @abstractmethod
     def chunk(self, piece: Piece) -> BaseModel | None:
-        raise NotImplementedError
+        """One piece as a stream chunk (None: nothing to send for it)."""
 
+    @abstractmethod
     def envelope(self, choices: list[Any], usage: Usage | None = None) -> BaseModel:
-        raise NotImplementedError
+        """Choices (and usage) wrapped in this reply's stream chunk object."""
 
+    @abstractmethod
     def response(self, folded: dict[int, Folded], usage: Usage) -> BaseModel:
-        raise NotImplementedError
+        """The whole reply as one object, from its folded pieces."""
 
 
 # -- completions ------------------------------------------------------------------------------------

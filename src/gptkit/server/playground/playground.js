@@ -597,7 +597,6 @@ function setUpTokenize() {
 let currentJob = null;
 let jobTimer = null;
 let jobEvents = []; // newest first
-let finetuneOn = true;
 
 const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString() : "");
 
@@ -634,13 +633,11 @@ async function refreshLists() {
   try {
     const [files, jobs] = await Promise.all([api("/v1/files?limit=100"), api("/v1/fine_tuning/jobs?limit=50")]);
     $("finetune-off").hidden = true;
-    finetuneOn = true;
     renderFiles(files.data);
     renderJobs(jobs.data);
     $("lists-status").textContent = `Updated ${new Date().toLocaleTimeString()}.`;
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {
-      finetuneOn = false;
       showError("finetune-off", new ApiError(0, "This server has no fine-tuning: start it with gptkit serve --data-dir DIR."));
     } else {
       $("lists-status").textContent = err instanceof ApiError ? err.describe() : String(err);
@@ -651,9 +648,9 @@ async function refreshLists() {
 
 function renderFiles(files) {
   const training = files.filter((f) => f.purpose === "fine-tune");
-  const label = (f) => f.id;
-  fillSelect($("job-training"), training.map(label), $("job-training").value);
-  fillSelect($("job-validation"), training.map(label), $("job-validation").value, "none");
+  const ids = training.map((f) => f.id);
+  fillSelect($("job-training"), ids, $("job-training").value);
+  fillSelect($("job-validation"), ids, $("job-validation").value, "none");
   rows("files-table", files, (row, f) => {
     cell(row, code(f.id));
     cell(row, f.filename);
