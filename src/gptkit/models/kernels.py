@@ -191,13 +191,18 @@ def _use_math_attention(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
     return torch.is_grad_enabled() and k.shape[-2] <= (256 if reduced else 128)
 
 
+@functools.lru_cache(maxsize=16)
+def _future(T: int, device: torch.device) -> Tensor:
+    """The (T, T) causal mask's hidden part, True above the diagonal: built once per length (every layer of
+    every training step asks for the same one)."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
+
+
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
     """Softmax attention as plain matmuls with an fp32 softmax; mask None means causal over T = S."""
     scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)  # (B, nh, T, S)
-    if mask is None:
-        T = q.shape[-2]
-        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    hidden = _future(q.shape[-2], q.device) if mask is None else ~mask
+    weights = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
     if dropout > 0:
         weights = F.dropout(weights, p=dropout)
     return weights.to(v.dtype) @ v  # (B, nh, T, hs)
