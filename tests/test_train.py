@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from gptkit import GPT
+from gptkit.models import kernels
 from gptkit.training.config import TrainConfig
 from gptkit.training.data import PrepareConfig, prepare
 from gptkit.training.events import CheckpointEvent, DoneEvent, EvalEvent, StartEvent, StepEvent
@@ -153,6 +155,24 @@ def test_bfloat16_autocast_tracks_float32(char_data: Path, tmp_path: Path) -> No
     fp32 = train(_config(char_data, tmp_path / "fp32", max_steps=20, dropout=0.0, eval_interval=0))
     bf16 = train(_config(char_data, tmp_path / "bf16", max_steps=20, dropout=0.0, eval_interval=0, dtype="bfloat16"))
     assert abs(bf16.train_loss - fp32.train_loss) < 0.05 * fp32.train_loss
+
+
+@pytest.mark.parametrize("hardware", [True, False])
+def test_bf16_warns_on_a_cpu_without_its_instructions(char_data: Path, tmp_path: Path, monkeypatch, hardware) -> None:
+    monkeypatch.setattr(kernels, "cpu_has_fast", lambda dtype: hardware or dtype == torch.float32)
+    config = _config(char_data, tmp_path / "run", max_steps=1, eval_interval=0, sample_tokens=0, dtype="bfloat16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config)
+    slow = [str(w.message) for w in caught if "matrix instructions" in str(w.message)]
+    assert len(slow) == (0 if hardware else 1)
+    assert hardware or "TrainConfig.dtype='bfloat16'" in slow[0] and "dtype='float32'" in slow[0]
+
+
+def test_cpu_has_fast_is_oneDNNs_check() -> None:
+    assert kernels.cpu_has_fast(torch.float32)
+    assert kernels.cpu_has_fast(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert not kernels.cpu_has_fast(torch.int8)
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(char_data: Path, tmp_path: Path) -> None:

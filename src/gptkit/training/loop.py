@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,13 @@ def _fit(
 
     scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
     autocast = torch.autocast(device.type, dtype=getattr(torch, config.dtype), enabled=config.dtype != "float32")
+    if device.type == "cpu" and not kernels.cpu_has_fast(getattr(torch, config.dtype)) and info.is_main:
+        warnings.warn(
+            f"TrainConfig.dtype={config.dtype!r}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no "
+            f"{config.dtype} matrix instructions, so autocast runs its products in a slow fallback, several times "
+            "slower than float32; use dtype='float32' (--dtype float32) on this machine",
+            stacklevel=2,
+        )
 
     def emit(event: Event) -> None:
         if info.is_main and on_event is not None:
