@@ -304,12 +304,11 @@ def run_case(name: str, base: dict[str, Any], llamacpp: bool) -> dict[str, Any]:
     transformers fp32 for llama.cpp."""
     batch, dtype = CASES[name]
     log(f"== {name}")
+    own_reference = None if dtype == "float32" else "gptkit"
     jobs = {
-        "gptkit": {**base, "engine": "gptkit", "dtype": dtype, "batch": batch, "reference": None},
+        "gptkit": {**base, "engine": "gptkit", "dtype": dtype, "batch": batch, "reference": own_reference},
         "transformers": {**base, "engine": "transformers", "dtype": "float32", "batch": batch, "reference": None},
     }
-    if dtype != "float32":
-        jobs["gptkit"]["reference"] = "gptkit"
     if dtype in EXTRA_PEER:  # not a target's peer for bf16, but it tells how much of the gain is the dtype itself
         engine, peer_dtype = EXTRA_PEER[dtype]
         jobs[f"{engine}_bf16"] = {**base, "engine": engine, "dtype": peer_dtype, "batch": batch, "reference": None}
