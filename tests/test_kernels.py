@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -14,6 +15,15 @@ from gptkit.models.config import GPTConfig
 from gptkit.models.gpt import GPT
 
 needs_onednn = pytest.mark.skipif(kernels.onednn_op() is None, reason="this torch build has no oneDNN linear")
+
+
+DEFAULT_RULE = kernels.onednn_pays.__wrapped__  # before the fixture below replaces it
+
+
+@pytest.fixture(autouse=True)
+def onednn_on_every_cpu(monkeypatch) -> None:
+    """The oneDNN path is tested on every CPU, also where the default leaves it (`onednn_pays`: AVX2-only)."""
+    monkeypatch.setattr(kernels, "onednn_pays", lambda: True)
 
 
 def _grads(fn, x, weight, bias, grad):
@@ -93,6 +103,19 @@ def test_a_training_step_matches_the_f_linear_model() -> None:
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_onednn
+@pytest.mark.parametrize("capability, pays", [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False), ("SVE", False)])
+def test_onednn_is_the_default_only_where_the_cpu_has_avx512(monkeypatch, capability, pays) -> None:
+    from process_state import onednn_in_use
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(kernels, "onednn_pays", functools.cache(DEFAULT_RULE))
+    assert kernels.onednn_pays() is pays
+    assert onednn_in_use() is pays
+    x, weight = torch.randn(4, 16), torch.randn(8, 16)
+    torch.testing.assert_close(kernels.linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn

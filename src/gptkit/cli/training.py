@@ -67,7 +67,8 @@ TRAIN_HELP = {
     "report_to": "also send metrics.jsonl's records to tensorboard (RUN/tensorboard), wandb, both "
     "(tensorboard,wandb) or none",
     "progress": "show a progress bar and a line per evaluation",
-    "onednn": "CPU: fp32 Linear layers through oneDNN instead of MKL (environment default: GPTKIT_ONEDNN=0 = off)",
+    "onednn": "CPU: fp32 Linear layers through oneDNN instead of MKL on CPUs with AVX-512, where it is faster "
+    "(environment default: GPTKIT_ONEDNN=0 = off)",
     "keep_freed_memory": "CPU: glibc keeps freed large blocks for the next step (environment default: "
     "GPTKIT_MALLOPT=0 = off)",
     "trainable": "which parameters train: all, lora, head, last:N (blocks + head); auto = lora if --lora-r else all",

@@ -95,7 +95,7 @@ class TrainConfig:
     report_to: str = "none"  # also send metrics.jsonl's records to tensorboard, wandb, or both (comma-separated)
     seed: int = 1337
     progress: bool = True  # the CLI draws a progress bar from the run's events (library calls print nothing)
-    onednn: bool = True  # CPU: fp32 Linear layers through oneDNN during the run (gptkit.models.kernels.use_onednn)
+    onednn: bool = True  # CPU: fp32 Linear layers through oneDNN where it pays (AVX-512; kernels.use_onednn)
     keep_freed_memory: bool = True  # CPU: glibc keeps freed large blocks during the run (kernels.keep_freed_memory)
     trainable: str = "auto"  # all, lora, head, last:N (the last N blocks and the head); auto: lora if lora else all
     lora: LoRAConfig | None = None  # adapters to add (saved in peft's format); a mapping of LoRAConfig fields is read
