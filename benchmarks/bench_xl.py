@@ -17,7 +17,7 @@ memory allows; `--checkpoint-dtype`). Then each engine, gptkit first, runs in a 
             cut to one block, every token trained; TrainConfig.dtype is autocast, the weights stay float32), which
             loads the folder itself, and evaluates one held-out block and saves the run at the end. transformers
             with peft and a plain torch loop over the same blocks, its model loaded afresh. In `--train-dtype`
-            (default: `--dtype`); on a CPU without AVX512-BF16 or AMX (the `cpu` block says) torch multiplies
+            (default: `--dtype`); on a CPU without bf16 matrix instructions (the `cpu` block says) torch multiplies
             bfloat16 matrices in a scalar loop, and one bf16 gpt2-xl step takes hours: train in float32 there.
 
 Peak RSS is the kernel's high-water mark (VmHWM), reset (`/proc/self/clear_refs`) at the start of each phase and
@@ -90,12 +90,11 @@ class Settings:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
-QUICK = Settings(
-    shape="tiny", new_tokens=8, repeats=1, steps=2, block=32, threads=1
-)  # one thread: no waiting on a busy peer core
+# the smoke test's; one thread, so that its OpenMP threads never wait on a core that other processes hold
+QUICK = Settings(shape="tiny", new_tokens=8, repeats=1, steps=2, block=32, threads=1)
 
 
-# -- workers: one engine, one phase, in a fresh process ------------------------------------------------
+# -- worker: one engine, its three phases, in a fresh process ------------------------------------------------
 
 
 def start_threads(threads: int) -> None:
@@ -358,18 +357,14 @@ def write_data(folder: Path, settings: Settings) -> dict[str, str]:
 
 
 def cpu_support() -> dict[str, Any]:
-    """What torch's CPU kernels can use here. Without AVX512-BF16 (or AMX), torch multiplies bfloat16 matrices in a
-    scalar loop: ~7x slower than float32 in a forward product, ~100x in the layout of a backward one."""
+    """What torch's CPU kernels can use here. Without bf16 matrix instructions (gptkit's `cpu_has_fast`: oneDNN's own
+    check), torch multiplies bfloat16 matrices in a scalar loop: ~7x slower than float32 in a forward product, ~100x
+    in the layout of a backward one."""
     import torch
 
-    flags = set()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    return {
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_instructions": sorted(flags & {"avx512_bf16", "amx_bf16"}),
-    }
+    from gptkit.models.kernels import cpu_has_fast
+
+    return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "fast_bf16": cpu_has_fast(torch.bfloat16)}
 
 
 def choose_checkpoint_dtype(requested: str, fields: dict[str, Any]) -> tuple[str | None, str]:
