@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~25-30 s, nearly all of it four processes importing torch, transformers and peft
 def test_the_xl_benchmark_runs_its_quick_path() -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
