@@ -89,18 +89,23 @@ def worker(engine: str, folder: str, dtype_name: str) -> dict[str, Any]:
 # -- parent ------------------------------------------------------------------------------------------
 
 
-def make_checkpoint(folder: Path, shape: str) -> int:
-    """A seeded random GPT-2 of this shape saved by transformers; returns the weight file's size."""
+def make_checkpoint(folder: Path, fields: dict[str, Any], dtype: str = "float32") -> int:
+    """A seeded random GPT-2 with these `transformers.GPT2Config` fields, saved by transformers with its weights in
+    `dtype`; returns the weight file's size. Weights and biases are drawn from N(0, 0.02) and LayerNorm gains are 1
+    (as transformers initialises them), so hidden states keep their scale and the logits are not all ties."""
     import torch
     import transformers
 
     torch.manual_seed(SEED)
     with torch.device("meta"):  # then random values written tensor by tensor: no second copy
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**SHAPES[shape]))
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**fields)).to(getattr(torch, dtype))
     model = model.to_empty(device="cpu")
     with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
+        for name, p in model.named_parameters():
+            if ".ln_" in name and name.endswith(".weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
     model.tie_weights()
     model.save_pretrained(folder)
     size = (folder / "model.safetensors").stat().st_size
@@ -109,6 +114,12 @@ def make_checkpoint(folder: Path, shape: str) -> int:
         while f.read(64 * MIB):
             pass
     return size
+
+
+def fp32_bytes(fields: dict[str, Any]) -> int:
+    """A GPT-2 of these GPT2Config fields in float32, roughly (biases and LayerNorms aside)."""
+    n_embd, n_layer = fields.get("n_embd", 768), fields.get("n_layer", 12)
+    return 4 * (50257 * n_embd + 1024 * n_embd + n_layer * 12 * n_embd * n_embd)
 
 
 def run_worker(engine: str, folder: Path, dtype: str) -> dict[str, Any]:
@@ -145,15 +156,13 @@ def available_bytes() -> int:
 
 
 def run_shape(shape: str, dtype: str, repeats: int) -> dict[str, Any]:
-    n_embd, n_layer = SHAPES[shape].get("n_embd", 768), SHAPES[shape].get("n_layer", 12)
-    fp32_bytes = 4 * (50257 * n_embd + 1024 * n_embd + n_layer * 12 * n_embd * n_embd)  # roughly, biases aside
-    needed = 2.5 * fp32_bytes  # the parent's copy while saving, the file in the page cache, one loaded model
+    needed = 2.5 * fp32_bytes(SHAPES[shape])  # the parent's copy while saving, the file in the page cache, one model
     if available_bytes() < needed:
         return {"skipped": f"{available_bytes() / 2**30:.1f} GiB of memory available, {needed / 2**30:.0f} needed"}
     with tempfile.TemporaryDirectory(prefix="bench_load-") as tmp:
         folder = Path(tmp)
         log(f"creating a random {shape} checkpoint")
-        file_bytes = make_checkpoint(folder, shape)
+        file_bytes = make_checkpoint(folder, SHAPES[shape])
         runs: dict[str, list[dict[str, Any]]] = {engine: [] for engine in ENGINES}
         for i in range(repeats):
             for engine in ENGINES if i % 2 == 0 else ENGINES[::-1]:
