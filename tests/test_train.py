@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gptkit import GPT
+from gptkit.errors import ConfigError
 from gptkit.models import kernels
 from gptkit.training.config import TrainConfig
 from gptkit.training.data import PrepareConfig, prepare
@@ -326,6 +327,36 @@ def test_the_onednn_switch_changes_products_not_the_run(char_data: Path, tmp_pat
     b = train(_config(char_data, tmp_path / "off", max_steps=6, eval_interval=0, sample_tokens=0, onednn=False))
     assert [s for s, _ in _curve(a.run_dir)] == [s for s, _ in _curve(b.run_dir)]
     assert all(abs(x - y) < 1e-4 for (_, x), (_, y) in zip(_curve(a.run_dir), _curve(b.run_dir), strict=True))
+
+
+def _saved(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "model.safetensors")
+
+
+def test_lora_and_trainable_choose_what_language_modelling_trains(char_data: Path, tmp_path: Path) -> None:
+    """`gptkit train --lora-r` / `--trainable`: the base weights a run saves move only where they are asked to."""
+    lora_settings = {"r": 4, "targets": ["c_attn", "c_fc"]}
+
+    def run(name: str, steps: int, **changes) -> Path:
+        config = _config(char_data, tmp_path / name, max_steps=steps, eval_interval=0, sample_tokens=0, **changes)
+        train(config)
+        return tmp_path / name
+
+    start, trained = run("lora0", 1, lora=lora_settings), run("lora3", 4, lora=lora_settings)
+    before, after = _saved(start), _saved(trained)
+    assert all(torch.equal(before[k], after[k]) for k in before), "LoRA training moved base weights"
+    adapter = json.loads((trained / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["c_attn", "c_fc"]
+    reloaded = GPT.from_pretrained(trained)  # the base model, as transformers would load it
+    assert torch.equal(reloaded.transformer.h[0].attn.c_attn.weight, after["transformer.h.0.attn.c_attn.weight"].t())
+
+    start, trained = _saved(run("last0", 1, trainable="last:1")), _saved(run("last3", 4, trainable="last:1"))
+    moved = {k for k in start if not torch.equal(start[k], trained[k])}
+    assert moved and all(k.startswith(("transformer.h.1.", "transformer.ln_f.")) for k in moved)
+    with pytest.raises(ConfigError, match="task-head"):
+        run("head", 1, trainable="head")
 
 
 def test_lora_settings_nested_or_flat(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gptkit.errors import ConfigError
+from gptkit.models import lora
 from gptkit.models.config import GPTConfig
 from gptkit.models.gpt import GPT, build_model, load_model, save_model, with_dropout
 from gptkit.models.loading import load_pretrained
@@ -58,6 +59,8 @@ class WindowSampler:
 def _open_data(config: TrainConfig) -> Any:
     from gptkit.training.data import TokenData
 
+    if config.fsdp and config.lora is not None:
+        raise ConfigError("TrainConfig.lora: LoRA adapters train with DDP or on one device; drop --fsdp")
     if not config.data:
         raise ConfigError("TrainConfig.data: language modelling needs a data directory written by `gptkit prepare`")
     data = TokenData.open(config.data)
@@ -119,8 +122,14 @@ def language_modelling(config: TrainConfig, device: torch.device, resume_from: P
         tokenizer = Tokenizer.from_pretrained(resume_from)
         if config.dropout is not None:
             model = with_dropout(model, config.dropout)
+        if config.lora is not None:
+            lora.load_adapter(model, resume_from)
     else:
         model, tokenizer = _build_model(config, data, device)
+        if config.lora is not None:
+            lora.apply_lora(model, config.lora)
+    lora.mark_trainable(model, config.trainable_mode)
+    model = model.to(device)
     sampler = WindowSampler(data.train, config.block_size, config.seed)
 
     def loss(module: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
@@ -129,8 +138,12 @@ def language_modelling(config: TrainConfig, device: torch.device, resume_from: P
         return F.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten()), windows[:, 1:].numel()
 
     def save(trained: torch.nn.Module, state: dict[str, Tensor], directory: Path) -> None:
+        """The model (its base weights, when it has adapters) and, with LoRA, the adapter in peft's format."""
         plain = build_model(model.config, state) if config.fsdp else model
-        save_model(plain, directory, tokenizer=tokenizer)
+        with lora.without_adapters(plain):
+            save_model(plain, directory, tokenizer=tokenizer)
+        if config.lora is not None:
+            lora.save_adapter(plain, directory, config=config.lora, base_model_name_or_path=config.model)
 
     def sample(trained: torch.nn.Module) -> str:
         return sample_text(model, tokenizer, config) if tokenizer is not None else ""
