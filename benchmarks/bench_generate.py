@@ -113,20 +113,25 @@ def _transformers_runner(model_dir: str, dtype: str, new_tokens: int) -> tuple[A
     model = transformers.GPT2LMHeadModel.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
 
     def run(m: Any, prompts: list[list[int]]) -> list[list[int]]:
-        # Equal-length prompts: no padding. Mixed lengths would need left padding + this mask.
-        ids = torch.tensor(prompts)
-        out = m.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            pad_token_id=m.config.eos_token_id,
-            use_cache=True,
-        )
-        return out[:, ids.shape[1] :].tolist()
+        return transformers_greedy(m, prompts, new_tokens)
 
     return model, run, _weight_bytes(model, model.transformer.wpe.weight)
+
+
+def transformers_greedy(model: Any, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """transformers' `generate`, greedy, exactly `new_tokens` new tokens per prompt (EOS does not stop it)."""
+    # Equal-length prompts: no padding. Mixed lengths would need left padding + this mask.
+    ids = torch.tensor(prompts)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=model.config.eos_token_id,
+        use_cache=True,
+    )
+    return out[:, ids.shape[1] :].tolist()
 
 
 def gguf_path(model_dir: str, gguf_type: str) -> Path:

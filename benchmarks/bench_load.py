@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,23 @@ def worker(engine: str, folder: str, dtype_name: str) -> dict[str, Any]:
         def load() -> torch.nn.Module:
             return GPT2LMHeadModel.from_pretrained(folder, dtype=dtype)
 
+    model, t = timed_load(load)
+    return {
+        "load_seconds": t["load_seconds"],
+        "ready_seconds": t["ready_seconds"],
+        "load_peak_growth": t["load_peak"] - t["rss_start"],
+        "peak_growth": t["ready_peak"] - t["rss_start"],
+        "resident_growth": t["resident"] - t["rss_start"],
+        "model_bytes": sum(p.nbytes for p in model.parameters()),  # distinct parameters: a tied head once
+    }
+
+
+def timed_load(load: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+    """Run `load`, then one pass reading every parameter (a memory-mapped model pages its weights in there); the
+    model and the times (load_seconds, ready_seconds: through the pass) and absolute RSS figures in bytes (rss_start,
+    load_peak, ready_peak: VmHWM reset at the start, resident: after the pass)."""
+    import torch
+
     rss_start = proc_status("VmRSS")
     reset_peak()
     start = time.perf_counter()
@@ -75,14 +93,13 @@ def worker(engine: str, folder: str, dtype_name: str) -> dict[str, Any]:
         for p in model.parameters():
             p.sum()
     ready_seconds = time.perf_counter() - start
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied head once
-    return {
+    return model, {
         "load_seconds": load_seconds,
         "ready_seconds": ready_seconds,
-        "load_peak_growth": load_peak - rss_start,
-        "peak_growth": proc_status("VmHWM") - rss_start,
-        "resident_growth": proc_status("VmRSS") - rss_start,
-        "model_bytes": model_bytes,
+        "rss_start": rss_start,
+        "load_peak": load_peak,
+        "ready_peak": proc_status("VmHWM"),
+        "resident": proc_status("VmRSS"),
     }
 
 

@@ -46,9 +46,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench_generate import PROMPTS, agreement
+from bench_generate import PROMPTS, agreement, transformers_greedy
 from bench_load import SHAPES as LOAD_SHAPES
-from bench_load import available_bytes, fp32_bytes, make_checkpoint
+from bench_load import available_bytes, fp32_bytes, make_checkpoint, timed_load
 from machine import MIB, RunStart, load_average, proc_status, reset_peak
 
 SEED = 0
@@ -128,41 +128,20 @@ def load_model(engine: str, folder: str, dtype: str) -> Any:
 
 
 def greedy(engine: str, model: Any, prompt: list[int], new_tokens: int) -> list[int]:
-    import torch
-
     if engine == "gptkit":
         from gptkit.generation.generate import generate
         from gptkit.generation.sampling import SamplingParams
 
         params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
         return generate(model, [prompt], params)[0].token_ids
-    ids = torch.tensor([prompt])
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        pad_token_id=model.config.eos_token_id,
-    )
-    return out[0, len(prompt) :].tolist()
+    return transformers_greedy(model, [prompt], new_tokens)[0]
 
 
 def infer(engine: str, folder: str, settings: Settings) -> dict[str, Any]:
     """Load (then read every parameter once), and time greedy decoding; peaks are absolute VmHWM in bytes."""
     import torch
 
-    rss_start = proc_status("VmRSS")
-    reset_peak()
-    start = time.perf_counter()
-    model = load_model(engine, folder, settings.dtype)
-    load_seconds = time.perf_counter() - start
-    load_peak = proc_status("VmHWM")
-    with torch.inference_mode():
-        for p in model.parameters():
-            p.sum()
-    ready_seconds = time.perf_counter() - start
-    ready_peak, resident = proc_status("VmHWM"), proc_status("VmRSS")
+    model, loaded = timed_load(lambda: load_model(engine, folder, settings.dtype))
     reset_peak()
     times, tokens = [], []
     with torch.inference_mode():
@@ -172,14 +151,9 @@ def infer(engine: str, folder: str, settings: Settings) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
             log(f"{engine} {'warm-up' if run == 0 else 'run'}: {settings.new_tokens} tokens in {times[-1]:.2f} s")
     return {
-        "load_seconds": load_seconds,
-        "ready_seconds": ready_seconds,
+        **loaded,
         "model_bytes": sum(p.nbytes for p in model.parameters()),  # distinct parameters: a tied head once
         "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "rss_start": rss_start,
-        "load_peak": load_peak,
-        "ready_peak": ready_peak,
-        "resident": resident,
         "generate_peak": proc_status("VmHWM"),
         "generate_seconds": times[1:],
         "tokens": tokens,

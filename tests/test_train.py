@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from gptkit import GPT
 from gptkit.errors import ConfigError
@@ -330,8 +331,6 @@ def test_the_onednn_switch_changes_products_not_the_run(char_data: Path, tmp_pat
 
 
 def _saved(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     return load_file(run / "model.safetensors")
 
 
@@ -347,6 +346,9 @@ def test_lora_and_trainable_choose_what_language_modelling_trains(char_data: Pat
     start, trained = run("lora0", 1, lora=lora_settings), run("lora3", 4, lora=lora_settings)
     before, after = _saved(start), _saved(trained)
     assert all(torch.equal(before[k], after[k]) for k in before), "LoRA training moved base weights"
+    adapters = [load_file(run / "adapter_model.safetensors") for run in (start, trained)]
+    assert adapters[0].keys() == adapters[1].keys() and any(k.endswith("lora_A.weight") for k in adapters[0])
+    assert not all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0]), "the adapters did not train"
     adapter = json.loads((trained / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["c_attn", "c_fc"]
     reloaded = GPT.from_pretrained(trained)  # the base model, as transformers would load it
@@ -357,6 +359,8 @@ def test_lora_and_trainable_choose_what_language_modelling_trains(char_data: Pat
     assert moved and all(k.startswith(("transformer.h.1.", "transformer.ln_f.")) for k in moved)
     with pytest.raises(ConfigError, match="task-head"):
         run("head", 1, trainable="head")
+    with pytest.raises(ConfigError, match="drop --fsdp"):
+        _config(char_data, tmp_path / "fsdp", lora=lora_settings, fsdp=True)
 
 
 def test_lora_settings_nested_or_flat(tmp_path: Path) -> None:

@@ -112,6 +112,8 @@ class TrainConfig:
             raise ConfigError(
                 f"TrainConfig.lora must be a LoRAConfig, a mapping of its fields, or None, got {self.lora!r}"
             )
+        if self.lora is not None and self.fsdp:
+            raise ConfigError("TrainConfig.lora: LoRA adapters train with DDP or on one device; drop --fsdp")
         if self.lora is None and self.trainable == "lora":
             raise ConfigError("TrainConfig.trainable is lora but TrainConfig.lora is None: give adapters to train")
         positive = ("block_size", "batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval")

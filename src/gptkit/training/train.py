@@ -59,8 +59,6 @@ class WindowSampler:
 def _open_data(config: TrainConfig) -> Any:
     from gptkit.training.data import TokenData
 
-    if config.fsdp and config.lora is not None:
-        raise ConfigError("TrainConfig.lora: LoRA adapters train with DDP or on one device; drop --fsdp")
     if not config.data:
         raise ConfigError("TrainConfig.data: language modelling needs a data directory written by `gptkit prepare`")
     data = TokenData.open(config.data)
