@@ -10,6 +10,7 @@ Prints one JSON object to stdout; progress goes to stderr.
     python benchmarks/bench_generate.py --memory-check       # only the KV-cache memory check
     python benchmarks/bench_generate.py --quick              # smoke test: 16 new tokens, 1 run
     python benchmarks/bench_generate.py --llama-convert PATH/convert_hf_to_gguf.py   # with llama.cpp (batch 1)
+    python benchmarks/bench_generate.py --torch-kernels      # also gptkit without its own CPU kernels
 
 llama.cpp is an optional peer of the batch-1 cases (llama-cpp-python; see benchmarks/README.md for its build):
 the folder is converted to GGUF by llama.cpp's own convert_hf_to_gguf.py (--llama-convert, or the
@@ -90,20 +91,27 @@ def _weight_bytes(model: torch.nn.Module, wpe: torch.Tensor) -> int:
     return total - wpe.nbytes
 
 
-def _gptkit_runner(model_dir: str, dtype: str, new_tokens: int) -> tuple[Any, Any, int]:
+def _gptkit_runner(model_dir: str, dtype: str, new_tokens: int, native: bool = True) -> tuple[Any, Any, int]:
+    """gptkit as it runs by default; with native=False on torch's kernels only (`kernels.use_native(False)`)."""
     import gptkit
     from gptkit.generation.generate import generate
     from gptkit.generation.sampling import SamplingParams
     from gptkit.models.config import GPTConfig
+    from gptkit.models.kernels import use_native
 
     model = gptkit.load(model_dir, dtype=dtype, lm=True).model
     assert model.config == GPTConfig.from_name("gpt2"), model.config
     params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
 
     def run(m: Any, prompts: list[list[int]]) -> list[list[int]]:
-        return [c.token_ids for c in generate(m, prompts, params)]
+        with use_native(native):
+            return [c.token_ids for c in generate(m, prompts, params)]
 
     return model, run, _weight_bytes(model, model.transformer.wpe.weight)
+
+
+def _gptkit_torch_runner(model_dir: str, dtype: str, new_tokens: int) -> tuple[Any, Any, int]:
+    return _gptkit_runner(model_dir, dtype, new_tokens, native=False)
 
 
 def _transformers_runner(model_dir: str, dtype: str, new_tokens: int) -> tuple[Any, Any, int]:
@@ -173,7 +181,12 @@ def _llamacpp_runner(model_dir: str, dtype: str, new_tokens: int) -> tuple[Any, 
     return model, run, llama_cpp.llama_model_size(model.model) - position_table
 
 
-RUNNERS = {"gptkit": _gptkit_runner, "transformers": _transformers_runner, "llamacpp": _llamacpp_runner}
+RUNNERS = {
+    "gptkit": _gptkit_runner,
+    "gptkit_torch": _gptkit_torch_runner,
+    "transformers": _transformers_runner,
+    "llamacpp": _llamacpp_runner,
+}
 
 
 def _reply(message: dict[str, Any]) -> None:
@@ -317,6 +330,8 @@ def run_case(name: str, base: dict[str, Any], llamacpp: bool) -> dict[str, Any]:
     if dtype in EXTRA_PEER:  # not a target's peer for bf16, but it tells how much of the gain is the dtype itself
         engine, peer_dtype = EXTRA_PEER[dtype]
         jobs[f"{engine}_bf16"] = {**base, "engine": engine, "dtype": peer_dtype, "batch": batch, "reference": None}
+    if base["torch_kernels"]:  # how much of gptkit's speed its own CPU kernels give, in the same turns
+        jobs["gptkit_torch"] = {**base, "engine": "gptkit_torch", "dtype": dtype, "batch": batch, "reference": None}
     if llamacpp and batch == 1:
         gguf_type = LLAMACPP_TYPES[dtype]
         jobs["llamacpp"] = {**base, "engine": "llamacpp", "dtype": gguf_type, "batch": 1, "reference": "transformers"}
@@ -423,6 +438,11 @@ def main() -> None:
         "llama_cpp installed, llama.cpp runs beside the batch-1 cases",
     )
     parser.add_argument("--no-llamacpp", action="store_true", help="leave llama.cpp out even when installed")
+    parser.add_argument(
+        "--torch-kernels",
+        action="store_true",
+        help="also time gptkit on torch's kernels alone (without its own CPU kernels: kernels.use_native(False))",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -442,6 +462,7 @@ def main() -> None:
     import transformers
 
     import gptkit
+    from gptkit.models import native
 
     llamacpp = llamacpp_peer(args.no_llamacpp, args.llama_convert)
     if "skipped" in llamacpp:
@@ -456,7 +477,13 @@ def main() -> None:
         transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval().save_pretrained(model_dir)
         if "skipped" not in llamacpp and gguf_types:
             convert_to_gguf(llamacpp["converter"], model_dir, gguf_types)
-        base = {"model_dir": model_dir, "new_tokens": new_tokens, "repeats": repeats, "threads": args.threads}
+        base = {
+            "model_dir": model_dir,
+            "new_tokens": new_tokens,
+            "repeats": repeats,
+            "threads": args.threads,
+            "torch_kernels": args.torch_kernels,
+        }
         cases = {name: run_case(name, base, "skipped" not in llamacpp) for name in names if name in CASES}
         memory = memory_check(base, args.quick) if MEMORY_CHECK in names else None
 
@@ -486,6 +513,7 @@ def main() -> None:
             "transformers": transformers.__version__,
             "gptkit": gptkit.__version__,
             "gptkit_source": source_state(),
+            "gptkit_native_kernels": native.library() is not None,  # compiled here, or torch's kernels only
             "threads": args.threads,
         },
         "machine": machine,

@@ -1,4 +1,5 @@
-"""kernels.linear against F.linear (the oracle): values and gradients, every path it takes."""
+"""kernels.linear against F.linear (the oracle): values and gradients, every path it takes but gptkit's own
+decoding kernel (tests/test_native.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ DEFAULT_RULE = kernels.onednn_pays.__wrapped__  # before the fixture below repla
 
 
 @pytest.fixture(autouse=True)
-def onednn_on_every_cpu(monkeypatch) -> None:
-    """The oneDNN path is tested on every CPU, also where the default leaves it (`onednn_pays`: AVX2-only)."""
+def onednn_on_every_cpu(monkeypatch):
+    """The oneDNN path is tested on every CPU, also where the default leaves it (`onednn_pays`: AVX2-only), and
+    in place of the decoding kernel for products without gradients."""
     monkeypatch.setattr(kernels, "onednn_pays", lambda: True)
+    with kernels.use_native(False):
+        yield
 
 
 def _grads(fn, x, weight, bias, grad):

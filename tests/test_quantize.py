@@ -20,6 +20,7 @@ from gptkit.errors import ConfigError
 from gptkit.generation.generate import generate
 from gptkit.generation.sampling import SamplingParams
 from gptkit.models.config import LoRAConfig
+from gptkit.models.kernels import use_native
 from gptkit.models.lora import apply_lora
 from gptkit.models.quantize import (
     DTYPE_NAMES,
@@ -40,6 +41,14 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
 # aten/src/ATen/native/cpu/int8mm_kernel.cpp); elsewhere its order is not known here and the exact checks skip.
 LANES = {"AVX512": 16, "AVX2": 8}.get(torch.backends.cpu.get_cpu_capability())
 needs_known_kernel = pytest.mark.skipif(LANES is None, reason="the int8 kernel's summation order is known for x86")
+
+
+@pytest.fixture(autouse=True)
+def torchs_int8_kernel():
+    """The path an int8 model takes where gptkit's own CPU kernel is not built (tests/test_native.py checks that
+    one): torch's packed kernel and its roundings."""
+    with use_native(False):
+        yield
 
 
 def reference_product(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -24,8 +24,10 @@ def _build_parser() -> argparse.ArgumentParser:
             "generation."
         ),
         epilog=(
-            "Run `gptkit COMMAND --help` for the flags of one command. Environment: GPTKIT_ONEDNN=0 sends fp32 CPU "
-            "matrix products to MKL instead of oneDNN; GPTKIT_MALLOPT=0 lets glibc unmap freed memory while training."
+            "Run `gptkit COMMAND --help` for the flags of one command. Environment: GPTKIT_NATIVE=0 leaves decoding's "
+            "matrix products to torch instead of gptkit's own CPU kernel (compiled with $CC or cc on first use); "
+            "GPTKIT_ONEDNN=0 sends fp32 CPU matrix products to MKL instead of oneDNN; GPTKIT_MALLOPT=0 lets glibc "
+            "unmap freed memory while training."
         ),
     )
     parser.add_argument("--version", action="version", version=f"gptkit {version()}", help="print the version and exit")
@@ -106,12 +108,11 @@ def _os_error(exc: OSError, args: argparse.Namespace) -> str:
 
 
 def _with_environment(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run `func(args)` with GPTKIT_ONEDNN=0 honoured (the library reads no environment: the CLI does)."""
-    if os.environ.get("GPTKIT_ONEDNN") != "0":
-        return func(args)
-    from gptkit.models.kernels import use_onednn
+    """Run `func(args)` with GPTKIT_ONEDNN=0 and GPTKIT_NATIVE=0 honoured (the library reads no switches from the
+    environment: the CLI does)."""
+    from gptkit.models.kernels import use_native, use_onednn
 
-    with use_onednn(False):
+    with use_onednn(os.environ.get("GPTKIT_ONEDNN") != "0"), use_native(os.environ.get("GPTKIT_NATIVE") != "0"):
         return func(args)
 
 

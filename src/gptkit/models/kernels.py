@@ -1,4 +1,5 @@
-"""CPU speed: the model's Linear layers through oneDNN, and freed memory kept for reuse while training.
+"""CPU speed: the model's Linear layers through gptkit's decoding kernels or oneDNN, and freed memory kept for
+reuse while training.
 
 PyTorch's fp32 `F.linear` on CPU calls MKL's sgemm, and MKL takes a generic (AVX2-class) code path on
 non-Intel processors: on this project's AMD EPYC machines it reaches ~185 GFLOP/s in training-sized
@@ -10,6 +11,10 @@ in another order: equal to F.linear's to rounding (tests check both values and g
 It is on by default where it pays (`onednn_pays`: CPUs with AVX-512; on AVX2-only CPUs MKL and oneDNN both run
 AVX2 code and MKL was the faster); `with use_onednn(False):` turns it off for the calls made inside (this thread
 or task only: the switch is a context variable, set and restored by the `with`).
+
+Products of a few rows without gradients (decoding) go before all that to gptkit's own kernel (`native`), which
+streams the weights at memory speed where torch's kernels reach a fraction of it; `with use_native(False):`
+leaves them to the paths above.
 
 `keep_freed_memory` is the other half: PyTorch's CPU tensors come straight from malloc, and glibc hands
 blocks over 32 MB (an embedding's gradient, a batch of logits) back to the OS on free, so every training
@@ -30,7 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gptkit.models import native
+
 _ONEDNN_ON: ContextVar[bool] = ContextVar("gptkit_onednn", default=True)
+_NATIVE_ON: ContextVar[bool] = ContextVar("gptkit_native", default=True)
 
 
 @functools.cache
@@ -44,6 +52,7 @@ def onednn_op() -> Callable[..., Tensor] | None:
         return None
 
 
+@functools.cache
 def cpu_has_fast(dtype: torch.dtype) -> bool:
     """Whether this CPU multiplies `dtype` matrices in hardware (oneDNN's check: AVX-512 or AVX-NE-CONVERT
     for bfloat16 and float16). Without it, torch's bf16/fp16 CPU products fall back to a slow generic loop:
@@ -72,6 +81,44 @@ def use_onednn(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _ONEDNN_ON.reset(token)
+
+
+@contextmanager
+def use_native(enabled: bool) -> Iterator[None]:
+    """Send decoding-sized products without gradients to gptkit's own CPU kernel (`native`: True, the default, where
+    it compiled) or leave them to torch's kernels (False) inside the `with` (this thread or task only)."""
+    token = _NATIVE_ON.set(enabled)
+    try:
+        yield
+    finally:
+        _NATIVE_ON.reset(token)
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def native_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether this product goes to `native.gemv`: no gradient wanted, `use_native` on, no autocast or compiling,
+    and a product the kernel computes (`native.applies`)."""
+    return (
+        _NATIVE_ON.get()
+        and not _needs_grad(x, weight, bias)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and native.applies(x, weight)
+    )
+
+
+def native_attention_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:
+    """Whether this attention goes to `native.attend`: as `native_applies`, for one-query attention over a cache."""
+    return (
+        _NATIVE_ON.get()
+        and not _needs_grad(q, k, v)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and native.attention_applies(q, k, v, mask)
+    )
 
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -117,11 +164,13 @@ def _applies(x: Tensor, weight: Tensor) -> bool:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear(x, weight, bias)`, through oneDNN for fp32 on CPU (see the module docstring)."""
+    """`F.linear(x, weight, bias)`: decoding-sized products without gradients through `native.gemv`, other fp32
+    CPU products through oneDNN where it pays, the rest through F.linear (see the module docstring)."""
+    if native_applies(x, weight, bias):
+        return native.gemv(x, weight, bias)
     if not _applies(x, weight):
         return F.linear(x, weight, bias)
-    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    if torch.is_grad_enabled() and needs_grad:
+    if _needs_grad(x, weight, bias):
         return _OneDNNLinear.apply(x, weight, bias)
     return _product(x, weight, bias)
 
@@ -191,9 +240,14 @@ def trim_freed_memory() -> bool:
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
     """Causal softmax attention (B, nh, T, hs) over keys (B, nh, S, hs); mask (B|1, 1, T, S) bool or None (causal).
 
-    SDPA, except where plain matmuls beat torch 2.13's CPU SDPA kernels (see `_use_math_attention`).
+    One query per row over a cache without gradients or dropout: gptkit's own kernel (`native.attend`).
+    Otherwise SDPA, except where plain matmuls beat torch 2.13's CPU SDPA kernels (see `_use_math_attention`).
     """
+    if dropout == 0 and mask is not None and native_attention_applies(q, k, v, mask):
+        return native.attend(q, k, v, mask)
     if _use_math_attention(q, k, mask):
+        if q.dtype != torch.float32 and not cpu_has_fast(q.dtype):  # torch's generic bf16/fp16 loops: upcast
+            return _math_attention(q.float(), k.float(), v.float(), mask, dropout).to(q.dtype)
         return _math_attention(q, k, v, mask, dropout)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
 
@@ -201,9 +255,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: flo
 def _use_math_attention(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
     """Whether plain matmul attention beats torch 2.13's CPU SDPA kernels here (measured on AVX512-BF16).
 
-    Reduced-precision one-query decoding: ~4x faster. Training on short blocks: SDPA's CPU flash backward
-    took 3.4 ms per layer at batch 12 x 64 tokens in bf16 against 0.8 ms here, and stays slower up to
-    256 tokens in bf16 and 128 in fp32; beyond that SDPA's memory-saving kernel wins.
+    Reduced-precision one-query decoding: ~4x faster (in float32 where the CPU has no bf16/fp16 instructions:
+    2.4x faster than in bfloat16 there, 196 against 473 us a layer at 144 slots on an AVX2 EPYC).
+    Training on short blocks: SDPA's CPU flash backward took 3.4 ms per layer at batch 12 x 64 tokens in bf16
+    against 0.8 ms here, and stays slower up to 256 tokens in bf16 and 128 in fp32; beyond that SDPA's
+    memory-saving kernel wins.
     """
     if q.device.type != "cpu":
         return False

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptkit.errors import ConfigError
+from gptkit.models import native
 from gptkit.models.gpt import GPT, build_model
-from gptkit.models.kernels import linear, trim_freed_memory
+from gptkit.models.kernels import linear, native_applies, trim_freed_memory
 from gptkit.models.lora import LoRALinear, replace_module
 
 INT8 = "int8"
@@ -122,6 +123,8 @@ class Int8Linear(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
+        if native_applies(x, self.weight, self.bias):  # float32 activations, no rounding
+            return native.gemv(x, self.weight, self.bias, self.scale)
         if not _packed_applies(x, self.weight):
             return linear(x, dequantize_weight(self.weight, self.scale).to(x.dtype), self.bias)
         rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16, memory_format=torch.contiguous_format)  # (M, K), fresh
