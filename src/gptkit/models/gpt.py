@@ -78,9 +78,10 @@ class KVCache(nn.Module):
 
     def update(self, layer: int, cache_position: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, nh, T, hs) at slots `cache_position` (T,) or (B, T); return the whole layer cache."""
-        if cache_position.dim() == 1:
-            self.k[layer].index_copy_(2, cache_position, k)
-            self.v[layer].index_copy_(2, cache_position, v)
+        if cache_position.dim() == 1 or k.shape[0] == 1:  # one set of slots for every row
+            slots = cache_position.reshape(-1)  # (T,)
+            self.k[layer].index_copy_(2, slots, k)
+            self.v[layer].index_copy_(2, slots, v)
         else:  # an indexed write, not scatter_: torch 2.13's CPU scatter_ took 225 us a call in bfloat16, this 16
             rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
             self.k[layer][rows, :, cache_position] = k.transpose(1, 2)  # (B, T, nh, hs) into rows x slots

@@ -114,16 +114,14 @@ def library() -> ctypes.CDLL | None:
 def applies(x: Tensor, weight: Tensor) -> bool:
     """Whether `gemv(x, weight, ...)` computes this product: a CPU product of at most MAX_ROWS rows, with float32
     or bfloat16 weights of x's dtype or int8 weights and float32 x, contiguous weights, and the kernel built.
-    Gradients and autocast are the caller's to exclude."""
-    if x.device.type != "cpu" or weight.device.type != "cpu" or weight.dim() != 2 or not weight.is_contiguous():
+    Gradients and autocast are the caller's to exclude. (Called for every product: cheap checks first.)"""
+    if not (x.is_cpu and weight.is_cpu and weight.dim() == 2 and weight.is_contiguous()):
         return False
     width = weight.shape[1]
     if x.shape[-1] != width or not 0 < x.numel() <= MAX_ROWS * width:
         return False
-    if weight.dtype == torch.int8:
-        typed = x.dtype == torch.float32
-    else:
-        typed = x.dtype == weight.dtype and x.dtype in _IO_TYPES
+    dtype = weight.dtype
+    typed = x.dtype == torch.float32 if dtype == torch.int8 else x.dtype == dtype and dtype in _IO_TYPES
     return typed and library() is not None
 
 
@@ -135,8 +133,8 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | 
     assert lib is not None, "check native.applies first"
     n, k = weight.shape
     rows = x.reshape(-1, k).contiguous()  # (M, K)
-    out = torch.empty(rows.shape[0], n, dtype=x.dtype)  # (M, N)
-    if bias is not None:
+    out = torch.empty((rows.shape[0], n), dtype=x.dtype)  # (M, N)
+    if bias is not None:  # held in variables: the kernel reads them after these lines
         bias = bias.to(x.dtype).contiguous()
     if scale is not None:
         scale = scale.float().contiguous()
