@@ -88,6 +88,16 @@ def test_products_the_kernel_does_not_take() -> None:
     assert not native.applies(x[:0], weight)
 
 
+def test_bfloat16_takes_more_rows_where_torch_has_no_bfloat16_instructions() -> None:
+    weight = torch.randn(48, 64, dtype=torch.bfloat16)
+    rows = torch.randn(native.MAX_ROWS_SLOW_BF16, 64, dtype=torch.bfloat16)
+    slow = not kernels.cpu_has_fast(torch.bfloat16)
+    assert kernels.native_applies(rows, weight, None) == slow
+    assert not kernels.native_applies(torch.cat([rows, rows[:1]]), weight, None)
+    assert not kernels.native_applies(rows.float(), weight.float(), None)  # float32: MAX_ROWS
+    assert kernels.native_applies(rows[: native.MAX_ROWS].float(), weight.float(), None)
+
+
 def test_linear_sends_products_without_gradients_to_the_kernel_and_keeps_gradients() -> None:
     layer = kernels.Linear(64, 48)
     x = torch.randn(2, 64, requires_grad=True)

@@ -106,8 +106,13 @@ def native_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and not _needs_grad(x, weight, bias)
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
-        and native.applies(x, weight)
+        and native.applies(x, weight, _native_rows(weight.dtype))
     )
+
+
+def _native_rows(dtype: torch.dtype) -> int:
+    """Rows up to which `native.gemv` beats torch's kernels for weights of `dtype` (see native.MAX_ROWS)."""
+    return native.MAX_ROWS_SLOW_BF16 if dtype == torch.bfloat16 and not cpu_has_fast(dtype) else native.MAX_ROWS
 
 
 def native_attention_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:

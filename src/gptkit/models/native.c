@@ -100,6 +100,13 @@ static inline float load_io(const void *p, int io, long i) {
     return io == GPTKIT_BF16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
+static inline void store_io(void *p, int io, long i, float value) {
+    if (io == GPTKIT_BF16)
+        ((uint16_t *)p)[i] = f32_to_bf16(value);
+    else
+        ((float *)p)[i] = value;
+}
+
 /* Returns 0, or -1 when a temporary could not be allocated (nothing was written to y then). */
 int gptkit_gemv(const void *W, int wtype, const float *scale, const void *x, const void *bias, void *y, int io,
                 long M, long N, long K, int threads) {
@@ -117,10 +124,7 @@ int gptkit_gemv(const void *W, int wtype, const float *scale, const void *x, con
             float s = dot(W, wtype, n, xf + m * K, K);
             if (scale != NULL) s *= scale[n];
             if (bias != NULL) s += load_io(bias, io, n);
-            if (io == GPTKIT_BF16)
-                ((uint16_t *)y)[m * N + n] = f32_to_bf16(s);
-            else
-                ((float *)y)[m * N + n] = s;
+            store_io(y, io, m * N + n, s);
         }
     }
     free(widened);
@@ -169,13 +173,7 @@ int gptkit_attend(const void *q, const void *k, const void *v, const uint8_t *ma
                 for (long d = 0; d < D; d++) acc[d] += p[s] * row[d];
             }
         }
-        for (long d = 0; d < D; d++) {
-            float y = acc[d] / total;
-            if (io == GPTKIT_BF16)
-                ((uint16_t *)out)[bh * D + d] = f32_to_bf16(y);
-            else
-                ((float *)out)[bh * D + d] = y;
-        }
+        for (long d = 0; d < D; d++) store_io(out, io, bh * D + d, acc[d] / total);
     }
     free(work);
     return 0;
