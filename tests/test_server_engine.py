@@ -13,6 +13,7 @@ from gptkit.errors import ConfigError
 from gptkit.generation.decode import TokenEvent
 from gptkit.generation.generate import generate
 from gptkit.generation.sampling import SamplingParams
+from gptkit.models import kernels, native
 from gptkit.server.engine import Done, Engine, EngineClosedError, Failed, QueueFullError
 
 BASE = SamplingParams(max_new_tokens=12, ignore_eos=True)
@@ -84,6 +85,22 @@ def test_blocking_stream_and_calls_between_steps(model, tok) -> None:
             engine.call(lambda: 1 / 0).result()
         assert engine.healthy  # a failing call fails its future, not the loop
     _assert_alone(model, tok, ids, params, 1, events)
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_the_engine_thread_keeps_the_kernel_switches_of_its_maker(model, tok, monkeypatch, native_on: bool) -> None:
+    """`gptkit serve` turns gptkit's CPU kernels off (GPTKIT_NATIVE=0) around the engines it makes; their
+    thread must see that switch."""
+    if native.library() is None:
+        pytest.skip("no C compiler: gptkit's CPU kernel is not built")
+    calls = []
+    original = native.gemv
+    monkeypatch.setattr(native, "gemv", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with kernels.use_native(native_on):
+        engine = Engine(model, tok, max_batch_size=2)
+    with engine:
+        events = list(engine.stream(tok.encode("Hello there"), BASE.replace(temperature=0)))
+    assert events and bool(calls) == native_on
 
 
 def test_a_cancelled_request_frees_its_rows_and_the_engine_keeps_serving(model, tok) -> None:

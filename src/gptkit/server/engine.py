@@ -14,6 +14,7 @@ cancel the request when their consumer stops listening.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import queue
@@ -182,7 +183,10 @@ class Engine:
         self._lock = threading.Lock()
         self._uid = 0
         self._closing = False
-        self._thread = threading.Thread(target=self._loop, name="gptkit-engine", daemon=True)
+        # The loop runs in the context the engine was made in: switches such as kernels.use_native(False), set by
+        # `gptkit serve` from GPTKIT_NATIVE=0, hold in its thread too (a new thread starts from an empty context).
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name="gptkit-engine", daemon=True)
 
     # -- the caller's side ----------------------------------------------------------------------------
 
