@@ -79,6 +79,25 @@ def test_other_dtypes_autocast_and_the_switch_use_f_linear_exactly() -> None:
         assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_products_are_float32_products_rounded_once(monkeypatch, dtype) -> None:
+    """Where the CPU has no bf16/fp16 instructions (forced here on every CPU), products without gradients run in
+    float32 and are rounded once: what torch's own reduced-precision product computes, in another order."""
+    monkeypatch.setattr(kernels, "cpu_has_fast", lambda d: d == torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 96, generator=gen).to(dtype)
+    weight, bias = torch.randn(72, 96, generator=gen).to(dtype), torch.randn(72, generator=gen).to(dtype)
+    ours = kernels.linear(x, weight, bias)
+    exact = x.double() @ weight.double().t() + bias.double()
+    assert ours.dtype == dtype
+    step = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]  # half a unit in the last place
+    assert ((ours.double() - exact).abs() <= exact.abs() * step + 1e-4).all()
+    torch.testing.assert_close(ours, F.linear(x, weight, bias), rtol=2e-2, atol=2e-2)
+    x.requires_grad_()
+    with torch.enable_grad():
+        assert kernels.linear(x, weight, bias).grad_fn is not None  # gradients wanted: F.linear as before
+
+
 def test_linear_module_is_an_nn_linear_with_the_same_state_dict() -> None:
     torch.manual_seed(0)
     ours = kernels.Linear(16, 8)
