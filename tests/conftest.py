@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,18 @@ def random_ids(vocab_size: int, batch: int, length: int, *, seed: int = 1) -> to
 
 
 EOS = "<|endoftext|>"
+
+
+@pytest.fixture
+def native_kernels() -> None:
+    """gptkit's CPU decoding kernels, built here; a skip without a C compiler, a failure where
+    GPTKIT_REQUIRE_NATIVE is set (CI sets it)."""
+    from gptkit.models import native
+
+    if native.library() is None:
+        if os.environ.get("GPTKIT_REQUIRE_NATIVE"):
+            pytest.fail("gptkit's CPU kernel did not build (GPTKIT_REQUIRE_NATIVE is set)")
+        pytest.skip("no C compiler: gptkit's CPU kernel is not built")
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,10 @@ def test_strided_input_and_only_some_gradients() -> None:
     torch.testing.assert_close(weight.grad, torch.ones(32, 5).t() @ x)
 
 
-def test_other_dtypes_autocast_and_the_switch_use_f_linear_exactly() -> None:
+def test_other_dtypes_autocast_and_the_switch_use_f_linear_exactly(monkeypatch) -> None:
+    """bf16 products take F.linear where the CPU has bf16 instructions (assumed here on every CPU; without them
+    they run in float32: the next test)."""
+    monkeypatch.setattr(kernels, "cpu_has_fast", lambda dtype: True)
     x, weight = torch.randn(4, 16), torch.randn(8, 16)
     bf16 = kernels.linear(x.bfloat16(), weight.bfloat16())
     assert torch.equal(bf16, F.linear(x.bfloat16(), weight.bfloat16()))

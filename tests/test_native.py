@@ -21,13 +21,7 @@ from gptkit.generation.sampling import SamplingParams
 from gptkit.models import kernels, native
 from gptkit.models.quantize import dequantize_model, quantize_model, quantize_weight
 
-
-@pytest.fixture(autouse=True)
-def built() -> None:
-    if native.library() is None:
-        if os.environ.get("GPTKIT_REQUIRE_NATIVE"):
-            pytest.fail("gptkit's CPU kernel did not build (GPTKIT_REQUIRE_NATIVE is set)")
-        pytest.skip("no C compiler: gptkit's CPU kernel is not built")
+pytestmark = pytest.mark.usefixtures("native_kernels")  # conftest: skips without a C compiler
 
 
 def operands(dtype: torch.dtype, lead: tuple[int, ...], n_in: int, n_out: int, seed: int = 0):
@@ -98,32 +92,24 @@ def test_bfloat16_takes_more_rows_where_torch_has_no_bfloat16_instructions() -> 
     assert kernels.native_applies(rows[: native.MAX_ROWS].float(), weight.float(), None)
 
 
-def test_linear_sends_products_without_gradients_to_the_kernel_and_keeps_gradients() -> None:
+def test_linear_sends_products_without_gradients_to_the_kernel_and_keeps_gradients(monkeypatch) -> None:
     layer = kernels.Linear(64, 48)
     x = torch.randn(2, 64, requires_grad=True)
     calls = []
     original = native.gemv
-
-    def counted(*args, **kwargs):
-        calls.append(args[0].shape)
-        return original(*args, **kwargs)
-
-    native.gemv = counted
-    try:
-        y = layer(x)  # gradients wanted: torch's kernels
-        y.sum().backward()
-        assert calls == [] and x.grad is not None and layer.weight.grad is not None
-        with torch.no_grad():
-            ours = layer(x)
-            with kernels.use_native(False):
-                theirs = layer(x)
-        assert calls == [(2, 64)]
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-            layer(x)
-        assert len(calls) == 1  # autocast decides the dtypes: torch's kernels
-    finally:
-        native.gemv = original
+    monkeypatch.setattr(native, "gemv", lambda *args, **kw: calls.append(args[0].shape) or original(*args, **kw))
+    y = layer(x)  # gradients wanted: torch's kernels
+    y.sum().backward()
+    assert calls == [] and x.grad is not None and layer.weight.grad is not None
+    with torch.no_grad():
+        ours = layer(x)
+        with kernels.use_native(False):
+            theirs = layer(x)
+    assert calls == [(2, 64)]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        layer(x)
+    assert len(calls) == 1  # autocast decides the dtypes: torch's kernels
 
 
 def reference_attention(q, k, v, mask):

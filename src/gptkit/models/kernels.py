@@ -98,15 +98,16 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _eager_inference(*tensors: Tensor | None) -> bool:
+    """No gradient wanted from these tensors, no CPU autocast (it decides the dtypes), not being compiled."""
+    return not _needs_grad(*tensors) and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+
+
 def native_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether this product goes to `native.gemv`: no gradient wanted, `use_native` on, no autocast or compiling,
-    and a product the kernel computes (`native.applies`)."""
+    """Whether this product goes to `native.gemv`: `use_native` on, eager inference, and a product the kernel
+    computes (`native.applies`)."""
     return (
-        _NATIVE_ON.get()
-        and not _needs_grad(x, weight, bias)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and native.applies(x, weight, _native_rows(weight.dtype))
+        _NATIVE_ON.get() and _eager_inference(x, weight, bias) and native.applies(x, weight, _native_rows(weight.dtype))
     )
 
 
@@ -117,13 +118,7 @@ def _native_rows(dtype: torch.dtype) -> int:
 
 def native_attention_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:
     """Whether this attention goes to `native.attend`: as `native_applies`, for one-query attention over a cache."""
-    return (
-        _NATIVE_ON.get()
-        and not _needs_grad(q, k, v)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and native.attention_applies(q, k, v, mask)
-    )
+    return _NATIVE_ON.get() and _eager_inference(q, k, v) and native.attention_applies(q, k, v, mask)
 
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -185,17 +180,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def _upcast_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether a bfloat16/float16 CPU product of many rows is better done in float32 and rounded back: on CPUs
-    without those instructions torch runs them in a generic loop (GPT-2 124M's block products at 128 rows: 309 ms
-    in bfloat16, 73 ms through float32, casts included, on an AVX2 EPYC; a server prefilling 32 prompts in
+    without those instructions torch runs them in a generic loop (the products of three GPT-2 124M blocks at 128
+    rows: 309 ms in bfloat16, 73 ms through float32, casts included, on an AVX2 EPYC; a server prefilling 32 prompts in
     bfloat16 waited seconds for its first tokens). One float32 sum per output rounded once, as torch's own."""
     return (
         x.is_cpu
         and x.dtype in (torch.bfloat16, torch.float16)
         and weight.dtype == x.dtype
         and not cpu_has_fast(x.dtype)
-        and not _needs_grad(x, weight, bias)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
+        and _eager_inference(x, weight, bias)
     )
 
 

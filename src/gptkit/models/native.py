@@ -39,11 +39,11 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MAX_ROWS = 8  # rows (batch x new tokens) up to which the kernel beats torch's: see `applies`
-# ... and for bfloat16 where torch has only its generic loop (no bf16 instructions): on the AVX2 EPYC, GPT-2
-# 124M's block products at 64 rows took 55 ms here against torch's 149 (and 57 through float32 MKL); at 128
-# rows 128 against 309 (73 through float32 MKL)
+# ... and for bfloat16 where torch has only its generic loop (no bf16 instructions): on the AVX2 EPYC, the
+# products of three GPT-2 124M blocks at 64 rows took 55 ms here against torch's 149 (and 57 through float32
+# MKL); at 128 rows 128 against 309 (73 through float32 MKL)
 MAX_ROWS_SLOW_BF16 = 64
-_SERIAL_BELOW = 1 << 16  # weights in a product below which one thread beats waking the others
+_SERIAL_BELOW = 1 << 16  # values (weights, cached keys) below which one thread beats waking the others
 _WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _IO_TYPES = {torch.float32: 0, torch.bfloat16: 1}
 
@@ -115,6 +115,11 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _threads(values: int) -> int:
+    """One thread for small work (waking the others costs more), else torch's thread count."""
+    return 1 if values < _SERIAL_BELOW else torch.get_num_threads()
+
+
 def applies(x: Tensor, weight: Tensor, max_rows: int = MAX_ROWS) -> bool:
     """Whether `gemv(x, weight, ...)` computes this product: a CPU product of at most `max_rows` rows, with float32
     or bfloat16 weights of x's dtype or int8 weights and float32 x, contiguous weights, and the kernel built.
@@ -142,7 +147,6 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | 
         bias = bias.to(x.dtype).contiguous()
     if scale is not None:
         scale = scale.float().contiguous()
-    threads = 1 if weight.numel() < _SERIAL_BELOW else torch.get_num_threads()
     status = lib.gptkit_gemv(
         weight.data_ptr(),
         _WEIGHT_TYPES[weight.dtype],
@@ -154,7 +158,7 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | 
         rows.shape[0],
         n,
         k,
-        threads,
+        _threads(weight.numel()),
     )
     if status != 0:
         raise MemoryError(f"gptkit's CPU kernel could not allocate {rows.numel() * 4} bytes for its input")
@@ -183,7 +187,6 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     B, H, _, D = q.shape
     seen = mask.reshape(mask.shape[0], -1).contiguous()  # (B|1, S)
     out = torch.empty(B, H, 1, D, dtype=q.dtype)
-    threads = 1 if k.numel() < _SERIAL_BELOW else torch.get_num_threads()
     status = lib.gptkit_attend(
         q.data_ptr(),
         k.data_ptr(),
@@ -205,7 +208,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         v.stride(2),
         seen.stride(0) if seen.shape[0] > 1 else 0,
         D**-0.5,
-        threads,
+        _threads(k.numel()),
     )
     if status != 0:
         raise MemoryError(f"gptkit's attention kernel could not allocate its workspace for {B * H} heads")

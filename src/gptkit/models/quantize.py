@@ -9,7 +9,7 @@ then computes with the dequantized weights `q * s` (`dequantize_model` builds th
 
 Decoding-sized products (up to `native.MAX_ROWS` rows) go to gptkit's own CPU kernel (`native.gemv`, where the
 system's C compiler built it): float32 activations, int8 weights widened to float32 in registers, one float32 sum
-per output, then the scale and bias: x @ (q * s)^T + b to float32 rounding, at 1.2-1.7x the speed of what
+per output, then the scale and bias: x @ (q * s)^T + b to float32 rounding, at 1.25-1.7x the speed of what
 follows (measured on an AVX2 EPYC). Other products, or all of them without that kernel, take the path below.
 
 The product is `torch.ops.aten._weight_int8pack_mm` (int8 weights [N, K] x activations [M, K]), the kernel
